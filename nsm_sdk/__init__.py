@@ -1,0 +1,1 @@
+"""NSM topology sidecars: shared library for the NSM v1 wire protocol, transport, identity and kernel."""

@@ -1,0 +1,63 @@
+"""Build hook: compile proto/ into nsm_sdk/_proto before the Python files are collected.
+
+Runs for `pip install .` and `pip install -e .` alike, so generated code is never committed and never
+edited by hand. Each proto directory becomes one Python sub-package; the generated absolute imports
+(`from networkservice import connection_pb2`) are rewritten to package-relative ones, so the modules live
+under `nsm_sdk._proto` while the descriptor pool keeps the unique names `networkservice/connection.proto`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+PROTO_DIR = ROOT / "proto"
+OUT_DIR = ROOT / "nsm_sdk" / "_proto"
+_ABSOLUTE_IMPORT = re.compile(r"^from (\w+) import (\w+_pb2)( as \w+)?$", re.MULTILINE)
+
+
+def compile_protos() -> None:
+    import grpc_tools
+    from grpc_tools import protoc
+
+    include = str(Path(grpc_tools.__file__).parent / "_proto")
+    packages = sorted({p.parent.name for p in PROTO_DIR.glob("*/*.proto")})
+    for package in packages:
+        target = OUT_DIR / package
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "__init__.py").touch()
+        files = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / package).glob("*.proto"))
+        args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={OUT_DIR}",
+                f"--grpc_python_out={OUT_DIR}", *files]
+        try:
+            import mypy_protobuf  # noqa: F401
+            args[3:3] = [f"--mypy_out={OUT_DIR}", f"--mypy_grpc_out={OUT_DIR}"]
+        except ImportError:
+            pass
+        if protoc.main(args) != 0:
+            raise RuntimeError(f"protoc failed for proto/{package}")
+    for generated in OUT_DIR.glob("*/*_pb2*.py*"):
+        text = generated.read_text()
+        fixed = _ABSOLUTE_IMPORT.sub(_relative_import, text)
+        if fixed != text:
+            generated.write_text(fixed)
+
+
+def _relative_import(match: re.Match[str]) -> str:
+    package, module, alias = match.group(1), match.group(2), match.group(3) or ""
+    if not (PROTO_DIR / package).is_dir():
+        return match.group(0)
+    return f"from nsm_sdk._proto.{package} import {module}{alias}"
+
+
+class BuildPyWithProtos(build_py):
+    def run(self) -> None:
+        compile_protos()
+        super().run()
+
+
+setup(cmdclass={"build_py": BuildPyWithProtos})
