@@ -20,12 +20,19 @@ OUT_DIR = ROOT / "nsm_sdk" / "_proto"
 _ABSOLUTE_IMPORT = re.compile(r"^from (\w+) import (\w+_pb2)( as \w+)?$", re.MULTILINE)
 
 
-def compile_protos() -> None:
+def compile_protos() -> list[str]:
+    """Generate the modules and return the dotted names of the generated sub-packages."""
     import grpc_tools
     from grpc_tools import protoc
 
     include = str(Path(grpc_tools.__file__).parent / "_proto")
     packages = sorted({p.parent.name for p in PROTO_DIR.glob("*/*.proto")})
+    if not packages:
+        # An sdist has no proto/ (no MANIFEST.in) but may carry code generated when it was made.
+        pregenerated = sorted({p.parent.name for p in OUT_DIR.glob("*/*_pb2.py")})
+        if not pregenerated:
+            raise RuntimeError(f"no .proto files under {PROTO_DIR} and no generated code under {OUT_DIR}")
+        return [f"nsm_sdk._proto.{package}" for package in pregenerated]
     for package in packages:
         target = OUT_DIR / package
         target.mkdir(parents=True, exist_ok=True)
@@ -45,6 +52,7 @@ def compile_protos() -> None:
         fixed = _ABSOLUTE_IMPORT.sub(_relative_import, text)
         if fixed != text:
             generated.write_text(fixed)
+    return [f"nsm_sdk._proto.{package}" for package in packages]
 
 
 def _relative_import(match: re.Match[str]) -> str:
@@ -56,8 +64,18 @@ def _relative_import(match: re.Match[str]) -> str:
 
 class BuildPyWithProtos(build_py):
     def run(self) -> None:
-        compile_protos()
+        # Package discovery ran before the sub-packages existed (clean checkout), so add them here;
+        # without this a non-editable wheel silently lacks the generated modules.
+        generated = compile_protos()
+        self.packages = _with_packages(self.packages, generated)
+        self.distribution.packages = _with_packages(self.distribution.packages, generated)
+        self.__dict__.pop("data_files", None)  # recompute package data (*.pyi) for the new packages
         super().run()
+
+
+def _with_packages(packages: list[str] | None, extra: list[str]) -> list[str]:
+    known = list(packages or [])
+    return known + [p for p in extra if p not in known]
 
 
 setup(cmdclass={"build_py": BuildPyWithProtos})

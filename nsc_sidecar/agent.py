@@ -1,0 +1,62 @@
+"""The client agent: one `Link` per requested service, all concurrent, sharing one manager channel.
+
+The channel's relay sends our netns fd with the first bytes of every connection it makes to the manager
+(grpcfd keeps it for the connection's lifetime), so every Request, refresh and Close can name it by
+`inode://dev/ino`. Readiness (all links verified) is published as a file for a Kubernetes exec probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from nsc_sidecar.link import Link
+from nsc_sidecar.settings import NscSettings
+from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.lifecycle import ReadinessFile, readiness
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.nsm_client import NsmClient
+from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.transport.client import dial
+from nsm_sdk.transport.fdpass import open_netns_fd
+from nsm_sdk.transport.urls import inode_url_for_fd
+
+
+class Readiness:
+    """Ready exactly while every link is verified."""
+
+    def __init__(self, links: list[str], marker: ReadinessFile, log: EventLog) -> None:
+        self._verified = dict.fromkeys(links, False)
+        self._marker = marker
+        self._log = log
+
+    def update(self, link: str, verified: bool) -> None:
+        self._verified[link] = verified
+        ready = all(self._verified.values())
+        if ready != self._marker.ready:
+            self._marker.set(ready)
+            self._log.info("agent.ready" if ready else "agent.not_ready",
+                           verified=sum(self._verified.values()), links=len(self._verified))
+
+
+async def run(settings: NscSettings, stop: asyncio.Event) -> None:
+    log = EventLog("nsc_sidecar.agent", name=settings.name)
+    for warning in settings.warnings:
+        log.warning("config.warning", detail=warning)
+    tokens = CallTokens(TokenSigner(settings.name), settings.max_token_lifetime)
+    netns_fd = open_netns_fd()
+    try:
+        netns_url = inode_url_for_fd(netns_fd)
+        log.info("agent.start", connect_to=str(settings.connect_to), links=len(settings.links), netns=netns_url)
+        async with dial(str(settings.connect_to), send_fds=[netns_fd]) as (channel, _relay):
+            client = NsmClient(channel, tokens)
+            with readiness(settings.readiness_file) as marker:
+                ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
+                links = [Link(spec, settings.name, netns_url, client, settings.request_timeout, ready.update, log)
+                         for spec in settings.links]
+                async with asyncio.TaskGroup() as group:
+                    for link in links:
+                        group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")
+    finally:
+        os.close(netns_fd)
+    log.info("shutdown.done")

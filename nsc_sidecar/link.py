@@ -1,0 +1,273 @@
+"""One requested link, kept alive from first Request to Close (protocol doc §5).
+
+Lifecycle: REQUESTING → ESTABLISHED → (REFRESHING | HEALING) → ESTABLISHED … → CLOSED. The transitions
+are listed in `TRANSITIONS`; anything else is a bug and raises. Retries never end the loop: only shutdown.
+
+* refresh: at `client_refresh_delay` (0.2 × the earliest segment expiry), re-sending the last reply;
+* heal: when the manager's monitor stream breaks, or reports our connection DOWN/deleted. If our side of
+  the link is still healthy (present, up, carrier) we refresh; otherwise we reselect: Close the old
+  connection, then Request again with the endpoint choice cleared;
+* verify: after every successful Request, our interface must exist under the requested name (renamed if
+  the forwarder gave it another one), be up, and carry the returned addresses and routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import random
+import time
+from collections.abc import Callable
+
+from nsm_sdk._proto.networkservice.connection_pb2 import (
+    Connection,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    PathSegment,
+    State,
+)
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.agent.lifecycle import sleep_or_stop
+from nsm_sdk.agent.link_check import link_problems
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
+from nsm_sdk.kernel.errors import KernelError
+from nsm_sdk.kernel.links import delete_link, rename_link
+from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.state import LinkState as KernelLinkState
+from nsm_sdk.kernel.state import read_link_states
+from nsm_sdk.protocol.nsurl import LinkSpec
+from nsm_sdk.protocol.requests import (
+    connection_id,
+    first_request,
+    kernel_preference,
+    own_connection_in,
+    refresh_request,
+    reselect_request,
+)
+from nsm_sdk.protocol.timing import Backoff, client_refresh_delay
+
+RETRY = Backoff(base=0.2, factor=2.0, cap=5.0, jitter=0.1)
+
+
+class LinkState(enum.Enum):
+    REQUESTING = "requesting"
+    ESTABLISHED = "established"
+    REFRESHING = "refreshing"
+    HEALING = "healing"
+    CLOSED = "closed"
+
+
+TRANSITIONS: dict[LinkState, frozenset[LinkState]] = {
+    LinkState.REQUESTING: frozenset({LinkState.ESTABLISHED, LinkState.CLOSED}),
+    LinkState.ESTABLISHED: frozenset({LinkState.REFRESHING, LinkState.HEALING, LinkState.CLOSED}),
+    LinkState.REFRESHING: frozenset({LinkState.ESTABLISHED, LinkState.HEALING, LinkState.CLOSED}),
+    LinkState.HEALING: frozenset({LinkState.ESTABLISHED, LinkState.REQUESTING, LinkState.CLOSED}),
+    LinkState.CLOSED: frozenset(),
+}
+
+
+class Trigger(enum.Enum):
+    STOP = "stop"
+    REFRESH_DUE = "refresh_due"
+    REFRESH_REQUESTED = "refresh_requested"
+    DOWN = "down"
+    MONITOR_LOST = "monitor_lost"
+
+
+class Link:
+    def __init__(
+        self,
+        spec: LinkSpec,
+        client_name: str,
+        netns_url: str,
+        client: NsmClient,
+        request_timeout: float,
+        on_ready: Callable[[str, bool], None],
+        log: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.client_name = client_name
+        self.conn_id = connection_id(client_name, spec.index)
+        self.preference = kernel_preference(spec.interface_name, netns_url)
+        self.client = client
+        self.request_timeout = request_timeout
+        self._on_ready = on_ready
+        self._clock = clock
+        self._log = log.bind(link=spec.interface_name, service=spec.network_service, conn=self.conn_id)
+        self.state = LinkState.REQUESTING
+        self.conn: Connection | None = None
+        self._triggers: asyncio.Queue[Trigger] = asyncio.Queue()
+
+    def __repr__(self) -> str:
+        return f"<Link {self.spec.interface_name} {self.state.value} conn={self.conn_id}>"
+
+    def _move(self, new: LinkState, **fields: object) -> None:
+        if new not in TRANSITIONS[self.state]:
+            raise RuntimeError(f"link {self.spec.interface_name}: no transition {self.state.value} -> {new.value}")
+        self._log.info(f"link.{new.value}", previous=self.state.value, **fields)
+        self.state = new
+
+    async def _request(self, request: NetworkServiceRequest, stop: asyncio.Event) -> Connection | None:
+        """Send until one succeeds; None only when stopping."""
+        delays = RETRY.delays(random.Random())
+        while not stop.is_set():
+            try:
+                return await self.client.request(request, self.request_timeout)
+            except RpcFailed as exc:
+                self._log.warning("request.failed", code=exc.code.name, reason=exc.details)
+                if await sleep_or_stop(stop, next(delays)):
+                    return None
+        return None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        request = first_request(self.client_name, self.conn_id, self.spec.network_service,
+                                self.spec.labels, self.preference)
+        monitor: asyncio.Task[None] | None = None
+        try:
+            while True:
+                reply = await self._request(request, stop)
+                if reply is None:
+                    break
+                self.conn = reply
+                problems = await self._verify(reply)
+                if self.state != LinkState.ESTABLISHED:
+                    self._move(LinkState.ESTABLISHED, endpoint=reply.network_service_endpoint_name,
+                               src=",".join(reply.context.ip_context.src_ip_addrs),
+                               dst=",".join(reply.context.ip_context.dst_ip_addrs))
+                self._on_ready(self.spec.interface_name, not problems)
+                if monitor is None or monitor.done():
+                    monitor = asyncio.create_task(self._monitor())
+                trigger = await self._next_trigger(stop, client_refresh_delay(reply, self._clock()))
+                if trigger is Trigger.STOP:
+                    break
+                request = await self._respond(trigger, reply)
+                if trigger is Trigger.MONITOR_LOST and monitor.done():
+                    monitor = None
+        finally:
+            if monitor is not None:
+                monitor.cancel()
+                await asyncio.gather(monitor, return_exceptions=True)
+            self._on_ready(self.spec.interface_name, False)
+        await self.close()
+
+    async def _respond(self, trigger: Trigger, reply: Connection) -> NetworkServiceRequest:
+        if trigger in (Trigger.REFRESH_DUE, Trigger.REFRESH_REQUESTED):
+            self._move(LinkState.REFRESHING, reason=trigger.value)
+            return refresh_request(reply, self.preference)
+        self._move(LinkState.HEALING, reason=trigger.value)
+        if not await self._data_plane_problems(reply):
+            return refresh_request(reply, self.preference)
+        self._log.warning("heal.reselect", reason="our side of the link is gone or down")
+        self._on_ready(self.spec.interface_name, False)
+        with contextlib.suppress(RpcFailed):
+            await self.client.close(reply, self.request_timeout)
+        self._move(LinkState.REQUESTING)
+        return reselect_request(reply, self.preference)
+
+    async def _next_trigger(self, stop: asyncio.Event, refresh_in: float) -> Trigger:
+        stopped = asyncio.create_task(stop.wait())
+        triggered = asyncio.create_task(self._triggers.get())
+        try:
+            done, _ = await asyncio.wait({stopped, triggered}, timeout=refresh_in,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            triggered.cancel()
+        if stopped in done:
+            return Trigger.STOP
+        if triggered in done:
+            return triggered.result()
+        return Trigger.REFRESH_DUE
+
+    async def _monitor(self) -> None:
+        """Watch our connection at the manager; post a trigger on DOWN, delete, refresh request or loss."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.conn_id, name=self.client_name)])
+        try:
+            async for event in self.client.monitor(selector):
+                ours = own_connection_in(event.connections, self.conn_id)
+                if ours is None:
+                    continue
+                if event.type == ConnectionEventType.DELETE or ours.state == State.DOWN:
+                    self._triggers.put_nowait(Trigger.DOWN)
+                    return
+                if ours.state == State.REFRESH_REQUESTED:
+                    self._triggers.put_nowait(Trigger.REFRESH_REQUESTED)
+        except RpcFailed as exc:
+            self._log.warning("monitor.lost", code=exc.code.name, reason=exc.details)
+        self._triggers.put_nowait(Trigger.MONITOR_LOST)
+
+    async def _data_plane_problems(self, conn: Connection) -> list[str]:
+        """Our liveness check: the interface is present, up, has carrier and its addresses.
+
+        cmd-nsc pings the peer; a kernel check needs no raw sockets and catches what matters for a veth
+        (the peer end vanishes with its namespace, which takes our end with it).
+        """
+        problems = await link_problems(self.spec.interface_name, conn, "client")
+        if problems:
+            return problems
+        states = await asyncio.to_thread(_read_own_link, self.spec.interface_name)
+        if not states or not states[0].carrier:
+            return [f"link {self.spec.interface_name} has no carrier"]
+        return []
+
+    async def _verify(self, conn: Connection) -> list[str]:
+        """Our side after a Request: rename if it arrived under another name, then check it."""
+        await self._rename_if_needed(conn)
+        problems: list[str] = []
+        for _ in range(20):
+            problems = await link_problems(self.spec.interface_name, conn, "client")
+            if not problems:
+                self._log.info("link.verified", addresses=",".join(conn.context.ip_context.src_ip_addrs))
+                return []
+            await asyncio.sleep(0.05)
+        self._log.warning("link.unverified", problems="; ".join(problems))
+        return problems
+
+    async def _rename_if_needed(self, conn: Connection) -> None:
+        wanted = self.spec.interface_name
+        states = await asyncio.to_thread(_read_own_links)
+        if any(s.ifname == wanted for s in states):
+            return
+        alias = f"server-{self.conn_id}"
+        addresses = set(conn.context.ip_context.src_ip_addrs)
+        candidate = next((s for s in states if s.alias == alias), None) or next(
+            (s for s in states if addresses and addresses <= set(s.addresses)), None)
+        if candidate is None:
+            return
+        try:
+            await asyncio.to_thread(rename_link, None, candidate.ifname, wanted)
+            self._log.info("link.renamed", old=candidate.ifname, new=wanted)
+        except KernelError as exc:
+            self._log.warning("link.rename_failed", old=candidate.ifname, new=wanted, reason=str(exc))
+
+    async def close(self) -> None:
+        """Close at the manager (bounded by the request timeout), then make sure our side is gone."""
+        if self.conn is None:  # never established: the name may belong to someone else's interface
+            self._move(LinkState.CLOSED)
+            return
+        try:
+            await self.client.close(self.conn, self.request_timeout)
+            self._log.info("close.done")
+        except RpcFailed as exc:
+            self._log.warning("close.failed", code=exc.code.name, reason=exc.details)
+        try:
+            removed = await asyncio.to_thread(delete_link, None, self.spec.interface_name)
+            if removed:
+                self._log.info("link.removed")
+        except KernelError as exc:
+            self._log.warning("link.remove_failed", reason=str(exc))
+        if self.state != LinkState.CLOSED:
+            self._move(LinkState.CLOSED)
+
+
+def _read_own_links() -> list[KernelLinkState]:
+    with netlink_in(None) as ipr:
+        return list(read_link_states(ipr))
+
+
+def _read_own_link(ifname: str) -> list[KernelLinkState]:
+    with netlink_in(None) as ipr:
+        return list(read_link_states(ipr, ifname))

@@ -1,0 +1,145 @@
+"""What the endpoint does with a Request or Close, free of gRPC (protocol doc §8.4).
+
+In order, like the Go endpoint chain: updatepath with our name; the caller's metadata token into its
+segment and our own signed token into ours; addresses from the allocator (idempotent per connection id,
+recovering what a refresh carries after we restarted); the KERNEL mechanism chosen from the caller's
+preferences with our netns as `inodeURL` and our side's name from the `peerif` label; path trimmed to our
+segment; reply with the caller's index and id.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nsm_sdk._proto.networkservice.connection_pb2 import Connection, Mechanism, State
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.protocol.errors import ProtocolError
+from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
+from nsm_sdk.protocol.ipam import P2PAllocator, apply_to_ip_context
+from nsm_sdk.protocol.path import (
+    copy_caller_token,
+    new_uuid,
+    restore_index,
+    set_own_token,
+    trim_path,
+    update_path,
+)
+
+KERNEL = "KERNEL"
+LOCAL = "LOCAL"
+NAME_PARAM = "name"
+INODE_URL_PARAM = "inodeURL"
+PEER_IFNAME_LABEL = "peerif"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A served Request: the reply for the caller and our own view of it (for monitors and state)."""
+
+    reply: Connection
+    own_view: Connection
+    interface_name: str
+
+
+def choose_mechanism(request: NetworkServiceRequest) -> Mechanism:
+    """Keep a KERNEL mechanism already set (refresh), else take the first KERNEL preference (§8.4 step 6)."""
+    current = request.connection.mechanism
+    if request.connection.HasField("mechanism") and current.type:
+        if current.type != KERNEL:
+            raise ProtocolError(f"cannot support mechanism {current.type}: only {KERNEL} is served")
+        chosen = Mechanism()
+        chosen.CopyFrom(current)
+        return chosen
+    for preference in request.mechanism_preferences:
+        if preference.type == KERNEL:
+            chosen = Mechanism()
+            chosen.CopyFrom(preference)
+            chosen.cls = chosen.cls or LOCAL
+            return chosen
+    offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
+    raise ProtocolError(f"cannot support any of the requested mechanisms ({offered}): only {KERNEL} is served")
+
+
+class EndpointCore:
+    """Per-connection endpoint logic; the gRPC servicer feeds it and acts on what it returns."""
+
+    def __init__(
+        self,
+        name: str,
+        allocator: P2PAllocator,
+        netns_url: str,
+        sign_token: Callable[[], tuple[str, float]],
+        new_id: Callable[[], str] = new_uuid,
+        random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+    ) -> None:
+        self.name = name
+        self.allocator = allocator
+        self.netns_url = netns_url
+        self._sign = sign_token
+        self._new_id = new_id
+        self._random_bytes = random_bytes
+
+    def __repr__(self) -> str:
+        return f"EndpointCore(name={self.name!r}, allocator={self.allocator!r})"
+
+    def _interface_name(self, conn: Connection, mechanism: Mechanism) -> str:
+        wanted = conn.labels.get(PEER_IFNAME_LABEL, "")
+        if wanted:
+            problem = interface_name_problem(wanted)
+            if problem is not None:
+                raise ProtocolError(f"label {PEER_IFNAME_LABEL}={wanted!r}: {problem}")
+            return wanted
+        current = mechanism.parameters.get(NAME_PARAM, "")
+        if current:
+            return current
+        return generate_interface_name(conn.network_service, self._random_bytes)
+
+    def request(self, request: NetworkServiceRequest, token: str | None, expires: float | None) -> Accepted:
+        conn = Connection()
+        conn.CopyFrom(request.connection)
+        caller_index = update_path(conn, self.name, self._new_id)
+        copy_caller_token(conn, token, expires)
+        own_token, own_expires = self._sign()
+        set_own_token(conn, own_token, own_expires)
+
+        ip_context = conn.context.ip_context
+        held = self.allocator.request(
+            conn.id,
+            src_addrs=list(ip_context.src_ip_addrs),
+            dst_addrs=list(ip_context.dst_ip_addrs),
+            excluded=list(ip_context.excluded_prefixes),
+        )
+        # Drop addresses a previous allocation put there but that we no longer hold (e.g. excluded now).
+        wanted_src = {a.src_ip for a in held}
+        wanted_dst = {a.dst_ip for a in held}
+        kept_src = [a for a in ip_context.src_ip_addrs if a in wanted_src]
+        kept_dst = [a for a in ip_context.dst_ip_addrs if a in wanted_dst]
+        del ip_context.src_ip_addrs[:]
+        del ip_context.dst_ip_addrs[:]
+        ip_context.src_ip_addrs.extend(kept_src)
+        ip_context.dst_ip_addrs.extend(kept_dst)
+        apply_to_ip_context(ip_context, held)
+
+        mechanism = choose_mechanism(request)
+        name = self._interface_name(conn, mechanism)
+        mechanism.parameters[NAME_PARAM] = name
+        mechanism.parameters[INODE_URL_PARAM] = self.netns_url
+        conn.mechanism.CopyFrom(mechanism)
+        conn.state = State.UP
+        trim_path(conn)
+
+        own_view = Connection()
+        own_view.CopyFrom(conn)
+        restore_index(conn, caller_index)
+        return Accepted(reply=conn, own_view=own_view, interface_name=name)
+
+    def close(self, conn: Connection, token: str | None, expires: float | None) -> Connection:
+        """Release what the connection holds; returns our view of it (our index and id)."""
+        mine = Connection()
+        mine.CopyFrom(conn)
+        update_path(mine, self.name, self._new_id)
+        copy_caller_token(mine, token, expires)
+        self.allocator.release(mine.id)
+        return mine

@@ -1,0 +1,122 @@
+"""gRPC face of the endpoint: NetworkService (Request, Close) and MonitorConnection (protocol doc §8.4-§8.6)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
+from nsm_sdk._proto.networkservice.connection_pb2 import Connection
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.agent.credentials import caller_token
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.monitor_hub import MonitorHub
+from nsm_sdk.protocol.errors import NsmError, ProtocolError
+from nsm_sdk.protocol.path import prev_expires
+from nsm_sdk.protocol.timing import server_close_deadline
+from nse_sidecar.endpoint import Accepted, EndpointCore
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: ignore[misc]
+    """Serialises work per connection id, arms the server-side expiry close, and feeds the monitor hub.
+
+    `on_accepted(accepted)` runs after each successful Request (the agent verifies its interface there);
+    `on_closed(conn)` after each Close or expiry.
+    """
+
+    def __init__(
+        self,
+        core: EndpointCore,
+        hub: MonitorHub,
+        on_accepted: Callable[[Accepted], None],
+        on_closed: Callable[[Connection], None],
+        log: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.core = core
+        self.hub = hub
+        self._on_accepted = on_accepted
+        self._on_closed = on_closed
+        self._log = log
+        self._clock = clock
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
+
+    def _lock(self, conn_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(conn_id, asyncio.Lock())
+
+    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:  # noqa: N802
+        token, expires = caller_token(context.invocation_metadata())
+        async with self._lock(request.connection.id):
+            try:
+                accepted = self.core.request(request, token, expires)
+                try:
+                    remaining = context.time_remaining() or 0.0
+                    deadline = server_close_deadline(prev_expires(accepted.own_view), remaining)
+                except ProtocolError:
+                    self.core.allocator.release(accepted.own_view.id)
+                    raise
+            except NsmError as exc:
+                self._log.warning("request.refused", conn=request.connection.id, reason=str(exc))
+                await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+                raise AssertionError("unreachable") from exc
+        own = accepted.own_view
+        self.hub.update(own)
+        self._arm_expiry(own, deadline)
+        self._log.info("request.accepted", conn=own.id, service=own.network_service,
+                       ifname=accepted.interface_name,
+                       src=",".join(own.context.ip_context.src_ip_addrs),
+                       dst=",".join(own.context.ip_context.dst_ip_addrs))
+        self._on_accepted(accepted)
+        return accepted.reply
+
+    async def Close(self, conn: Connection, context: Context) -> Empty:  # noqa: N802
+        token, expires = caller_token(context.invocation_metadata())
+        async with self._lock(conn.id):
+            try:
+                mine = self.core.close(conn, token, expires)
+            except ProtocolError as exc:
+                await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+                raise AssertionError("unreachable") from exc
+        self._forget(mine)
+        self._log.info("close.done", conn=mine.id)
+        return Empty()
+
+    def _forget(self, mine: Connection) -> None:
+        timer = self._expiry_timers.pop(mine.id, None)
+        if timer is not None:
+            timer.cancel()
+        self._locks.pop(mine.id, None)
+        self.hub.delete(mine.id)
+        self._on_closed(mine)
+
+    def _arm_expiry(self, own: Connection, deadline: float) -> None:
+        """Close by ourselves when the caller stops refreshing (Go `timeout` server, §4.4)."""
+        old = self._expiry_timers.pop(own.id, None)
+        if old is not None:
+            old.cancel()
+        delay = max(0.0, deadline - self._clock())
+        loop = asyncio.get_running_loop()
+        stored = Connection()
+        stored.CopyFrom(own)
+        self._expiry_timers[own.id] = loop.call_later(delay, self._expire, stored)
+
+    def _expire(self, own: Connection) -> None:
+        self._log.warning("connection.expired", conn=own.id)
+        self.core.allocator.release(own.id)
+        self._forget(own)
+
+    def close_all(self) -> list[Connection]:
+        """Shutdown: release everything we hold and tell monitors (DELETE), returning what was open."""
+        open_connections = list(self.hub.connections.values())
+        for own in open_connections:
+            self.core.allocator.release(own.id)
+            self._forget(own)
+        return open_connections

@@ -1,0 +1,352 @@
+"""Settings of the NSE sidecar: one frozen tree, built once from the environment by `NseSettings.from_env`.
+
+`NseSettings.from_env` is the only code of the agent that looks at environment variables. It checks every
+variable in a fixed order and raises the first `ConfigError` (``VAR='value': problem``).
+
+A variable that is unset, empty or only whitespace counts as unset and takes its default. Seed variables
+(legacy-contract.md §1.2) and NSM v1 variables (nsm-v1-protocol.md §2.3) are both read; within each pair
+below, set at most one side (both → ConfigError naming both). A legacy alias is only read when the new
+name is unset.
+
+=========================================== ========================================= =====================
+variable (seed / alias | NSM v1)            meaning                                   default
+=========================================== ========================================= =====================
+ENDPOINT_NETWORK_SERVICE / ADVERTISE_NSE_NAME served network service (one name)       \\ one of the two
+| NSM_SERVICE_NAMES                         or a comma list of names                  / is required
+ENDPOINT_LABELS / ADVERTISE_NSE_LABELS      NSE labels ``k=v,k=v``                     none
+| NSM_LABELS                                or ``k:v,k:v`` (envconfig map syntax)
+IP_ADDRESS                                  seed addressing: one CIDR, a /30 (/126)   \\ NSM mode with
+| NSM_CIDR_PREFIX                           per link; or NSM CIDR groups ``[a,b],c``  / 169.254.0.0/16
+NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse
+NSM_CONNECT_TO                              nsmgr URL (unix or tcp)                   the nsmgr socket
+NSM_LISTEN_ON                               our server socket, ``unix:///abs`` only     fresh temp dir
+NSM_REGISTER_SERVICE                        register the NetworkService at start      true
+NSM_PAYLOAD                                 ETHERNET or IP                            ETHERNET
+NSM_MAX_TOKEN_LIFETIME                      lifetime cap of our path tokens           ``10m``
+NSM_REQUEST_TIMEOUT                         deadline of each registry call            ``15s``
+POD_NAME / NODE_NAME / CLUSTER_NAME         labels podName / nodeName / clusterName   not added
+NSM_READY_FILE                              file touched once registered              none
+NSM_LOG_LEVEL                               TRACE, DEBUG, INFO, WARN(ING), ERROR      INFO
+=========================================== ========================================= =====================
+
+Addressing: without ``IP_ADDRESS`` and ``NSM_CIDR_PREFIX`` we use NSM mode with cmd-nse's default
+``169.254.0.0/16`` (the seed instead failed every Request with "no room"). A CIDR whose host bits are set
+(``10.60.1.1/24``) is rejected in both variables, since it is almost always a typo; Go would silently
+use the network. ``IP_ADDRESS`` must hold at least one /30 (IPv6: /126); each ``NSM_CIDR_PREFIX`` entry
+at least two addresses.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from nsm_sdk.protocol.durations import parse_positive_duration
+from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.protocol.labels import (
+    FrozenLabels,
+    client_info_labels,
+    parse_colon_labels,
+    parse_equals_labels,
+    with_missing_labels,
+)
+from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, SocketUrl, network_service_problem, parse_socket_url
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+Payload = Literal["ETHERNET", "IP"]
+
+#: cmd-nse-icmp-responder's default ``NSM_CIDR_PREFIX`` (nsm-v1-protocol.md §2.3).
+DEFAULT_NSM_POOL = ipaddress.IPv4Network("169.254.0.0/16")
+
+_LOG_LEVELS: dict[str, LogLevel] = {
+    "TRACE": "TRACE",
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARN": "WARNING",
+    "WARNING": "WARNING",
+    "ERROR": "ERROR",
+}
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_PAYLOADS: dict[str, Payload] = {"ETHERNET": "ETHERNET", "IP": "IP"}
+
+# Seed (NSM v0) variables that this agent does not use, with what to do instead.
+_IGNORED_LEGACY = {
+    "NSM_SERVER_SOCKET": "NSM v0 nsmd socket; use NSM_CONNECT_TO",
+    "NSM_CLIENT_SOCKET": "NSM v0 endpoint socket; use NSM_LISTEN_ON",
+    "WORKSPACE": "NSM v0 workspace; not needed",
+    "MECHANISM_TYPE": "the mechanism is always KERNEL",
+    "ROUTES": "extra routes are not supported",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class AddressingSettings:
+    """Where link addresses come from."""
+
+    mode: Literal["seed", "nsm"] = "nsm"
+    """``seed``: a /30 (/126) per link, client network+1, endpoint network+2 (legacy-contract.md §2.1);
+    ``nsm``: NSM v1 point-to-point addresses from the groups in order (nsm-v1-protocol.md §2.3)."""
+    pools: tuple[tuple[IPNetwork, ...], ...] = ((DEFAULT_NSM_POOL,),)
+    """The pools: one group holding one network in seed mode; the ``[a,b],c`` groups in NSM mode."""
+
+
+@dataclass(frozen=True, slots=True)
+class NseSettings:
+    """Everything the NSE sidecar needs, validated."""
+
+    services: tuple[str, ...] = ()
+    """Network services this endpoint serves and registers."""
+    labels: Mapping[str, str] = field(default_factory=FrozenLabels)
+    """Registration labels, with podName/nodeName/clusterName added unless present."""
+    addressing: AddressingSettings = AddressingSettings()
+    """IPAM mode and pools."""
+    name: str = "nse"
+    """Endpoint name: registration name and our path segment name."""
+    connect_to: SocketUrl = DEFAULT_NSMGR_URL
+    """nsmgr URL (``unix:///var/lib/networkservicemesh/nsm.io.sock`` by default)."""
+    listen_on: SocketUrl | None = None
+    """Our unix socket; None: a socket in a fresh temporary directory chosen at start (like cmd-nse)."""
+    register_service: bool = True
+    """Register the NetworkService object before the endpoint."""
+    payload: Payload = "ETHERNET"
+    """Payload of the registered NetworkService."""
+    max_token_lifetime: float = 600.0
+    """Upper bound, in seconds, of the lifetime of the path tokens we sign."""
+    request_timeout: float = 15.0
+    """Seconds allowed for each registry call."""
+    readiness_file: str | None = None
+    """Absolute path touched once the endpoint is registered (for an exec readiness probe); None: none."""
+    log_level: LogLevel = "INFO"
+    """Log level; ``WARN`` is stored as ``WARNING``, ``TRACE`` is left to the agent to map."""
+    warnings: tuple[str, ...] = ()
+    """Messages about variables that were set but ignored; the agent logs them at start-up."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.labels, FrozenLabels):
+            object.__setattr__(self, "labels", FrozenLabels(self.labels))
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> NseSettings:
+        """Build and validate the settings from ``env`` (e.g. ``os.environ``); raise the first ConfigError."""
+        warnings: list[str] = []
+        services = _services(env, warnings)
+        labels = _labels(env, warnings)
+        clientinfo = client_info_labels(
+            pod_name=_value(env, "POD_NAME"),
+            node_name=_value(env, "NODE_NAME"),
+            cluster_name=_value(env, "CLUSTER_NAME"),
+        )
+        warnings.extend(
+            f"{variable} is set but ignored: {why}"
+            for variable, why in _IGNORED_LEGACY.items()
+            if _value(env, variable) is not None
+        )
+        return cls(
+            services=services,
+            labels=with_missing_labels(labels, clientinfo),
+            addressing=_addressing(env),
+            name=_name(env, default="nse"),
+            connect_to=_socket_url(env, "NSM_CONNECT_TO"),
+            listen_on=_listen_url(env, "NSM_LISTEN_ON"),
+            register_service=_bool(env, "NSM_REGISTER_SERVICE", default=True),
+            payload=_payload(env, "NSM_PAYLOAD"),
+            max_token_lifetime=_duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
+            request_timeout=_duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
+            readiness_file=_absolute_path(env, "NSM_READY_FILE"),
+            log_level=_log_level(env, "NSM_LOG_LEVEL"),
+            warnings=tuple(warnings),
+        )
+
+
+def parse_cidr_groups(variable: str, text: str) -> tuple[tuple[IPNetwork, ...], ...]:
+    """Parse ``NSM_CIDR_PREFIX``: comma-separated CIDRs, ``[a,b]`` making one group (``sdk:cidr/group.go``).
+
+    ``[a,b],c`` → ``((a, b), (c,))``. Whitespace is ignored, groups do not nest, and each CIDR must hold at
+    least two addresses and have no host bits set.
+    """
+    value = "".join(text.split())
+    if not value:
+        raise ConfigError(variable, text, "no CIDR given")
+    groups: list[tuple[IPNetwork, ...]] = []
+    current: list[IPNetwork] | None = None
+    for position, item in enumerate(value.split(",")):
+        opens, closes = item.startswith("["), item.endswith("]")
+        body = item[1 if opens else 0 : len(item) - 1 if closes else len(item)]
+        if "[" in body or "]" in body:
+            raise ConfigError(variable, text, f"misplaced bracket in entry {position} ({item!r})")
+        if opens and current is not None:
+            raise ConfigError(variable, text, f"entry {position} ({item!r}) opens a group inside a group")
+        if closes and not opens and current is None:
+            raise ConfigError(variable, text, f"entry {position} ({item!r}) closes a group never opened")
+        if not body:
+            raise ConfigError(variable, text, f"entry {position} is empty")
+        network = _network(variable, text, body, smallest_prefix={4: 31, 6: 127}, need="two addresses")
+        if opens:
+            current = []
+        if current is None:
+            groups.append((network,))
+        else:
+            current.append(network)
+            if closes:
+                groups.append(tuple(current))
+                current = None
+    if current is not None:
+        raise ConfigError(variable, text, "a '[' group is not closed with ']'")
+    return tuple(groups)
+
+
+def parse_seed_pool(variable: str, text: str) -> IPNetwork:
+    """Parse ``IP_ADDRESS``: one CIDR with no host bits set, big enough for one /30 (IPv6: /126)."""
+    return _network(variable, text, text.strip(), smallest_prefix={4: 30, 6: 126}, need="one /30 (v6: /126)")
+
+
+def _network(variable: str, text: str, cidr: str, *, smallest_prefix: dict[int, int], need: str) -> IPNetwork:
+    if "/" not in cidr:
+        raise ConfigError(variable, text, f"{cidr!r} has no prefix length; expected a CIDR like 10.60.1.0/24")
+    try:
+        network = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        raise ConfigError(variable, text, f"{cidr!r} is not a CIDR like 10.60.1.0/24") from None
+    if network.network_address != ipaddress.ip_interface(cidr).ip:
+        raise ConfigError(variable, text, f"{cidr!r} has host bits set; did you mean {network}?")
+    if network.prefixlen > smallest_prefix[network.version]:
+        raise ConfigError(variable, text, f"pool too small: {network} must hold at least {need}")
+    return network
+
+
+def _services(env: Mapping[str, str], notes: list[str]) -> tuple[str, ...]:
+    seed_variable, seed = _aliased(env, "ENDPOINT_NETWORK_SERVICE", "ADVERTISE_NSE_NAME", notes)
+    nsm = _value(env, "NSM_SERVICE_NAMES")
+    if seed is not None and nsm is not None:
+        both = f"NSM_SERVICE_NAMES is also set; set only one of {seed_variable} and NSM_SERVICE_NAMES"
+        raise ConfigError(seed_variable, seed, both)
+    if seed is not None:
+        _check_service(seed_variable, seed, seed.strip())
+        return (seed.strip(),)
+    if nsm is None:
+        required = "required: set ENDPOINT_NETWORK_SERVICE (one name) or NSM_SERVICE_NAMES (a comma list)"
+        raise ConfigError("ENDPOINT_NETWORK_SERVICE", None, required)
+    names: list[str] = []
+    for position, raw in enumerate(nsm.split(",")):
+        name = raw.strip()
+        if not name:
+            raise ConfigError("NSM_SERVICE_NAMES", nsm, f"entry {position} is empty (stray ',')")
+        if name in names:
+            raise ConfigError("NSM_SERVICE_NAMES", nsm, f"network service {name!r} is listed twice")
+        _check_service("NSM_SERVICE_NAMES", nsm, name)
+        names.append(name)
+    return tuple(names)
+
+
+def _check_service(variable: str, value: str, name: str) -> None:
+    problem = network_service_problem(name)
+    if problem is not None:
+        raise ConfigError(variable, value, problem)
+
+
+def _labels(env: Mapping[str, str], notes: list[str]) -> FrozenLabels:
+    seed_variable, seed = _aliased(env, "ENDPOINT_LABELS", "ADVERTISE_NSE_LABELS", notes)
+    nsm = _value(env, "NSM_LABELS")
+    if seed is not None and nsm is not None:
+        problem = f"NSM_LABELS is also set; set only one of {seed_variable} and NSM_LABELS"
+        raise ConfigError(seed_variable, seed, problem)
+    if seed is not None:
+        return parse_equals_labels(seed_variable, seed)
+    return parse_colon_labels("NSM_LABELS", nsm or "")
+
+
+def _addressing(env: Mapping[str, str]) -> AddressingSettings:
+    seed = _value(env, "IP_ADDRESS")
+    nsm = _value(env, "NSM_CIDR_PREFIX")
+    if seed is not None and nsm is not None:
+        raise ConfigError("IP_ADDRESS", seed, "NSM_CIDR_PREFIX is also set; set only one of them")
+    if seed is not None:
+        return AddressingSettings(mode="seed", pools=((parse_seed_pool("IP_ADDRESS", seed),),))
+    if nsm is not None:
+        return AddressingSettings(mode="nsm", pools=parse_cidr_groups("NSM_CIDR_PREFIX", nsm))
+    return AddressingSettings()
+
+
+def _aliased(env: Mapping[str, str], variable: str, alias: str, notes: list[str]) -> tuple[str, str | None]:
+    """(name, value) of ``variable``, else of its legacy ``alias``; the new name wins when both are set."""
+    value, legacy = _value(env, variable), _value(env, alias)
+    if value is not None:
+        if legacy is not None:
+            notes.append(f"{alias} is set but ignored: {variable} takes precedence")
+        return variable, value
+    return (alias, legacy) if legacy is not None else (variable, None)
+
+
+def _value(env: Mapping[str, str], variable: str) -> str | None:
+    """The raw value of ``variable``, or None when it is unset or blank."""
+    value = env.get(variable)
+    return value if value is not None and value.strip() else None
+
+
+def _name(env: Mapping[str, str], *, default: str) -> str:
+    for variable in ("NSM_NAME", "POD_NAME"):
+        value = _value(env, variable)
+        if value is not None:
+            name = value.strip()
+            if any(char.isspace() or not char.isprintable() for char in name):
+                raise ConfigError(variable, value, "name must not contain whitespace or control characters")
+            return name
+    return default
+
+
+def _socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:
+    value = _value(env, variable)
+    return DEFAULT_NSMGR_URL if value is None else parse_socket_url(variable, value)
+
+
+def _listen_url(env: Mapping[str, str], variable: str) -> SocketUrl | None:
+    value = _value(env, variable)
+    return None if value is None else parse_socket_url(variable, value, allow_tcp=False)
+
+
+def _duration(env: Mapping[str, str], variable: str, default: float) -> float:
+    value = _value(env, variable)
+    return default if value is None else parse_positive_duration(variable, value)
+
+
+def _bool(env: Mapping[str, str], variable: str, *, default: bool) -> bool:
+    value = _value(env, variable)
+    if value is None:
+        return default
+    parsed = _BOOLEANS.get(value.strip().lower())
+    if parsed is None:
+        raise ConfigError(variable, value, "expected true/false, 1/0 or yes/no")
+    return parsed
+
+
+def _payload(env: Mapping[str, str], variable: str) -> Payload:
+    value = _value(env, variable)
+    if value is None:
+        return "ETHERNET"
+    payload = _PAYLOADS.get(value.strip().upper())
+    if payload is None:
+        raise ConfigError(variable, value, "payload must be ETHERNET or IP")
+    return payload
+
+
+def _absolute_path(env: Mapping[str, str], variable: str) -> str | None:
+    value = _value(env, variable)
+    if value is None:
+        return None
+    path = value.strip()
+    if not path.startswith("/") or path.endswith("/") or "\0" in path:
+        raise ConfigError(variable, value, "must be an absolute file path, e.g. /tmp/nse-ready")
+    return path
+
+
+def _log_level(env: Mapping[str, str], variable: str) -> LogLevel:
+    value = _value(env, variable)
+    if value is None:
+        return "INFO"
+    level = _LOG_LEVELS.get(value.strip().upper())
+    if level is None:
+        raise ConfigError(variable, value, "unknown log level; use TRACE, DEBUG, INFO, WARN(ING) or ERROR")
+    return level

@@ -1,0 +1,55 @@
+"""Channels from nsm-local to registered endpoints, one per endpoint socket, reused across Requests.
+
+Like the Go forwarder we dial the endpoint's socket file through the fd it registered with
+(/proc/<pid>/fd/N). Each channel has its own relay, so the endpoint's netns fd, which it sends with its
+reply, is found on that relay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import grpc
+
+from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.nsm_client import NsmClient
+from nsm_sdk.transport.client import ClientRelay, dial
+
+
+@dataclass
+class EndpointChannel:
+    key: str
+    client: NsmClient
+    relay: ClientRelay
+    stack: contextlib.AsyncExitStack
+
+
+class EndpointDialer:
+    def __init__(self, tokens: CallTokens) -> None:
+        self.tokens = tokens
+        self._channels: dict[str, EndpointChannel] = {}
+
+    def __repr__(self) -> str:
+        return f"<EndpointDialer channels={len(self._channels)}>"
+
+    async def get(self, key: str, dial_url: str) -> EndpointChannel:
+        """The channel for endpoint socket `key` (its registered URL), dialled at `dial_url` when new."""
+        existing = self._channels.get(key)
+        if existing is not None:
+            return existing
+        stack = contextlib.AsyncExitStack()
+        channel: grpc.aio.Channel
+        channel, relay = await stack.enter_async_context(dial(dial_url))
+        made = EndpointChannel(key=key, client=NsmClient(channel, self.tokens), relay=relay, stack=stack)
+        self._channels[key] = made
+        return made
+
+    async def drop(self, key: str) -> None:
+        made = self._channels.pop(key, None)
+        if made is not None:
+            await made.stack.aclose()
+
+    async def aclose(self) -> None:
+        for key in list(self._channels):
+            await self.drop(key)

@@ -1,0 +1,406 @@
+"""nsm-local's NetworkService API: nsmgr and kernel forwarder in one hop (protocol doc §4, §5, §8, §10).
+
+A client Request walks the same path as with real NSM: `[client, nsmgr, forwarder, endpoint]`. As
+nsmgr we update the path and tokens and check the caller's expiry; as forwarder we choose the endpoint
+(the one the connection names on refresh, else by the NetworkService's matches, round robin), call it,
+then create the veth pair in both namespaces from the two netns fds (the client's from this connection,
+the endpoint's from its reply). Sessions are keyed by our (nsmgr) segment id, which a refresh keeps, so
+a refresh after a restart of nsm-local finds its veth again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
+from nsm_sdk._proto.networkservice.connection_pb2 import (
+    Connection,
+    ConnectionEventType,
+    Mechanism,
+    MonitorScopeSelector,
+    PathSegment,
+    State,
+)
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
+from nsm_sdk.agent.credentials import CallTokens, caller_token
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.monitor_hub import MonitorHub
+from nsm_sdk.agent.nsm_client import RpcFailed
+from nsm_sdk.kernel.errors import KernelError
+from nsm_sdk.protocol.errors import NsmError, ProtocolError, TemporaryError
+from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
+from nsm_sdk.protocol.matching import RoundRobin, select_endpoints
+from nsm_sdk.protocol.path import copy_caller_token, prev_expires, restore_index, set_own_token, update_path
+from nsm_sdk.protocol.timing import server_close_deadline
+from nsm_sdk.transport.errors import FdNotReceivedError
+from nsm_sdk.transport.server import ServerHandle
+from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
+from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
+from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
+from nsm_local.registry import Registry, endpoint_view, service_view
+
+Context = grpc.aio.ServicerContext[Any, Any]
+KERNEL = "KERNEL"
+MANAGER_NAME = "nsmgr-local"
+FORWARDER_NAME = "forwarder-local"
+ENDPOINT_CALL_TIMEOUT = 10.0
+
+
+class NotFound(TemporaryError):
+    """No service, endpoint or candidate yet: it may be registered later, so the client retries."""
+
+
+@dataclass
+class Session:
+    manager_view: Connection  # index 1, id = our segment id; what monitors see
+    endpoint_name: str
+    endpoint_key: str
+    endpoint_conn: Connection  # the endpoint's reply (forwarder's view), re-sent on refresh and Close
+    xc: CrossConnect  # owns both netns fds
+    expiry: asyncio.TimerHandle | None = None
+    monitor: asyncio.Task[None] | None = None
+    fds_closed: bool = field(default=False)
+
+    @property
+    def forwarder_id(self) -> str:
+        return self.endpoint_conn.path.path_segments[2].id
+
+    def close_fds(self) -> None:
+        if not self.fds_closed:
+            self.fds_closed = True
+            for fd in (self.xc.client_ns_fd, self.xc.endpoint_ns_fd):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _kernel_mechanism(request: NetworkServiceRequest) -> Mechanism:
+    conn = request.connection
+    if conn.HasField("mechanism") and conn.mechanism.type == KERNEL:
+        chosen = Mechanism()
+        chosen.CopyFrom(conn.mechanism)
+        for preference in request.mechanism_preferences:  # a refresh re-sends the original preference
+            if preference.type == KERNEL and preference.parameters.get("inodeURL"):
+                chosen.parameters["inodeURL"] = preference.parameters["inodeURL"]
+        return chosen
+    for preference in request.mechanism_preferences:
+        if preference.type == KERNEL:
+            chosen = Mechanism()
+            chosen.CopyFrom(preference)
+            chosen.cls = chosen.cls or "LOCAL"
+            return chosen
+    offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
+    raise ProtocolError(f"cannot support any of the requested mechanisms ({offered}): nsm-local forwards KERNEL")
+
+
+def _inode_of(url: str, who: str) -> tuple[int, int]:
+    if not is_inode_url(url):
+        raise ProtocolError(
+            f"{who} netns URL {url!r}: must be inode://<dev>/<ino> with the netns fd passed on the same "
+            "connection (grpcfd); nsm-local never resolves another process's file:// path")
+    return parse_inode_url(url)
+
+
+class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        registry: Registry,
+        dialer: EndpointDialer,
+        manager_tokens: CallTokens,
+        forwarder_tokens: CallTokens,
+        hub: MonitorHub,
+        server: Callable[[], ServerHandle],
+        log: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.dialer = dialer
+        self.manager_tokens = manager_tokens
+        self.forwarder_tokens = forwarder_tokens
+        self.hub = hub
+        self._server = server
+        self._log = log
+        self._clock = clock
+        self.sessions: dict[str, Session] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._round_robin = RoundRobin()
+
+    def __repr__(self) -> str:
+        return f"<ManagerServicer sessions={len(self.sessions)}>"
+
+    # --- Request ----------------------------------------------------------------------------------------
+
+    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:  # noqa: N802
+        token, expires = caller_token(context.invocation_metadata())
+        conn = Connection()
+        conn.CopyFrom(request.connection)
+        try:
+            caller_index = update_path(conn, MANAGER_NAME)
+            copy_caller_token(conn, token, expires)
+            own_token, own_expires = self.manager_tokens.sign()
+            set_own_token(conn, own_token, own_expires)
+            deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
+            async with self._locks.setdefault(conn.id, asyncio.Lock()):
+                reply = await self._request(request, conn, own_token, own_expires, caller_index, deadline, context)
+        except (NsmError, KernelError) as exc:
+            self._log.warning("request.failed", conn=request.connection.id, service=conn.network_service,
+                              reason=str(exc))
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+            raise AssertionError("unreachable") from exc
+        return reply
+
+    async def _request(
+        self, request: NetworkServiceRequest, conn: Connection, own_token: str, own_expires: float,
+        caller_index: int, deadline: float, context: Context,
+    ) -> Connection:
+        mechanism = _kernel_mechanism(request)
+        client_ifname = mechanism.parameters.get("name") or generate_interface_name(
+            conn.network_service, secrets.token_bytes)
+        problem = interface_name_problem(client_ifname)
+        if problem is not None:
+            raise ProtocolError(f"mechanism parameter name={client_ifname!r}: {problem}")
+        mechanism.parameters["name"] = client_ifname
+        client_ns_fd = await self._client_netns_fd(mechanism, context)
+        try:
+            session = self.sessions.get(conn.id)
+            if session is not None and conn.state == State.RESELECT_REQUESTED:
+                await self._teardown(session, "reselect requested", call_endpoint=True)
+                session = None
+            forwarded = self._forwarder_hop(conn, own_token, own_expires, session)
+            endpoint_name, channel, reply = await self._call_endpoints(request, conn, forwarded, session, context)
+            endpoint_ns_fd = await self._endpoint_netns_fd(reply, channel, context)
+        except BaseException:
+            os.close(client_ns_fd)
+            raise
+        xc = CrossConnect(client_ns_fd, client_ifname, endpoint_ns_fd, reply.mechanism.parameters["name"])
+        try:
+            if session is not None and (session.xc.client_ifname, session.xc.endpoint_ifname) != (
+                    xc.client_ifname, xc.endpoint_ifname):
+                await remove_cross_connect(session.xc)
+            await ensure_cross_connect(xc, reply)
+        except BaseException:
+            for fd in (client_ns_fd, endpoint_ns_fd):
+                os.close(fd)
+            with contextlib.suppress(RpcFailed):
+                await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
+            raise
+
+        out = Connection()
+        out.CopyFrom(reply)
+        out.mechanism.CopyFrom(mechanism)
+        out.network_service_endpoint_name = endpoint_name
+        out.state = State.UP
+        restore_index(out, caller_index)
+        view = Connection()
+        view.CopyFrom(out)
+        restore_index(view, caller_index + 1)
+        self._store(Session(view, endpoint_name, channel.key, reply, xc), session, deadline, channel)
+        self._log.info("connection.up" if session is None else "connection.refreshed", conn=out.id,
+                       service=out.network_service, endpoint=endpoint_name,
+                       client_if=xc.client_ifname, endpoint_if=xc.endpoint_ifname,
+                       src=",".join(out.context.ip_context.src_ip_addrs),
+                       dst=",".join(out.context.ip_context.dst_ip_addrs))
+        return out
+
+    async def _client_netns_fd(self, mechanism: Mechanism, context: Context) -> int:
+        url = mechanism.parameters.get("inodeURL", "")
+        dev, ino = _inode_of(url, "client")
+        connection = self._server().connection_for(context)
+        if connection is None:
+            raise ProtocolError("this connection cannot carry file descriptors")
+        try:
+            return await connection.received.wait(dev, ino, context.time_remaining())
+        except FdNotReceivedError as exc:
+            raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
+
+    def _forwarder_hop(self, conn: Connection, own_token: str, own_expires: float,
+                       session: Session | None) -> Connection:
+        forwarded = Connection()
+        forwarded.CopyFrom(conn)
+        update_path(forwarded, FORWARDER_NAME)
+        copy_caller_token(forwarded, own_token, own_expires)
+        token, expires = self.forwarder_tokens.sign()
+        set_own_token(forwarded, token, expires)
+        forwarded.ClearField("mechanism")
+        if session is not None:  # a refresh: the endpoint gets its own previous mechanism back
+            forwarded.mechanism.CopyFrom(session.endpoint_conn.mechanism)
+        return forwarded
+
+    def _candidates(self, conn: Connection) -> list[str]:
+        if conn.network_service_endpoint_name and conn.state != State.RESELECT_REQUESTED:
+            name = conn.network_service_endpoint_name
+            if name not in self.registry.endpoints:
+                raise NotFound(f"network service endpoint {name} is not found")
+            return [name]
+        service = self.registry.services.get(conn.network_service)
+        if service is None:
+            raise NotFound(f"network service {conn.network_service} is not found")
+        entries = self.registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[service.name]))
+        views = [endpoint_view(entry, service.name) for entry in entries]
+        chosen = select_endpoints(service_view(service), dict(conn.labels), views, self._clock())
+        if not chosen:
+            raise NotFound(f"network service endpoint candidates not found for {service.name} "
+                           f"(client labels {dict(sorted(conn.labels.items()))})")
+        return [view.name for view in self._round_robin.order(service.name, chosen)]
+
+    async def _call_endpoints(
+        self, request: NetworkServiceRequest, conn: Connection, forwarded: Connection, session: Session | None,
+        context: Context,
+    ) -> tuple[str, EndpointChannel, Connection]:
+        failures = []
+        service = self.registry.services.get(conn.network_service)
+        for name in self._candidates(conn):
+            entry = self.registry.endpoints.get(name)
+            if entry is None:
+                continue
+            outgoing = NetworkServiceRequest()
+            outgoing.connection.CopyFrom(forwarded)
+            outgoing.connection.network_service_endpoint_name = name
+            if service is not None:
+                outgoing.connection.payload = service.payload
+            outgoing.mechanism_preferences.append(Mechanism(cls="LOCAL", type=KERNEL))
+            if session is not None and session.endpoint_name != name:
+                outgoing.connection.ClearField("mechanism")
+            channel = await self.dialer.get(entry.record.url, entry.dial_url)
+            timeout = min(ENDPOINT_CALL_TIMEOUT, max(0.1, (context.time_remaining() or ENDPOINT_CALL_TIMEOUT) - 0.5))
+            try:
+                reply = await channel.client.request(outgoing, timeout, wait_for_ready=False)
+            except RpcFailed as exc:
+                failures.append(f"{name}: {exc}")
+                if exc.code == grpc.StatusCode.UNAVAILABLE:
+                    await self.dialer.drop(channel.key)
+                continue
+            if reply.mechanism.type != KERNEL or not reply.mechanism.parameters.get("name"):
+                failures.append(f"{name}: reply has no KERNEL mechanism with an interface name")
+                with contextlib.suppress(RpcFailed):
+                    await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
+                continue
+            return name, channel, reply
+        raise TemporaryError("all endpoints failed: " + "; ".join(failures))
+
+    async def _endpoint_netns_fd(self, reply: Connection, channel: EndpointChannel, context: Context) -> int:
+        url = reply.mechanism.parameters.get("inodeURL", "")
+        dev, ino = _inode_of(url, "endpoint")
+        try:
+            return await channel.relay.wait_fd(dev, ino, min(5.0, context.time_remaining() or 5.0))
+        except FdNotReceivedError as exc:
+            raise TemporaryError(f"timeout in recvfd waiting for the endpoint's {url}") from exc
+
+    def _store(self, new: Session, old: Session | None, deadline: float, channel: EndpointChannel) -> None:
+        conn_id = new.manager_view.id
+        if old is not None:
+            if old.expiry is not None:
+                old.expiry.cancel()
+            new.monitor = old.monitor if old.monitor is not None and not old.monitor.done() else None
+            if new.monitor is not None and old.endpoint_key != new.endpoint_key:
+                new.monitor.cancel()
+                new.monitor = None
+            old.close_fds()
+        self.sessions[conn_id] = new
+        delay = max(0.0, deadline - self._clock())
+        new.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
+        if new.monitor is None:
+            new.monitor = asyncio.create_task(self._watch_endpoint(conn_id, channel))
+        self.hub.update(new.manager_view)
+
+    # --- endpoint side events -----------------------------------------------------------------------------
+
+    async def _watch_endpoint(self, conn_id: str, channel: EndpointChannel) -> None:
+        """DELETE from the endpoint tears the link down; a lost stream marks the connection DOWN so the
+        client heals (refresh if its side still works, else reselect), like NSM's monitor chain."""
+        session = self.sessions.get(conn_id)
+        if session is None:
+            return
+        forwarder_id = session.forwarder_id
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=forwarder_id, name=FORWARDER_NAME)])
+        try:
+            async for event in channel.client.monitor(selector):
+                if event.type != ConnectionEventType.DELETE:
+                    continue
+                current = self.sessions.get(conn_id)
+                if current is not None and current.forwarder_id == forwarder_id:
+                    current.monitor = None
+                    await self._teardown(current, "endpoint closed the connection", call_endpoint=False)
+                return
+        except RpcFailed as exc:
+            current = self.sessions.get(conn_id)
+            if current is None:
+                return
+            current.monitor = None
+            self._log.warning("endpoint.lost", conn=conn_id, endpoint=current.endpoint_name, reason=exc.details)
+            down = Connection()
+            down.CopyFrom(current.manager_view)
+            down.state = State.DOWN
+            self.hub.update(down)
+
+    def _expire(self, conn_id: str) -> None:
+        session = self.sessions.get(conn_id)
+        if session is not None:
+            asyncio.get_running_loop().create_task(self._teardown(session, "path expired", call_endpoint=True))
+
+    async def _teardown(self, session: Session, reason: str, call_endpoint: bool) -> None:
+        conn_id = session.manager_view.id
+        if self.sessions.get(conn_id) is session:
+            del self.sessions[conn_id]
+        if session.expiry is not None:
+            session.expiry.cancel()
+        if session.monitor is not None and session.monitor is not asyncio.current_task():
+            session.monitor.cancel()
+        if call_endpoint:
+            await self._close_at_endpoint(session.endpoint_name, session.endpoint_conn)
+        removed = await remove_cross_connect(session.xc)
+        session.close_fds()
+        self.hub.delete(conn_id)
+        self._log.info("connection.closed", conn=conn_id, reason=reason, link_removed=removed)
+
+    async def _close_at_endpoint(self, endpoint_name: str, endpoint_conn: Connection) -> None:
+        entry = self.registry.endpoints.get(endpoint_name)
+        if entry is None:
+            return
+        try:
+            channel = await self.dialer.get(entry.record.url, entry.dial_url)
+            await channel.client.close(endpoint_conn, ENDPOINT_CALL_TIMEOUT)
+        except RpcFailed as exc:
+            self._log.warning("endpoint.close_failed", endpoint=endpoint_name, reason=str(exc))
+
+    # --- Close ------------------------------------------------------------------------------------------
+
+    async def Close(self, conn: Connection, context: Context) -> Empty:  # noqa: N802
+        mine = Connection()
+        mine.CopyFrom(conn)
+        try:
+            update_path(mine, MANAGER_NAME)
+        except ProtocolError as exc:
+            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+        async with self._locks.setdefault(mine.id, asyncio.Lock()):
+            session = self.sessions.get(mine.id)
+            if session is not None:
+                await self._teardown(session, "closed by client", call_endpoint=True)
+            elif len(mine.path.path_segments) > 3 and mine.network_service_endpoint_name:
+                # Unknown to us (we restarted): still let the endpoint release what it holds.
+                forwarded = Connection()
+                forwarded.CopyFrom(mine)
+                update_path(forwarded, FORWARDER_NAME)
+                await self._close_at_endpoint(mine.network_service_endpoint_name, forwarded)
+        self._locks.pop(mine.id, None)
+        return Empty()
+
+    async def aclose(self) -> None:
+        """Shutdown: keep links in place (clients heal through a restart), just release our resources."""
+        for session in list(self.sessions.values()):
+            if session.expiry is not None:
+                session.expiry.cancel()
+            if session.monitor is not None:
+                session.monitor.cancel()
+            session.close_fds()
+        self.sessions.clear()

@@ -1,0 +1,226 @@
+"""The registry nsm-local keeps: NetworkServices and NetworkServiceEndpoints, with expiry and watches.
+
+Semantics follow NSM's memory registry and nsmgr's registry chain (protocol doc §8.2, §10): a Register
+replaces the stored object; an endpoint expires at `expiration_time` unless refreshed; `Find` matches a
+pattern (empty fields match anything) and, with `watch`, streams later changes. NetworkServices are also
+written to a state file, so that `nsm-local apply` survives a restart of the control plane (endpoints
+re-register by themselves, clients refresh).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from nsm_sdk._proto.registry.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointResponse,
+    NetworkServiceResponse,
+)
+from nsm_sdk.protocol.gotime import timestamp_to_epoch
+from nsm_sdk.protocol.matching import EndpointView, Match, ServiceView
+
+
+@dataclass
+class EndpointEntry:
+    """A registered endpoint: the record as clients see it, and how we reach it."""
+
+    record: NetworkServiceEndpoint
+    dial_url: str
+    socket_fd: int | None = None  # our dup of the socket file fd it sent, closed when the entry goes
+
+    @property
+    def expires(self) -> float | None:
+        if not self.record.HasField("expiration_time"):
+            return None
+        return timestamp_to_epoch(self.record.expiration_time)
+
+    def close(self) -> None:
+        if self.socket_fd is not None:
+            os.close(self.socket_fd)
+            self.socket_fd = None
+
+
+@dataclass
+class _Watch:
+    queue: asyncio.Queue[tuple[object, bool] | None] = field(default_factory=asyncio.Queue)
+
+
+def endpoint_matches(pattern: NetworkServiceEndpoint, record: NetworkServiceEndpoint) -> bool:
+    if pattern.name and pattern.name != record.name:
+        return False
+    if pattern.url and pattern.url != record.url:
+        return False
+    return all(name in record.network_service_names for name in pattern.network_service_names)
+
+
+def service_matches(pattern: NetworkService, record: NetworkService) -> bool:
+    if pattern.name and pattern.name != record.name:
+        return False
+    return not (pattern.payload and pattern.payload != record.payload)
+
+
+def service_view(service: NetworkService) -> ServiceView:
+    return ServiceView(
+        name=service.name,
+        matches=tuple(
+            Match(
+                source_selector=dict(m.source_selector),
+                routes=tuple(dict(r.destination_selector) for r in m.routes),
+                fallthrough=m.fallthrough,
+                metadata_labels=dict(m.metadata.labels) if m.HasField("metadata") else None,
+            )
+            for m in service.matches
+        ),
+    )
+
+
+def endpoint_view(entry: EndpointEntry, service: str) -> EndpointView:
+    labels = entry.record.network_service_labels.get(service)
+    return EndpointView(
+        name=entry.record.name,
+        labels_for_service=dict(labels.labels) if labels is not None else {},
+        expires=entry.expires,
+    )
+
+
+class Registry:
+    def __init__(self, state_file: Path | None = None) -> None:
+        self.services: dict[str, NetworkService] = {}
+        self.endpoints: dict[str, EndpointEntry] = {}
+        self._state_file = state_file
+        self._service_watches: list[tuple[NetworkService, _Watch]] = []
+        self._endpoint_watches: list[tuple[NetworkServiceEndpoint, _Watch]] = []
+        self._load()
+
+    def __repr__(self) -> str:
+        return f"<Registry services={len(self.services)} endpoints={len(self.endpoints)}>"
+
+    # --- persistence of NetworkServices -------------------------------------------------------------
+
+    def _load(self) -> None:
+        if self._state_file is None or not self._state_file.exists():
+            return
+        for item in json_format_list(self._state_file.read_text()):
+            service = json_format.ParseDict(item, NetworkService())
+            self.services[service.name] = service
+
+    def _save(self) -> None:
+        if self._state_file is None:
+            return
+        self._state_file.parent.mkdir(parents=True, exist_ok=True)
+        items = [json_format.MessageToJson(s, indent=None) for s in self.services.values()]
+        fd, tmp = tempfile.mkstemp(dir=self._state_file.parent, prefix=".services-")
+        with os.fdopen(fd, "w") as handle:
+            handle.write("[" + ",".join(items) + "]\n")
+        os.replace(tmp, self._state_file)
+
+    # --- NetworkServices ------------------------------------------------------------------------------
+
+    def register_service(self, service: NetworkService) -> NetworkService:
+        stored = NetworkService()
+        stored.CopyFrom(service)
+        self.services[service.name] = stored
+        self._save()
+        self._notify_services(stored, deleted=False)
+        return stored
+
+    def unregister_service(self, name: str) -> None:
+        stored = self.services.pop(name, None)
+        if stored is not None:
+            self._save()
+            self._notify_services(stored, deleted=True)
+
+    def find_services(self, pattern: NetworkService) -> list[NetworkService]:
+        return [s for s in self.services.values() if service_matches(pattern, s)]
+
+    # --- endpoints ------------------------------------------------------------------------------------
+
+    def register_endpoint(self, entry: EndpointEntry) -> None:
+        old = self.endpoints.get(entry.record.name)
+        if old is not None and old.socket_fd != entry.socket_fd:
+            old.close()
+        self.endpoints[entry.record.name] = entry
+        self._notify_endpoints(entry.record, deleted=False)
+
+    def unregister_endpoint(self, name: str) -> EndpointEntry | None:
+        entry = self.endpoints.pop(name, None)
+        if entry is not None:
+            self._notify_endpoints(entry.record, deleted=True)
+            entry.close()
+        return entry
+
+    def find_endpoints(self, pattern: NetworkServiceEndpoint) -> list[EndpointEntry]:
+        return [e for e in self.endpoints.values() if endpoint_matches(pattern, e.record)]
+
+    def expire(self, now: float) -> list[str]:
+        """Drop endpoints whose registration ran out; returns their names."""
+        gone = [name for name, e in self.endpoints.items() if e.expires is not None and e.expires <= now]
+        for name in gone:
+            self.unregister_endpoint(name)
+        return gone
+
+    def close(self) -> None:
+        for entry in self.endpoints.values():
+            entry.close()
+        self.endpoints.clear()
+        for _, watch in [*self._service_watches, *self._endpoint_watches]:
+            watch.queue.put_nowait(None)
+
+    # --- watches --------------------------------------------------------------------------------------
+
+    def _notify_services(self, service: NetworkService, deleted: bool) -> None:
+        for pattern, watch in self._service_watches:
+            if service_matches(pattern, service):
+                watch.queue.put_nowait((service, deleted))
+
+    def _notify_endpoints(self, record: NetworkServiceEndpoint, deleted: bool) -> None:
+        for pattern, watch in self._endpoint_watches:
+            if endpoint_matches(pattern, record):
+                watch.queue.put_nowait((record, deleted))
+
+    async def watch_services(self, pattern: NetworkService, watch: bool) -> AsyncIterator[NetworkServiceResponse]:
+        for service in self.find_services(pattern):
+            yield NetworkServiceResponse(network_service=service)
+        if not watch:
+            return
+        async for item, deleted in _drain(self._service_watches, pattern):
+            assert isinstance(item, NetworkService)
+            yield NetworkServiceResponse(network_service=item, deleted=deleted)
+
+    async def watch_endpoints(
+        self, pattern: NetworkServiceEndpoint, watch: bool
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        for entry in self.find_endpoints(pattern):
+            yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
+        if not watch:
+            return
+        async for item, deleted in _drain(self._endpoint_watches, pattern):
+            assert isinstance(item, NetworkServiceEndpoint)
+            yield NetworkServiceEndpointResponse(network_service_endpoint=item, deleted=deleted)
+
+
+async def _drain(watches: list[tuple[object, _Watch]], pattern: object) -> AsyncIterator[tuple[object, bool]]:
+    watch = _Watch()
+    entry = (pattern, watch)
+    watches.append(entry)
+    try:
+        while (item := await watch.queue.get()) is not None:
+            yield item
+    finally:
+        with contextlib.suppress(ValueError):
+            watches.remove(entry)
+
+
+def json_format_list(text: str) -> Iterable[dict[str, object]]:
+    data = json.loads(text) if text.strip() else []
+    return [item for item in data if isinstance(item, dict)]

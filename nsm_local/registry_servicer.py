@@ -1,0 +1,186 @@
+"""The registry API of nsm-local, as nsmgr serves it to local endpoints (protocol doc §3.5, §8.1-§8.3).
+
+On Register/Unregister: the `path` metadata is updated like nsmgr does and sent back as a response
+header; an endpoint's `inode://` URL is resolved to the socket file fd that arrived on the same
+connection (we dial it later as /proc/self/fd/N, exactly like nsmgr); the expiry granted is at most the
+default expiration and never beyond the caller's token.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+from google.protobuf.empty_pb2 import Empty
+
+from nsm_sdk._proto.registry import registry_pb2_grpc
+from nsm_sdk._proto.registry.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceQuery,
+    NetworkServiceResponse,
+)
+from nsm_sdk.agent.credentials import CallTokens, caller_token, metadata_value
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.identity.tokens import decode_unverified
+from nsm_sdk.protocol.gotime import epoch_to_timestamp, format_rfc3339nano
+from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath, RegistrySegment
+from nsm_sdk.transport.errors import FdNotReceivedError
+from nsm_sdk.transport.server import ServerHandle
+from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
+from nsm_local.registry import EndpointEntry, Registry
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _subject(token: str) -> str:
+    try:
+        return str(decode_unverified(token).get("sub", ""))
+    except Exception:  # noqa: BLE001 - a malformed token just has no subject
+        return ""
+
+
+class RegistryPathKeeper:
+    """The registry-path part of every write (§3.5): update, answer in the header, report path ids."""
+
+    def __init__(self, name: str, tokens: CallTokens) -> None:
+        self.name = name
+        self.tokens = tokens
+
+    async def update(self, context: Context) -> tuple[RegistryPath, float | None]:
+        metadata = context.invocation_metadata()
+        token, token_expires = caller_token(metadata)
+        try:
+            path = RegistryPath.from_json(metadata_value(metadata, PATH_METADATA_KEY) or "")
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad registry path metadata: {exc}")
+            raise AssertionError("unreachable") from exc
+        own_token, own_expires = self.tokens.sign()
+        updated, caller_index = path.server_update(
+            token or "", RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires)))
+        await context.send_initial_metadata(((PATH_METADATA_KEY, updated.with_index(caller_index).to_json()),))
+        expiry = min(own_expires, token_expires) if token_expires is not None else own_expires
+        return updated, expiry
+
+    @staticmethod
+    def path_ids(path: RegistryPath) -> list[str]:
+        return [_subject(segment.token) for segment in path.segments]
+
+
+class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        registry: Registry,
+        paths: RegistryPathKeeper,
+        server: Callable[[], ServerHandle],
+        default_expiry: float,
+        log: EventLog,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.paths = paths
+        self._server = server
+        self.default_expiry = default_expiry
+        self._log = log
+        self._clock = clock
+
+    async def _dial_target(self, nse: NetworkServiceEndpoint, context: Context) -> tuple[str, int | None]:
+        url = nse.url
+        if is_inode_url(url):
+            dev, ino = parse_inode_url(url)
+            connection = self._server().connection_for(context)
+            if connection is None:
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no fd passing on this connection")
+            assert connection is not None
+            try:
+                fd = await connection.received.wait(dev, ino, context.time_remaining())
+            except FdNotReceivedError as exc:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"timeout in recvfd waiting for {url}")
+                raise AssertionError("unreachable") from exc
+            return f"unix:///proc/{os.getpid()}/fd/{fd}", fd
+        if url.startswith("unix:///"):
+            return url, None
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                            f"endpoint url {url!r}: must be unix:// or inode:// to get KERNEL links")
+        raise AssertionError("unreachable")
+
+    async def Register(self, nse: NetworkServiceEndpoint, context: Context) -> NetworkServiceEndpoint:  # noqa: N802
+        if not nse.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
+        if not nse.url:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint {nse.name}: url is required")
+        path, token_expiry = await self.paths.update(context)
+        dial_url, fd = await self._dial_target(nse, context)
+        now = self._clock()
+        record = NetworkServiceEndpoint()
+        record.CopyFrom(nse)
+        expiry = min(now + self.default_expiry, token_expiry if token_expiry is not None else math.inf)
+        record.expiration_time.CopyFrom(epoch_to_timestamp(expiry))
+        old = self.registry.endpoints.get(nse.name)
+        if old is not None and old.record.HasField("initial_registration_time"):
+            record.initial_registration_time.CopyFrom(old.record.initial_registration_time)
+        elif not record.HasField("initial_registration_time"):
+            record.initial_registration_time.CopyFrom(epoch_to_timestamp(now))
+        del record.path_ids[:]
+        record.path_ids.extend(self.paths.path_ids(path))
+        fresh = old is None or old.record.url != nse.url
+        if old is not None and not fresh and old.socket_fd is not None and fd is not None:
+            os.close(fd)  # same socket file as before: keep the fd (and the /proc path) we already dial
+            dial_url, fd = old.dial_url, old.socket_fd
+        self.registry.register_endpoint(EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd))
+        if fresh:
+            self._log.info("endpoint.registered", name=nse.name, services=",".join(nse.network_service_names),
+                           url=nse.url, expires_in=round(expiry - now, 1))
+        return record
+
+    async def Find(  # noqa: N802
+        self, query: NetworkServiceEndpointQuery, context: Context
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        async for response in self.registry.watch_endpoints(query.network_service_endpoint, query.watch):
+            yield response
+
+    async def Unregister(self, nse: NetworkServiceEndpoint, context: Context) -> Empty:  # noqa: N802
+        if not nse.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
+        await self.paths.update(context)
+        if self.registry.unregister_endpoint(nse.name) is not None:
+            self._log.info("endpoint.unregistered", name=nse.name)
+        return Empty()
+
+
+class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):  # type: ignore[misc]
+    def __init__(self, registry: Registry, paths: RegistryPathKeeper, log: EventLog) -> None:
+        self.registry = registry
+        self.paths = paths
+        self._log = log
+
+    async def Register(self, service: NetworkService, context: Context) -> NetworkService:  # noqa: N802
+        if not service.name:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is required")
+        path, _ = await self.paths.update(context)
+        record = NetworkService()
+        record.CopyFrom(service)
+        del record.path_ids[:]
+        record.path_ids.extend(self.paths.path_ids(path))
+        stored = self.registry.register_service(record)
+        self._log.info("service.registered", name=service.name, payload=service.payload,
+                       matches=len(service.matches))
+        return stored
+
+    async def Find(  # noqa: N802
+        self, query: NetworkServiceQuery, context: Context
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        async for response in self.registry.watch_services(query.network_service, query.watch):
+            yield response
+
+    async def Unregister(self, service: NetworkService, context: Context) -> Empty:  # noqa: N802
+        await self.paths.update(context)
+        self.registry.unregister_service(service.name)
+        self._log.info("service.unregistered", name=service.name)
+        return Empty()

@@ -1,0 +1,89 @@
+"""Server side of MonitorConnections (protocol doc §8.6): current connections plus live subscribers.
+
+Each subscriber first gets INITIAL_STATE_TRANSFER with every matching connection, then UPDATE/DELETE
+events filtered by its selector. Subscribers are plain asyncio queues, so a slow monitor never blocks a
+Request; the stream ends when the client cancels or the hub is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from nsm_sdk._proto.networkservice import connection_pb2_grpc
+from nsm_sdk._proto.networkservice.connection_pb2 import (
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    State,
+)
+from nsm_sdk.protocol.monitor import build_event
+
+_CLOSED = None
+
+
+class MonitorHub:
+    def __init__(self) -> None:
+        self._connections: dict[str, Connection] = {}
+        self._subscribers: dict[asyncio.Queue[ConnectionEvent | None], MonitorScopeSelector] = {}
+
+    def __repr__(self) -> str:
+        return f"<MonitorHub connections={len(self._connections)} subscribers={len(self._subscribers)}>"
+
+    @property
+    def connections(self) -> dict[str, Connection]:
+        return dict(self._connections)
+
+    def update(self, conn: Connection) -> None:
+        stored = Connection()
+        stored.CopyFrom(conn)
+        self._connections[conn.id] = stored
+        self._publish(ConnectionEventType.UPDATE, stored)
+
+    def delete(self, conn_id: str) -> None:
+        stored = self._connections.pop(conn_id, None)
+        if stored is None:
+            return
+        stored.state = State.DOWN
+        self._publish(ConnectionEventType.DELETE, stored)
+
+    def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
+        for queue, selector in self._subscribers.items():
+            event = build_event(kind, selector, [conn])
+            if event is not None:
+                queue.put_nowait(event)
+
+    async def subscribe(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
+        queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
+        initial = build_event(ConnectionEventType.INITIAL_STATE_TRANSFER, selector, self._connections.values())
+        assert initial is not None
+        self._subscribers[queue] = selector
+        try:
+            yield initial
+            while (event := await queue.get()) is not _CLOSED:
+                assert event is not None
+                yield event
+        finally:
+            self._subscribers.pop(queue, None)
+
+    def close(self) -> None:
+        """End every subscription (server shutdown)."""
+        for queue in self._subscribers:
+            queue.put_nowait(_CLOSED)
+
+
+class MonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):  # type: ignore[misc]
+    """`/connection.MonitorConnection/MonitorConnections` served from a hub."""
+
+    def __init__(self, hub: MonitorHub) -> None:
+        self.hub = hub
+
+    async def MonitorConnections(  # noqa: N802
+        self, selector: MonitorScopeSelector, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[ConnectionEvent]:
+        async for event in self.hub.subscribe(selector):
+            yield event

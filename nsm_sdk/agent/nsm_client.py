@@ -1,0 +1,139 @@
+"""Typed calls to an NSM manager (or an endpoint) over one grpc.aio channel.
+
+Every call has a deadline and `wait_for_ready=True` like the Go clients (§12 item 6), so a call rides out
+a manager restart until its deadline instead of failing fast. grpc errors are translated here, once, into
+`RpcFailed`, which carries the status code and is always temporary: callers retry, they never exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+from google.protobuf.message import Message
+
+from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
+from nsm_sdk._proto.networkservice.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk._proto.registry import registry_pb2_grpc
+from nsm_sdk._proto.registry.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceEndpointResponse,
+    NetworkServiceQuery,
+    NetworkServiceResponse,
+)
+from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.protocol.errors import TemporaryError
+from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
+
+
+class RpcFailed(TemporaryError):
+    def __init__(self, method: str, code: grpc.StatusCode, details: str) -> None:
+        self.method = method
+        self.code = code
+        self.details = details
+        super().__init__(f"{method}: {code.name}: {details}")
+
+
+@contextlib.contextmanager
+def translate_errors(method: str) -> Iterator[None]:
+    try:
+        yield
+    except grpc.aio.AioRpcError as exc:
+        raise RpcFailed(method, exc.code(), exc.details() or "") from exc
+
+
+class NsmClient:
+    def __init__(self, channel: grpc.aio.Channel, tokens: CallTokens) -> None:
+        self.channel = channel
+        self.tokens = tokens
+        self._ns = networkservice_pb2_grpc.NetworkServiceStub(channel)
+        self._monitor = connection_pb2_grpc.MonitorConnectionStub(channel)
+        self._nse_registry = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+        self._ns_registry = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
+
+    async def request(
+        self, request: NetworkServiceRequest, timeout: float, wait_for_ready: bool = True
+    ) -> Connection:
+        with translate_errors("NetworkService/Request"):
+            reply: Connection = await self._ns.Request(
+                request, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=wait_for_ready
+            )
+        return reply
+
+    async def close(self, conn: Connection, timeout: float) -> None:
+        with translate_errors("NetworkService/Close"):
+            await self._ns.Close(conn, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True)
+
+    async def monitor(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
+        """Events until the stream ends; a broken stream raises RpcFailed (the heal trigger, §5.4)."""
+        call = self._monitor.MonitorConnections(selector, metadata=self.tokens.metadata(), wait_for_ready=True)
+        try:
+            with translate_errors("MonitorConnection/MonitorConnections"):
+                async for event in call:
+                    yield event
+        finally:
+            call.cancel()
+
+    async def _registry_write(
+        self, method: str, rpc: grpc.aio.UnaryUnaryMultiCallable, message: Message, path: RegistryPath,
+        timeout: float,
+    ) -> tuple[Message, RegistryPath]:
+        metadata = self.tokens.metadata(extra=((PATH_METADATA_KEY, path.to_json()),))
+        with translate_errors(method):
+            call = rpc(message, timeout=timeout, metadata=metadata, wait_for_ready=True)
+            reply = await call
+            header = await call.initial_metadata()
+        returned = path
+        for key, value in header or ():
+            if key == PATH_METADATA_KEY and isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    returned = RegistryPath.from_json(value)
+        return reply, returned
+
+    async def register_endpoint(
+        self, nse: NetworkServiceEndpoint, path: RegistryPath, timeout: float
+    ) -> tuple[NetworkServiceEndpoint, RegistryPath]:
+        reply, returned = await self._registry_write(
+            "NetworkServiceEndpointRegistry/Register", self._nse_registry.Register, nse, path, timeout)
+        assert isinstance(reply, NetworkServiceEndpoint)
+        return reply, returned
+
+    async def unregister_endpoint(self, nse: NetworkServiceEndpoint, path: RegistryPath, timeout: float) -> None:
+        await self._registry_write(
+            "NetworkServiceEndpointRegistry/Unregister", self._nse_registry.Unregister, nse, path, timeout)
+
+    async def register_service(
+        self, service: NetworkService, path: RegistryPath, timeout: float
+    ) -> NetworkService:
+        reply, _ = await self._registry_write(
+            "NetworkServiceRegistry/Register", self._ns_registry.Register, service, path, timeout)
+        assert isinstance(reply, NetworkService)
+        return reply
+
+    async def find_endpoints(
+        self, query: NetworkServiceEndpointQuery, timeout: float | None = None
+    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
+        call = self._nse_registry.Find(query, timeout=timeout, metadata=self.tokens.metadata(),
+                                       wait_for_ready=True)
+        try:
+            with translate_errors("NetworkServiceEndpointRegistry/Find"):
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()
+
+    async def find_services(
+        self, query: NetworkServiceQuery, timeout: float | None = None
+    ) -> AsyncIterator[NetworkServiceResponse]:
+        call = self._ns_registry.Find(query, timeout=timeout, metadata=self.tokens.metadata(),
+                                      wait_for_ready=True)
+        try:
+            with translate_errors("NetworkServiceRegistry/Find"):
+                async for response in call:
+                    yield response
+        finally:
+            call.cancel()

@@ -1,0 +1,129 @@
+"""ES256 path tokens, as NSM's Go `spiffejwt` generator makes them (protocol doc §3.3, §12 item 4).
+
+Header `{"alg":"ES256","typ":"JWT"}` without `kid`; claims `sub` (own SPIFFE id), `aud` as a JSON array
+with the peer's SPIFFE id (omitted without a peer) and `exp` as integer seconds. No iat/nbf/iss.
+The key must be the EC P-256 key of the X.509-SVID presented on the same connection; without one a
+key is generated per signer (development use, e.g. nsm-local).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from nsm_sdk.protocol.errors import NsmError, ProtocolError
+
+ALGORITHM = "ES256"
+DEFAULT_TRUST_DOMAIN = "nsm.local"
+
+
+class UnsupportedKeyError(NsmError):
+    """The signing key is not EC P-256, so ES256 tokens (which the Go components require) are impossible."""
+
+
+class TokenError(ProtocolError):
+    """A token that cannot be decoded or verified."""
+
+
+def default_spiffe_id(name: str) -> str:
+    return f"spiffe://{DEFAULT_TRUST_DOMAIN}/{name}"
+
+
+class TokenSigner:
+    """Signs path/metadata tokens for one workload identity."""
+
+    def __init__(
+        self,
+        name: str = "nsm",
+        *,
+        spiffe_id: str | None = None,
+        private_key: ec.EllipticCurvePrivateKey | None = None,
+    ) -> None:
+        if private_key is None:
+            private_key = ec.generate_private_key(ec.SECP256R1())
+        if not isinstance(private_key, ec.EllipticCurvePrivateKey) or not isinstance(
+            private_key.curve, ec.SECP256R1
+        ):
+            raise UnsupportedKeyError("ES256 path tokens need an EC P-256 private key")
+        self.spiffe_id = spiffe_id if spiffe_id is not None else default_spiffe_id(name)
+        self._key = private_key
+
+    @property
+    def public_key(self) -> ec.EllipticCurvePublicKey:
+        return self._key.public_key()
+
+    def sign(
+        self, audience: str | None, lifetime: float, now: float, not_after: float | None = None
+    ) -> tuple[str, float]:
+        """A token for `audience` (the peer's SPIFFE id, None without a TLS peer) valid for `lifetime`.
+
+        exp = floor(min(now + lifetime, not_after)) where `not_after` is the earliest certificate NotAfter
+        the caller knows (own and peer leaf). Returns (token, exp); send exp as `nsm-client-token-expires`
+        and as the path segment's `expires` so both agree with the claim.
+        """
+        if lifetime <= 0:
+            raise ValueError(f"token lifetime must be positive, got {lifetime}")
+        expiry = now + lifetime if not_after is None else min(now + lifetime, not_after)
+        exp = math.floor(expiry)
+        claims: dict[str, Any] = {"sub": self.spiffe_id}
+        if audience is not None:
+            claims["aud"] = [audience]
+        claims["exp"] = exp
+        token = jwt.encode(claims, self._key, algorithm=ALGORITHM, headers={"typ": "JWT"})
+        return token, float(exp)
+
+    def __repr__(self) -> str:
+        return f"TokenSigner(spiffe_id={self.spiffe_id!r})"
+
+
+def decode_unverified(token: str) -> dict[str, Any]:
+    """The claims of a token without checking its signature (for logs and for reading `aud`/`exp`)."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"cannot decode token: {exc}") from exc
+    return claims
+
+
+def decode_header(token: str) -> dict[str, Any]:
+    try:
+        header: dict[str, Any] = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"cannot decode token header: {exc}") from exc
+    return header
+
+
+def verify(
+    token: str,
+    public_key: ec.EllipticCurvePublicKey,
+    *,
+    audience: str | None = None,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """Check the ES256 signature (and, when given, that `audience` is in `aud` and `exp` is after `now`).
+
+    Returns the claims; raises TokenError otherwise. The clock is never read: expiry is only checked
+    against an explicit `now`.
+    """
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            public_key,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_aud": False},
+        )
+    except jwt.PyJWTError as exc:
+        raise TokenError(f"invalid token: {exc}") from exc
+    if audience is not None:
+        aud = claims.get("aud")
+        audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+        if audience not in audiences:
+            raise TokenError(f"token audience {aud!r} does not include {audience!r}")
+    if now is not None:
+        exp = claims.get("exp")
+        if not isinstance(exp, int) or exp <= now:
+            raise TokenError(f"token expired or without integer exp: exp={exp!r}, now={now}")
+    return claims

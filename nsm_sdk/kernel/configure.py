@@ -1,0 +1,109 @@
+"""Ensure a link's configuration: MTU, alias, IPv6 enabled, addresses, up, routes (protocol §9)."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+from typing import Any
+
+from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+
+from nsm_sdk.kernel._netns import call_in_netns
+from nsm_sdk.kernel.addresses import IPInterface, Route, parse_interface
+from nsm_sdk.kernel.errors import KernelError, LinkNotFound, kernel_errors
+from nsm_sdk.kernel.links import find_link
+from nsm_sdk.kernel.names import check_ifname
+from nsm_sdk.kernel.netlink import netlink_in
+
+_RT_SCOPE_LINK = 253
+
+
+def configure_link(
+    ns_fd: int | None,
+    ifname: str,
+    addresses: Sequence[str] = (),
+    routes: Sequence[Route] = (),
+    mtu: int | None = None,
+    alias: str | None = None,
+) -> int:
+    """Ensure `ifname` in the netns is configured as given, and return its index.
+
+    As NSM's kernel mechanism does: IPv6 enabled on the link (disable_ipv6=0), addresses added
+    (permanent; IPv6 with NODAD, so they are usable at once), link up, then routes replaced, on-link
+    routes first so that next hops are reachable. Idempotent: present addresses and routes are kept,
+    and nothing that is not listed is removed. `mtu`/`alias` None leave those untouched.
+    """
+    check_ifname(ifname)
+    wanted = [parse_interface(cidr) for cidr in addresses]
+    with netlink_in(ns_fd) as ipr:
+        index = find_link(ipr, ifname)
+        if index is None:
+            raise LinkNotFound(f"cannot configure {ifname!r}: no such link in netns fd={ns_fd}")
+        changes: dict[str, Any] = {}
+        if mtu is not None:
+            changes["mtu"] = mtu
+        if alias is not None:
+            changes["ifalias"] = alias
+        if changes:
+            with kernel_errors(f"set {sorted(changes)} of {ifname}"):
+                ipr.link("set", index=index, **changes)
+        ipv6 = ensure_ipv6_enabled(ns_fd, ifname)
+        if not ipv6 and any(address.version == 6 for address in wanted):
+            raise KernelError(f"cannot add IPv6 addresses to {ifname}: no IPv6 in netns", errno.EAFNOSUPPORT)
+        for address in wanted:
+            _ensure_address(ipr, index, ifname, address)
+        with kernel_errors(f"set {ifname} up"):
+            ipr.link("set", index=index, state="up")
+        for route in sorted(routes, key=lambda route: route.via is not None):
+            _ensure_route(ipr, index, ifname, route)
+    return index
+
+
+def _ensure_address(ipr: Any, index: int, ifname: str, address: IPInterface) -> None:
+    try:
+        with kernel_errors(f"add address {address} to {ifname}"):
+            ipr.addr(
+                "add",
+                index=index,
+                address=str(address.ip),
+                prefixlen=address.network.prefixlen,
+                flags=IFA_F_NODAD if address.version == 6 else 0,
+            )
+    except KernelError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+
+
+def _ensure_route(ipr: Any, index: int, ifname: str, route: Route) -> None:
+    spec: dict[str, Any] = {"dst": route.prefix, "oif": index}
+    if route.via is not None:
+        spec["gateway"] = route.via
+    elif route.version == 4:
+        spec["scope"] = _RT_SCOPE_LINK
+    with kernel_errors(f"replace route {route} dev {ifname}"):
+        ipr.route("replace", **spec)
+
+
+def ensure_ipv6_enabled(ns_fd: int | None, ifname: str) -> bool:
+    """Ensure net.ipv6.conf.<ifname>.disable_ipv6 is 0 in the netns; False if it has no IPv6 at all.
+
+    /proc/sys/net shows the sysctls of the netns of the thread that opens the file, so the file is
+    opened (and written) by the helper thread inside the netns. Writes only when needed, so an
+    already-enabled link works even where /proc/sys is read-only.
+    """
+    check_ifname(ifname)
+    path = f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6"
+
+    def enable() -> bool:
+        try:
+            with open(path, "rb") as current:
+                if current.read().strip() == b"0":
+                    return True
+        except FileNotFoundError:
+            return False
+        with open(path, "wb") as setting:
+            setting.write(b"0")
+        return True
+
+    with kernel_errors(f"enable IPv6 on {ifname}"):
+        return call_in_netns(ns_fd, enable)

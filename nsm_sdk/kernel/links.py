@@ -1,0 +1,185 @@
+"""Ensure-style link operations: veth pairs across namespaces, lookup, rename, delete (protocol §9).
+
+Every function is idempotent: run it again after success (heal, restart) and it succeeds without
+changing anything. Namespaces are open fds (as the forwarder receives them, §6) or None for our own.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
+
+from nsm_sdk.kernel._netns import OWN_NETNS_PATH, netns_id
+from nsm_sdk.kernel.errors import (
+    InvalidArgument,
+    KernelError,
+    LinkNameTaken,
+    LinkNotFound,
+    kernel_errors,
+)
+from nsm_sdk.kernel.names import check_ifname
+from nsm_sdk.kernel.netlink import netlink_in
+
+
+@dataclass(frozen=True)
+class End:
+    """One end of a veth pair: the netns holding it (an open fd, None for our own) and its final name."""
+
+    ns_fd: int | None
+    ifname: str
+
+
+def get_link(ipr: Any, name: str) -> Any | None:
+    """The RTM_NEWLINK message of the link called `name` in `ipr`'s netns, or None if there is none."""
+    check_ifname(name)
+    try:
+        with kernel_errors(f"look up link {name}"):
+            return ipr.link("get", ifname=name)[0]
+    except LinkNotFound:
+        return None
+
+
+def find_link(ipr: Any, name: str) -> int | None:
+    """The index of the link called `name` in `ipr`'s netns, or None if there is none."""
+    link = get_link(ipr, name)
+    return None if link is None else int(link["index"])
+
+
+def create_veth_pair(a: End, b: End) -> None:
+    """Ensure that a veth pair joins `a` and `b`, each end under its final name in its own netns.
+
+    One RTM_NEWLINK, sent from our own netns, carries IFLA_NET_NS_FD for the link and for the peer, so
+    both ends are born in their target namespaces: `eth1` <-> `eth1` works, and nothing ever appears in
+    our netns under a name that could collide there (the v0 forwarder's bug, legacy-contract).
+
+    Succeeds without change if both ends exist and are each other's peer; raises LinkNameTaken if
+    either name is held by anything else. Raises InvalidArgument for a pair that cannot exist.
+    """
+    check_ifname(a.ifname)
+    check_ifname(b.ifname)
+    same_netns = netns_id(a.ns_fd) == netns_id(b.ns_fd)
+    if same_netns and a.ifname == b.ifname:
+        raise InvalidArgument(f"both veth ends are named {a.ifname!r} in the same netns")
+    with netlink_in(a.ns_fd) as ipr_a, netlink_in(b.ns_fd) as ipr_b:
+        if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
+            return
+        try:
+            with netlink_in(None) as own, kernel_errors(f"create veth {a.ifname} <-> {b.ifname}"):
+                own.link("add", kind="veth", **_veth_end(a), peer=_veth_end(b))
+        except KernelError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            # A name was taken since we looked: fine if a concurrent caller created exactly our pair.
+            if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
+                return
+            raise LinkNameTaken(f"cannot create veth {a.ifname} <-> {b.ifname}: {exc}") from exc
+
+
+def _veth_end(end: End) -> dict[str, Any]:
+    spec: dict[str, Any] = {"ifname": end.ifname}
+    if end.ns_fd is not None:
+        spec["net_ns_fd"] = end.ns_fd
+    return spec
+
+
+def _existing_pair(ipr_a: Any, ipr_b: Any, a: End, b: End, same_netns: bool) -> bool:
+    """True if a and b exist as each other's veth peer; False if neither exists; else LinkNameTaken."""
+    link_a = get_link(ipr_a, a.ifname)
+    link_b = get_link(ipr_b, b.ifname)
+    if link_a is None and link_b is None:
+        return False
+    if (
+        link_a is not None
+        and link_b is not None
+        and _is_peer_of(ipr_a, link_a, link_b, b.ns_fd, same_netns)
+        and _is_peer_of(ipr_b, link_b, link_a, a.ns_fd, same_netns)
+    ):
+        return True
+    held = [
+        f"{end.ifname!r} (netns fd={end.ns_fd})"
+        for end, link in ((a, link_a), (b, link_b))
+        if link is not None
+    ]
+    raise LinkNameTaken(
+        f"cannot create veth {a.ifname} <-> {b.ifname}: {' and '.join(held)} exists, not as that pair"
+    )
+
+
+def _is_peer_of(ipr_x: Any, link_x: Any, link_y: Any, ns_fd_y: int | None, same_netns: bool) -> bool:
+    """Whether veth `link_x` (in ipr_x's netns) has `link_y` (in netns ns_fd_y) as its peer.
+
+    IFLA_LINK alone is an index in the peer's netns, and fresh namespaces number their links alike,
+    so a peer in another netns is also matched by IFLA_LINK_NETNSID against the id that x's netns
+    gives to y's netns.
+    """
+    if link_x.get(("linkinfo", "kind")) != "veth" or link_x.get("IFLA_LINK") != link_y["index"]:
+        return False
+    nsid = link_x.get("IFLA_LINK_NETNSID")
+    if same_netns:
+        return nsid is None
+    return nsid is not None and nsid == _nsid_of(ipr_x, ns_fd_y)
+
+
+def _nsid_of(ipr: Any, ns_fd: int | None) -> int | None:
+    """The id that `ipr`'s netns gives to the netns `ns_fd` (RTM_GETNSID), None if it has none."""
+    fd = os.open(OWN_NETNS_PATH, os.O_RDONLY | os.O_CLOEXEC) if ns_fd is None else ns_fd
+    try:
+        with kernel_errors("query netns id"):
+            reply = ipr.get_netnsid(fd=fd)
+    finally:
+        if ns_fd is None:
+            os.close(fd)
+    nsid = None if reply is None else reply.get("nsid")
+    return None if nsid is None or nsid < 0 else int(nsid)
+
+
+def delete_link(ns_fd: int | None, ifname: str) -> bool:
+    """Ensure no link `ifname` exists in the netns; True if one was deleted, False if there was none.
+
+    Deleting either end of a veth pair removes both.
+    """
+    with netlink_in(ns_fd) as ipr:
+        index = find_link(ipr, ifname)
+        if index is None:
+            return False
+        try:
+            with kernel_errors(f"delete link {ifname}"):
+                ipr.link("del", index=index)
+        except LinkNotFound:
+            return False
+    return True
+
+
+def rename_link(ns_fd: int | None, old: str, new: str) -> int:
+    """Ensure the link `old` is called `new`; returns its index.
+
+    The kernel renames only links that are down, so an up link is set down, renamed and set up again
+    (also when the rename fails). If `old` is gone and `new` exists, the rename already happened.
+    """
+    check_ifname(new)
+    with netlink_in(ns_fd) as ipr:
+        link = get_link(ipr, old)
+        existing = find_link(ipr, new)
+        if link is None:
+            if existing is not None:
+                return existing
+            raise LinkNotFound(f"cannot rename {old!r} to {new!r}: no link {old!r} in netns fd={ns_fd}")
+        index = int(link["index"])
+        if old == new:
+            return index
+        if existing is not None:
+            raise LinkNameTaken(f"cannot rename {old!r} to {new!r}: {new!r} exists in netns fd={ns_fd}")
+        was_up = bool(link["flags"] & IFF_UP)
+        with kernel_errors(f"rename link {old} to {new}"):
+            if was_up:
+                ipr.link("set", index=index, state="down")
+            try:
+                ipr.link("set", index=index, ifname=new)
+            finally:
+                if was_up:
+                    ipr.link("set", index=index, state="up")
+    return index

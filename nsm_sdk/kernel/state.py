@@ -1,0 +1,219 @@
+"""What a link looks like in the kernel, checking it against expectations, and waiting for it.
+
+Used by the sidecars inside their own netns to see and verify the interface the forwarder made.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_UP
+
+from nsm_sdk.kernel.addresses import Route, canonical_interface
+from nsm_sdk.kernel.errors import LinkNotFound, LinkWaitCancelled, LinkWaitTimeout, kernel_errors
+from nsm_sdk.kernel.links import get_link
+from nsm_sdk.kernel.names import check_ifname
+from nsm_sdk.kernel.netlink import dump, netlink_in
+
+_RT_TABLE_MAIN = 254
+_RTN_UNICAST = 1
+_RT_SCOPE_LINK = 253
+
+
+@dataclass(frozen=True)
+class LinkState:
+    """One link as the kernel reports it.
+
+    `addresses` holds the global/site-scope addresses (IPv6 link-local ones are left out) as
+    `addr/len`; `routes` holds the main-table unicast routes leaving through this link, including the
+    kernel's own prefix routes. `operstate` is the kernel's RFC 2863 state ("UP", "DOWN",
+    "LOWERLAYERDOWN", ...), which lags `up`/`carrier` (see `operational`). `peer_index` and
+    `peer_netnsid` are IFLA_LINK and IFLA_LINK_NETNSID (for a veth: the peer's index, and the id of
+    the peer's netns if it is another one).
+    """
+
+    ifname: str
+    index: int
+    up: bool
+    carrier: bool
+    operstate: str
+    mtu: int
+    alias: str | None
+    kind: str | None
+    peer_index: int | None
+    peer_netnsid: int | None
+    addresses: frozenset[str]
+    routes: frozenset[Route]
+
+
+def read_link_states(ipr: Any, ifname: str | None = None) -> list[LinkState]:
+    """States of all links in `ipr`'s netns, or of the one called `ifname` (empty list if absent)."""
+    if ifname is None:
+        with kernel_errors("dump links"):
+            links = dump(lambda: ipr.link("dump"))
+    else:
+        link = get_link(ipr, ifname)
+        links = [] if link is None else [link]
+    if not links:
+        return []
+    indexes = {int(link["index"]) for link in links}
+    with kernel_errors("dump addresses"):
+        addresses = _addresses_by_index(dump(lambda: ipr.addr("dump")), indexes)
+    with kernel_errors("dump routes"):
+        routes = _routes_by_index(dump(lambda: ipr.route("dump")), indexes)
+    return [_state(link, addresses, routes) for link in links]
+
+
+def _state(link: Any, addresses: dict[int, set[str]], routes: dict[int, set[Route]]) -> LinkState:
+    index = int(link["index"])
+    flags = int(link["flags"])
+    alias = link.get("IFLA_IFALIAS")
+    peer_index = link.get("IFLA_LINK")
+    peer_netnsid = link.get("IFLA_LINK_NETNSID")
+    kind = link.get(("linkinfo", "kind"))
+    return LinkState(
+        ifname=str(link.get("IFLA_IFNAME")),
+        index=index,
+        up=bool(flags & IFF_UP),
+        carrier=bool(flags & IFF_LOWER_UP),
+        operstate=str(link.get("IFLA_OPERSTATE") or "UNKNOWN"),
+        mtu=int(link.get("IFLA_MTU")),
+        alias=None if not alias else str(alias),
+        kind=None if kind is None else str(kind),
+        peer_index=None if peer_index is None else int(peer_index),
+        peer_netnsid=None if peer_netnsid is None else int(peer_netnsid),
+        addresses=frozenset(addresses.get(index, ())),
+        routes=frozenset(routes.get(index, ())),
+    )
+
+
+def _addresses_by_index(messages: Iterable[Any], indexes: set[int]) -> dict[int, set[str]]:
+    found: dict[int, set[str]] = {}
+    for msg in messages:
+        index = int(msg["index"])
+        if index not in indexes or int(msg["scope"]) >= _RT_SCOPE_LINK:
+            continue
+        # For IPv4, IFA_LOCAL is our address (IFA_ADDRESS is the far end on point-to-point links).
+        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+        found.setdefault(index, set()).add(canonical_interface(f"{address}/{msg['prefixlen']}"))
+    return found
+
+
+def _routes_by_index(messages: Iterable[Any], indexes: set[int]) -> dict[int, set[Route]]:
+    found: dict[int, set[Route]] = {}
+    for msg in messages:
+        table = msg.get("RTA_TABLE") or msg["table"]
+        oif = msg.get("RTA_OIF")
+        if table != _RT_TABLE_MAIN or msg["type"] != _RTN_UNICAST or oif not in indexes:
+            continue
+        if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
+            continue
+        default = "0.0.0.0" if msg["family"] == socket.AF_INET else "::"
+        destination = msg.get("RTA_DST") or default
+        route = Route(f"{destination}/{msg['dst_len']}", msg.get("RTA_GATEWAY"))
+        found.setdefault(int(oif), set()).add(route)
+    return found
+
+
+def inspect_link(ns_fd: int | None, ifname: str) -> LinkState:
+    """The state of link `ifname` in the netns; LinkNotFound if there is no such link."""
+    check_ifname(ifname)
+    with netlink_in(ns_fd) as ipr:
+        states = read_link_states(ipr, ifname)
+    if not states:
+        raise LinkNotFound(f"no link {ifname!r} in netns fd={ns_fd}")
+    return states[0]
+
+
+def link_problems(
+    state: LinkState | None,
+    ifname: str,
+    expected_addresses: Sequence[str] = (),
+    expected_routes: Sequence[Route] = (),
+    mtu: int | None = None,
+) -> list[str]:
+    """What is wrong with `state` (None: the link is missing) compared to the expectation; [] if nothing.
+
+    Extra addresses and routes are not problems: the expectation is what must be there.
+    """
+    if state is None:
+        return [f"link {ifname} not found"]
+    problems = []
+    if not state.up:
+        problems.append(f"link {ifname} is down")
+    if mtu is not None and state.mtu != mtu:
+        problems.append(f"link {ifname} has mtu {state.mtu}, expected {mtu}")
+    for address in sorted({canonical_interface(cidr) for cidr in expected_addresses}):
+        if address not in state.addresses:
+            problems.append(f"link {ifname} lacks address {address}")
+    for route in sorted(set(expected_routes), key=str):
+        if route not in state.routes:
+            problems.append(f"link {ifname} lacks route {route}")
+    return problems
+
+
+def verify_link(
+    ns_fd: int | None,
+    ifname: str,
+    expected_addresses: Sequence[str] = (),
+    expected_routes: Sequence[Route] = (),
+    mtu: int | None = None,
+) -> list[str]:
+    """Problems of link `ifname` in the netns against the expectation (see link_problems); [] means OK."""
+    check_ifname(ifname)
+    with netlink_in(ns_fd) as ipr:
+        states = read_link_states(ipr, ifname)
+    return link_problems(states[0] if states else None, ifname, expected_addresses, expected_routes, mtu)
+
+
+LinkPredicate = Callable[[LinkState], bool]
+
+
+def exists(state: LinkState) -> bool:
+    """The default `until` of wait_for_link: the link is there."""
+    return True
+
+
+def operational(state: LinkState) -> bool:
+    """The link is up with carrier and the kernel has finished bringing it up (operstate UP).
+
+    The kernel processes carrier changes asynchronously (linkwatch, up to about a second for veth),
+    and IPv6 on the link only starts working after that; wait for this before relying on traffic.
+    """
+    return state.up and state.operstate == "UP"
+
+
+def wait_for_link(
+    ns_fd: int | None,
+    ifname: str | None,
+    timeout: float,
+    interval: float = 0.1,
+    stop: threading.Event | None = None,
+    *,
+    until: LinkPredicate = exists,
+) -> LinkState:
+    """Poll the netns until link `ifname` (None: any link) satisfies `until`, and return its state.
+
+    For example `wait_for_link(fd, "eth1", 10, until=operational)`. Gives up with LinkWaitTimeout after
+    `timeout` seconds in all, or with LinkWaitCancelled as soon as `stop` is set.
+    """
+    if ifname is not None:
+        check_ifname(ifname)
+    wanted = f"link {ifname or '(any)'} satisfying {getattr(until, '__name__', 'predicate')}"
+    deadline = time.monotonic() + timeout
+    pause = stop if stop is not None else threading.Event()
+    with netlink_in(ns_fd) as ipr:
+        while True:
+            found = next((state for state in read_link_states(ipr, ifname) if until(state)), None)
+            if found is not None:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkWaitTimeout(f"no {wanted} in netns fd={ns_fd} within {timeout}s")
+            if pause.wait(min(interval, remaining)):
+                raise LinkWaitCancelled(f"stopped waiting for {wanted} in netns fd={ns_fd}")

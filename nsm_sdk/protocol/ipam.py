@@ -1,0 +1,438 @@
+"""Point-to-point address allocation for endpoints, keyed by connection id.
+
+Two policies (architecture.md "Decisions already taken"):
+
+* `SeedP2PAllocator` (`IP_ADDRESS`, legacy-contract.md §2.1): one /30 (/126) per connection, lowest free
+  block first; client (src) = network+1, endpoint (dst) = network+2, both with the block's prefix length.
+  The block covers the peer, so no routes are needed.
+* `NsmP2PAllocator` (`NSM_CIDR_PREFIX`, protocol doc §8.4 step 4, Go point2pointipam/groupipam): per group
+  of CIDRs, the two lowest free single addresses (network address included), first → dst (NSE),
+  second → src (NSC), as /32 (/128), each side with a route to the other.
+
+Both are deterministic, pure bookkeeping: `request()` is the whole per-Request flow (reuse what the id
+holds unless it became excluded, else recover what the request carries, else allocate); `release()` runs
+on Close. `src` is always the client side and `dst` the endpoint side.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from nsm_sdk._proto.networkservice.connectioncontext_pb2 import IPContext
+from nsm_sdk.protocol.errors import ConfigError, TemporaryError
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class PoolExhausted(TemporaryError):
+    """No free block/pair left in the pool (Go: "IPPool is empty"); a Close elsewhere may free one."""
+
+
+@dataclass(frozen=True)
+class P2PAddresses:
+    """One point-to-point link's addressing, all as "addr/prefix" text."""
+
+    src_ip: str
+    dst_ip: str
+    src_routes: tuple[str, ...] = ()
+    dst_routes: tuple[str, ...] = ()
+
+
+class P2PAllocator(Protocol):
+    """What an endpoint needs of either allocator."""
+
+    def request(
+        self,
+        conn_id: str,
+        src_addrs: Sequence[str] = (),
+        dst_addrs: Sequence[str] = (),
+        excluded: Iterable[str] = (),
+    ) -> tuple[P2PAddresses, ...]: ...
+
+    def held(self, conn_id: str) -> tuple[P2PAddresses, ...]: ...
+
+    def release(self, conn_id: str) -> tuple[P2PAddresses, ...]: ...
+
+
+def parse_excluded(prefixes: Iterable[str]) -> list[Network]:
+    """Excluded prefixes from a request; unparsable entries are ignored, as Go's `AddNetString` does."""
+    networks: list[Network] = []
+    for prefix in prefixes:
+        try:
+            networks.append(ipaddress.ip_network(prefix.strip(), strict=False))
+        except ValueError:
+            continue
+    return networks
+
+
+def _as_network(value: Network | str, variable: str) -> Network:
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    try:
+        return ipaddress.ip_network(value.strip(), strict=False)
+    except ValueError as exc:
+        raise ConfigError(variable, value, f"not a CIDR prefix: {exc}") from exc
+
+
+def _as_interface(text: str) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface | None:
+    try:
+        return ipaddress.ip_interface(text.strip())
+    except ValueError:
+        return None
+
+
+def _excluded_end(start: int, end: int, version: int, excluded: Sequence[Network]) -> int | None:
+    """Last address of an excluded prefix overlapping [start, end], or None when none overlaps."""
+    last: int | None = None
+    for network in excluded:
+        if network.version != version:
+            continue
+        low, high = int(network.network_address), int(network.broadcast_address)
+        if low <= end and start <= high:
+            last = high if last is None else max(last, high)
+    return last
+
+
+class SeedP2PAllocator:
+    """One /30 (IPv6: /126) per connection out of `pool` (legacy `IP_ADDRESS`, legacy-contract.md §2.1)."""
+
+    def __init__(self, pool: Network | str, *, variable: str = "IP_ADDRESS") -> None:
+        self.pool = _as_network(pool, variable)
+        self.block_prefix = 30 if self.pool.version == 4 else 126
+        if self.pool.prefixlen > self.block_prefix:
+            raise ConfigError(variable, str(pool), f"pool must be /{self.block_prefix} or larger")
+        self._blocks = self.pool.num_addresses // 4
+        self._by_id: dict[str, int] = {}
+        self._owner: dict[int, str] = {}
+
+    def _block_start(self, block: int) -> int:
+        return int(self.pool.network_address) + 4 * block
+
+    def _addresses(self, block: int) -> P2PAddresses:
+        start = self._block_start(block)
+        make = ipaddress.ip_address
+        return P2PAddresses(
+            src_ip=f"{make(start + 1)}/{self.block_prefix}",
+            dst_ip=f"{make(start + 2)}/{self.block_prefix}",
+        )
+
+    def _is_excluded(self, block: int, excluded: Sequence[Network]) -> bool:
+        start = self._block_start(block)
+        return _excluded_end(start, start + 3, self.pool.version, excluded) is not None
+
+    def _lowest_free(self, excluded: Sequence[Network]) -> int | None:
+        block = 0
+        while block < self._blocks:
+            start = self._block_start(block)
+            last = _excluded_end(start, start + 3, self.pool.version, excluded)
+            if last is not None:
+                block = (last - int(self.pool.network_address)) // 4 + 1
+            elif block in self._owner:
+                block += 1
+            else:
+                return block
+        return None
+
+    def _claim(self, conn_id: str, block: int) -> P2PAddresses:
+        self._by_id[conn_id] = block
+        self._owner[block] = conn_id
+        return self._addresses(block)
+
+    def held(self, conn_id: str) -> tuple[P2PAddresses, ...]:
+        block = self._by_id.get(conn_id)
+        return () if block is None else (self._addresses(block),)
+
+    def allocate(self, conn_id: str, excluded: Iterable[str] = ()) -> P2PAddresses:
+        """The id's block if it holds one, else the lowest free block not overlapping `excluded`."""
+        if conn_id in self._by_id:
+            return self._addresses(self._by_id[conn_id])
+        block = self._lowest_free(parse_excluded(excluded))
+        if block is None:
+            raise PoolExhausted(f"IPPool is empty: no free /{self.block_prefix} left in {self.pool}")
+        return self._claim(conn_id, block)
+
+    def _block_of_pair(self, src: str, dst: str) -> int | None:
+        src_if, dst_if = _as_interface(src), _as_interface(dst)
+        if src_if is None or dst_if is None:
+            return None
+        for side in (src_if, dst_if):
+            if side.version != self.pool.version or side.network.prefixlen != self.block_prefix:
+                return None
+        start = int(src_if.network.network_address)
+        if (
+            src_if.network != dst_if.network
+            or not 0 <= start - int(self.pool.network_address) < 4 * self._blocks
+        ):
+            return None
+        if int(src_if.ip) != start + 1 or int(dst_if.ip) != start + 2:
+            return None
+        return (start - int(self.pool.network_address)) // 4
+
+    def recover(self, conn_id: str, src: str, dst: str, excluded: Iterable[str] = ()) -> P2PAddresses | None:
+        """Re-claim the pair a refresh carries (e.g. after an endpoint restart lost the pool).
+
+        Succeeds when `src`/`dst` are network+1/network+2 of one /30 of the pool that overlaps no excluded
+        prefix and is free (or already this id's). Returns None, changing nothing, otherwise; an id that
+        holds a different block keeps it.
+        """
+        block = self._block_of_pair(src, dst)
+        if block is None or self._is_excluded(block, parse_excluded(excluded)):
+            return None
+        owner = self._owner.get(block)
+        if owner == conn_id:
+            return self._addresses(block)
+        if owner is not None or conn_id in self._by_id:
+            return None
+        return self._claim(conn_id, block)
+
+    def request(
+        self,
+        conn_id: str,
+        src_addrs: Sequence[str] = (),
+        dst_addrs: Sequence[str] = (),
+        excluded: Iterable[str] = (),
+    ) -> tuple[P2PAddresses, ...]:
+        """Per-Request flow: keep the held block unless now excluded, else recover, else allocate.
+
+        A request that fails (PoolExhausted) changes nothing, not even an excluded block it held.
+        """
+        excluded = list(excluded)
+        block = self._by_id.get(conn_id)
+        if block is not None:
+            if not self._is_excluded(block, parse_excluded(excluded)):
+                return (self._addresses(block),)
+            self.release(conn_id)
+        for src in src_addrs:
+            for dst in dst_addrs:
+                recovered = self.recover(conn_id, src, dst, excluded)
+                if recovered is not None:
+                    return (recovered,)
+        try:
+            return (self.allocate(conn_id, excluded),)
+        except PoolExhausted:
+            if block is not None:
+                self._claim(conn_id, block)
+            raise
+
+    def release(self, conn_id: str) -> tuple[P2PAddresses, ...]:
+        """Free the id's block (Close); returns what was freed, () if it held none."""
+        block = self._by_id.pop(conn_id, None)
+        if block is None:
+            return ()
+        del self._owner[block]
+        return (self._addresses(block),)
+
+    def __repr__(self) -> str:
+        return f"SeedP2PAllocator(pool={self.pool}, live={len(self._by_id)})"
+
+
+@dataclass(frozen=True)
+class _Pair:
+    src: Address
+    dst: Address
+
+    def addresses(self) -> P2PAddresses:
+        bits = self.src.max_prefixlen
+        src, dst = f"{self.src}/{bits}", f"{self.dst}/{bits}"
+        return P2PAddresses(src_ip=src, dst_ip=dst, src_routes=(dst,), dst_routes=(src,))
+
+
+class NsmP2PAllocator:
+    """NSM point2pointipam over CIDR groups (`NSM_CIDR_PREFIX`, protocol doc §8.4 step 4).
+
+    Each group (e.g. one IPv4 and one IPv6 prefix list) yields one `P2PAddresses` per connection; inside a
+    group the prefixes are tried in order. A `request()` that fails in any group changes nothing.
+    """
+
+    def __init__(
+        self, groups: Sequence[Sequence[Network | str]], *, variable: str = "NSM_CIDR_PREFIX"
+    ) -> None:
+        if not groups or any(not group for group in groups):
+            raise ConfigError(variable, repr(groups), "required one or more prefixes in every group")
+        self.groups: tuple[tuple[Network, ...], ...] = tuple(
+            tuple(_as_network(prefix, variable) for prefix in group) for group in groups
+        )
+        self._held: dict[str, tuple[_Pair, ...]] = {}
+        self._taken: set[Address] = set()
+
+    @staticmethod
+    def _is_excluded(address: Address, excluded: Sequence[Network]) -> bool:
+        return any(address.version == network.version and address in network for network in excluded)
+
+    @staticmethod
+    def _lowest_free(
+        pool: Network, after: int, excluded: Sequence[Network], taken: set[Address]
+    ) -> Address | None:
+        candidate, end = max(after, int(pool.network_address)), int(pool.broadcast_address)
+        while candidate <= end:
+            last = _excluded_end(candidate, candidate, pool.version, excluded)
+            if last is not None:
+                candidate = last + 1
+                continue
+            address = ipaddress.ip_address(candidate)
+            if address not in taken:
+                return address
+            candidate += 1
+        return None
+
+    def _allocate_group(
+        self, group: Sequence[Network], excluded: Sequence[Network], taken: set[Address]
+    ) -> _Pair | None:
+        for pool in group:
+            dst = self._lowest_free(pool, 0, excluded, taken)
+            if dst is None:
+                continue
+            src = self._lowest_free(pool, int(dst) + 1, excluded, taken)
+            if src is None:
+                continue
+            taken.update((src, dst))
+            return _Pair(src=src, dst=dst)
+        return None
+
+    def _recover_group(
+        self,
+        group: Sequence[Network],
+        src_addrs: Sequence[str],
+        dst_addrs: Sequence[str],
+        excluded: Sequence[Network],
+        taken: set[Address],
+    ) -> _Pair | None:
+        def usable(text: str, pool: Network, also_taken: Address | None) -> Address | None:
+            interface = _as_interface(text)
+            if interface is None or interface.version != pool.version:
+                return None
+            address = interface.ip
+            if address not in pool or address in taken or address == also_taken:
+                return None
+            return None if self._is_excluded(address, excluded) else address
+
+        for pool in group:
+            src = next((a for a in (usable(t, pool, None) for t in src_addrs) if a is not None), None)
+            if src is None:
+                continue
+            dst = next((a for a in (usable(t, pool, src) for t in dst_addrs) if a is not None), None)
+            if dst is None:
+                continue
+            taken.update((src, dst))
+            return _Pair(src=src, dst=dst)
+        return None
+
+    def held(self, conn_id: str) -> tuple[P2PAddresses, ...]:
+        return tuple(pair.addresses() for pair in self._held.get(conn_id, ()))
+
+    def _commit(self, conn_id: str, pairs: Sequence[_Pair], taken: set[Address]) -> tuple[P2PAddresses, ...]:
+        self._held[conn_id] = tuple(pairs)
+        self._taken = taken
+        return self.held(conn_id)
+
+    def allocate(self, conn_id: str, excluded: Iterable[str] = ()) -> tuple[P2PAddresses, ...]:
+        """The id's addresses if it holds some, else the two lowest free addresses of every group."""
+        if conn_id in self._held:
+            return self.held(conn_id)
+        networks, taken = parse_excluded(excluded), set(self._taken)
+        pairs = []
+        for group in self.groups:
+            pair = self._allocate_group(group, networks, taken)
+            if pair is None:
+                raise PoolExhausted(f"IPPool is empty: no free address pair in {[str(n) for n in group]}")
+            pairs.append(pair)
+        return self._commit(conn_id, pairs, taken)
+
+    def recover(
+        self, conn_id: str, src_addrs: Sequence[str], dst_addrs: Sequence[str], excluded: Iterable[str] = ()
+    ) -> tuple[P2PAddresses, ...] | None:
+        """Claim what the request carries for every group (Go `recoverAddrs`): per group, the first src and
+        the first dst address that lie in one of its prefixes, are not excluded and are free. None, with
+        nothing changed, when any group cannot be recovered or the id already holds addresses."""
+        if conn_id in self._held:
+            return None
+        networks, taken = parse_excluded(excluded), set(self._taken)
+        pairs = []
+        for group in self.groups:
+            pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken)
+            if pair is None:
+                return None
+            pairs.append(pair)
+        return self._commit(conn_id, pairs, taken)
+
+    def request(
+        self,
+        conn_id: str,
+        src_addrs: Sequence[str] = (),
+        dst_addrs: Sequence[str] = (),
+        excluded: Iterable[str] = (),
+    ) -> tuple[P2PAddresses, ...]:
+        """Per-Request flow, group by group as Go's groupipam chain: keep the held pair unless an address
+        of it is now excluded; else recover from `src_addrs`/`dst_addrs`; else allocate."""
+        networks, taken = parse_excluded(excluded), set(self._taken)
+        previous = self._held.get(conn_id, ())
+        pairs = []
+        for index, group in enumerate(self.groups):
+            pair = previous[index] if index < len(previous) else None
+            if pair is not None and (
+                self._is_excluded(pair.src, networks) or self._is_excluded(pair.dst, networks)
+            ):
+                taken.difference_update((pair.src, pair.dst))
+                pair = None
+            if pair is None:
+                pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken)
+            if pair is None:
+                pair = self._allocate_group(group, networks, taken)
+            if pair is None:
+                raise PoolExhausted(f"IPPool is empty: no free address pair in {[str(n) for n in group]}")
+            pairs.append(pair)
+        return self._commit(conn_id, pairs, taken)
+
+    def release(self, conn_id: str) -> tuple[P2PAddresses, ...]:
+        """Free the id's addresses (Close); returns what was freed, () if it held none."""
+        pairs = self._held.pop(conn_id, ())
+        for pair in pairs:
+            self._taken.difference_update((pair.src, pair.dst))
+        return tuple(pair.addresses() for pair in pairs)
+
+    def __repr__(self) -> str:
+        groups = [[str(network) for network in group] for group in self.groups]
+        return f"NsmP2PAllocator(groups={groups}, live={len(self._held)})"
+
+
+def apply_to_ip_context(ip_context: IPContext, addresses: Iterable[P2PAddresses]) -> None:
+    """Add (when absent) src/dst addresses and routes to a Connection's IPContext (§8.4 step 4).
+
+    Seed-mode results carry no routes: their /30 already covers the peer.
+    """
+    for addrs in addresses:
+        if addrs.src_ip not in ip_context.src_ip_addrs:
+            ip_context.src_ip_addrs.append(addrs.src_ip)
+        if addrs.dst_ip not in ip_context.dst_ip_addrs:
+            ip_context.dst_ip_addrs.append(addrs.dst_ip)
+        for prefix in addrs.src_routes:
+            if all(route.prefix != prefix for route in ip_context.src_routes):
+                ip_context.src_routes.add(prefix=prefix)
+        for prefix in addrs.dst_routes:
+            if all(route.prefix != prefix for route in ip_context.dst_routes):
+                ip_context.dst_routes.add(prefix=prefix)
+
+
+def remove_from_ip_context(ip_context: IPContext, addresses: Iterable[P2PAddresses]) -> None:
+    """Undo `apply_to_ip_context` for addresses that were replaced (Go does this when a held address
+    became excluded): the first matching address and route of each is removed."""
+    for addrs in addresses:
+        for container, address in (
+            (ip_context.src_ip_addrs, addrs.src_ip),
+            (ip_context.dst_ip_addrs, addrs.dst_ip),
+        ):
+            if address in container:
+                container.remove(address)
+        for routes, prefixes in (
+            (ip_context.src_routes, addrs.src_routes),
+            (ip_context.dst_routes, addrs.dst_routes),
+        ):
+            for prefix in prefixes:
+                for position, route in enumerate(routes):
+                    if route.prefix == prefix:
+                        del routes[position]
+                        break

@@ -1,0 +1,159 @@
+"""The relay core shared by client and server: one relayed connection, and an accept loop.
+
+A `RelayConnection` joins grpcio's plaintext socket (`local`) and the real peer (`FdSocket`) with two
+pumps. End of stream on one side is passed on as a half-close of the other; when both directions have
+ended, or either fails, both sockets close and with them every fd the connection received or still had
+queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import secrets
+import socket
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any
+
+from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
+from nsm_sdk.transport.fdstore import FdStore
+from nsm_sdk.transport.security import SecureSession
+
+_log = logging.getLogger(__name__)
+_Handler = Callable[[socket.socket], Coroutine[Any, Any, None]]
+# pid alone is not unique in a shared netns: containers of one pod share the abstract namespace
+# but may each run as pid 1.
+_PROCESS_TOKEN = secrets.token_hex(4)
+_names = itertools.count()
+
+
+def fresh_abstract_name(role: str) -> str:
+    """A unique abstract socket name made only of characters grpcio reports unescaped in peers."""
+    return f"nsmrelay-{os.getpid()}-{_PROCESS_TOKEN}-{role}{next(_names)}"
+
+
+def abstract_address(name: str) -> str:
+    """The socket-module address of an abstract name."""
+    return "\0" + name
+
+
+class RelayConnection:
+    """One relayed connection; `received` holds the fds the peer sent, `queue_fds` sends ours."""
+
+    def __init__(self, name: str, local: socket.socket, peer: FdSocket, session: SecureSession) -> None:
+        local.setblocking(False)
+        self.name = name
+        self._local = local
+        self._peer = peer
+        self._session = session
+        self._closed = False
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return f"<RelayConnection {self.name} {state} peer={self._peer!r}>"
+
+    @property
+    def received(self) -> FdStore:
+        return self._peer.received
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def queue_fds(self, fds: Iterable[int]) -> None:
+        """Send dups of `fds` with the next bytes toward the peer (e.g. with an RPC's response)."""
+        self._peer.queue_fds(fds)
+
+    async def run(self) -> None:
+        """Relay until both directions end or one fails; always closes the connection."""
+        try:
+            await self._flush_to_peer()  # a TLS client's ClientHello; nothing in plaintext
+            async with asyncio.TaskGroup() as pumps:
+                pumps.create_task(self._pump_to_peer(), name=f"{self.name}:to-peer")
+                pumps.create_task(self._pump_from_peer(), name=f"{self.name}:from-peer")
+        except* OSError as failed:
+            _log.debug("relay connection aborted: name=%s error=%r", self.name, failed.exceptions[0])
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close both sockets and every fd of the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._peer.close()
+        self._local.close()
+
+    async def _pump_to_peer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await loop.sock_recv(self._local, RECV_CHUNK):
+            self._session.feed_plaintext(data)
+            await self._flush_to_peer()
+        self._session.close()
+        await self._flush_to_peer()
+        self._peer.shutdown_write()
+
+    async def _pump_from_peer(self) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await self._peer.recv():
+            plaintext = self._session.feed_wire(data)
+            await self._flush_to_peer()  # handshake answers, once TLS is in
+            if plaintext:
+                await loop.sock_sendall(self._local, plaintext)
+        with contextlib.suppress(OSError):
+            self._local.shutdown(socket.SHUT_WR)
+
+    async def _flush_to_peer(self) -> None:
+        # No await between draining the session and taking the (FIFO) write lock keeps records in order.
+        if wire := self._session.wire_to_send():
+            await self._peer.send(wire)
+
+
+class Acceptor:
+    """Accepts on a listening socket, one task per connection; `aclose` cancels and awaits them all."""
+
+    def __init__(self, listener: socket.socket, handle: _Handler) -> None:
+        listener.setblocking(False)
+        self._listener = listener
+        self._handle = handle
+        self._accept_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def start(self, name: str) -> None:
+        self._accept_task = asyncio.create_task(self._accept_forever(name), name=f"{name}:accept")
+
+    async def stop_accepting(self) -> None:
+        """Stop taking new connections and close the listening socket; running ones go on."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            await asyncio.gather(self._accept_task, return_exceptions=True)
+            self._accept_task = None
+        self._listener.close()
+
+    async def aclose(self) -> None:
+        await self.stop_accepting()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _accept_forever(self, name: str) -> None:
+        loop = asyncio.get_running_loop()
+        for number in itertools.count():
+            try:
+                sock, _ = await loop.sock_accept(self._listener)
+            except OSError as exc:  # EMFILE and the like: the backlog keeps the caller waiting
+                _log.warning("accept failed: listener=%s error=%r", name, exc)
+                await asyncio.sleep(0.1)
+                continue
+            task = asyncio.create_task(self._handle(sock), name=f"{name}:conn{number}")
+            self._tasks.add(task)
+            task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.error("relay connection task failed: task=%s", task.get_name(), exc_info=error)

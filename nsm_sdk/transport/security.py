@@ -1,0 +1,67 @@
+"""The seam where TLS goes: a sans-IO byte transformation between grpcio's plaintext and the wire.
+
+fds ride on the raw socket (`FdSocket`), so whatever this layer emits (TLS records later, the same bytes
+today) is what the queued fds are attached to. A TLS implementation over `ssl.SSLObject` + `MemoryBIO`
+fits this interface directly: `feed_wire` writes the incoming BIO and reads plaintext, `feed_plaintext`
+writes the SSLObject, `wire_to_send` drains the outgoing BIO (handshake records included, so a client
+session has its ClientHello ready right after creation and the relay flushes it with the connection's
+fds). It will also expose the peer certificate for SPIFFE checks (§12 items 2-4).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class SecureSession(Protocol):
+    """One connection's security state. Raise an `OSError` subclass (e.g. `ssl.SSLError`) to abort."""
+
+    def feed_plaintext(self, data: bytes) -> None:
+        """Accept bytes from grpcio for the peer (buffered until the handshake allows sending)."""
+
+    def feed_wire(self, data: bytes) -> bytes:
+        """Accept bytes from the peer; return the plaintext for grpcio (may be empty)."""
+
+    def wire_to_send(self) -> bytes:
+        """Bytes that must go to the peer now (handshake, records, close_notify); may be empty."""
+
+    def close(self) -> None:
+        """grpcio finished writing: prepare whatever ends the stream (e.g. close_notify)."""
+
+
+class StreamSecurity(Protocol):
+    """Makes one session per relayed connection."""
+
+    def new_session(self, *, server_side: bool) -> SecureSession:
+        """A session for a connection we accepted (`server_side`) or dialled."""
+
+
+class PlaintextSession:
+    """Pass-through session: wire bytes are the plaintext."""
+
+    def __init__(self) -> None:
+        self._outgoing: list[bytes] = []
+
+    def feed_plaintext(self, data: bytes) -> None:
+        self._outgoing.append(data)
+
+    def feed_wire(self, data: bytes) -> bytes:
+        return data
+
+    def wire_to_send(self) -> bytes:
+        data = b"".join(self._outgoing)
+        self._outgoing.clear()
+        return data
+
+    def close(self) -> None:
+        """Nothing ends a plaintext stream but the socket's half-close."""
+
+
+class PlaintextSecurity:
+    """No security: today's default, and what tests use."""
+
+    def new_session(self, *, server_side: bool) -> SecureSession:
+        return PlaintextSession()
+
+
+PLAINTEXT: StreamSecurity = PlaintextSecurity()

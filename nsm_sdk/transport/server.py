@@ -1,0 +1,212 @@
+"""Server side: the relay listens on the real unix socket, grpcio on a private abstract one.
+
+Each accepted connection gets its own backend connection to grpcio, bound to a unique abstract name
+before `connect`. grpcio then reports `context.peer()` as `unix-abstract:<that name>`, which is how a
+servicer finds the connection its call came in on: `connection_for_peer(context.peer())` gives the fds
+the peer sent (`.received`) and lets the servicer send its own with the response (`.queue_fds`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import stat
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+
+from nsm_sdk.transport.errors import ListenPathError
+from nsm_sdk.transport.fdpass import FdSocket
+from nsm_sdk.transport.fdstore import FdStore
+from nsm_sdk.transport.guard import RelayOnlyInterceptor
+from nsm_sdk.transport.relay import Acceptor, RelayConnection, abstract_address, fresh_abstract_name
+from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
+from nsm_sdk.transport.urls import abstract_target, path_to_unix_url
+
+_log = logging.getLogger(__name__)
+
+
+def remove_stale_socket(path: str) -> None:
+    """Remove a leftover socket file (like Go, §2.1); refuse to remove anything that is not a socket."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise ListenPathError(path, "exists and is not a socket")
+    os.unlink(path)
+
+
+class ServerRelay:
+    """Relays connections accepted on `listen_path` to the grpc.aio server at abstract `backend_name`.
+
+    `send_on_accept` fds (dup'ed now, owned until `aclose`) go with the first bytes of every accepted
+    connection, which is how an NSE hands its netns to the forwarder with every reply's connection.
+    """
+
+    def __init__(
+        self,
+        listen_path: str,
+        backend_name: str,
+        *,
+        send_on_accept: Sequence[int] = (),
+        security: StreamSecurity = PLAINTEXT,
+    ) -> None:
+        self.listen_path = listen_path
+        self.backend_name = backend_name
+        self._security = security
+        self._by_peer: dict[str, RelayConnection] = {}
+        self._acceptor: Acceptor | None = None
+        self._inode: int | None = None
+        self._send_on_accept: list[int] = []
+        try:
+            for fd in send_on_accept:
+                self._send_on_accept.append(os.dup(fd))
+        except OSError:
+            self._close_own_fds()
+            raise
+
+    def __repr__(self) -> str:
+        return f"<ServerRelay {self.listen_path} -> {self.backend_name} {len(self._by_peer)} connections>"
+
+    @property
+    def connections(self) -> tuple[RelayConnection, ...]:
+        return tuple(self._by_peer.values())
+
+    def connection_for_peer(self, peer: str) -> RelayConnection | None:
+        """The live relay connection behind a servicer's `context.peer()`, if it came through this relay."""
+        return self._by_peer.get(peer)
+
+    def is_relayed(self, peer: str) -> bool:
+        return peer in self._by_peer
+
+    async def start(self) -> None:
+        """Bind the socket file (stale file removed, mode 0777 like Go, §2.1) and start accepting."""
+        remove_stale_socket(self.listen_path)
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(self.listen_path)
+            os.chmod(self.listen_path, 0o777)
+            listener.listen(128)
+            self._inode = os.stat(self.listen_path).st_ino
+        except OSError:
+            listener.close()
+            raise
+        self._acceptor = Acceptor(listener, self._relay_one)
+        self._acceptor.start(f"relay:{self.listen_path}")
+
+    async def stop_accepting(self) -> None:
+        """No new connections; the live ones keep relaying (for a graceful server stop)."""
+        if self._acceptor is not None:
+            await self._acceptor.stop_accepting()
+        self._remove_own_socket_file()
+
+    async def aclose(self) -> None:
+        if self._acceptor is not None:
+            await self._acceptor.aclose()
+            self._acceptor = None
+        self._remove_own_socket_file()
+        self._close_own_fds()
+
+    async def __aenter__(self) -> ServerRelay:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    def _remove_own_socket_file(self) -> None:
+        """Unlink the socket file unless someone else has replaced it since."""
+        if self._inode is None:
+            return
+        try:
+            if os.stat(self.listen_path).st_ino == self._inode:
+                os.unlink(self.listen_path)
+        except FileNotFoundError:
+            pass
+        self._inode = None
+
+    def _close_own_fds(self) -> None:
+        while self._send_on_accept:
+            os.close(self._send_on_accept.pop())
+
+    async def _relay_one(self, accepted: socket.socket) -> None:
+        try:
+            backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError:
+            accepted.close()
+            raise
+        name = fresh_abstract_name("s")
+        connection = RelayConnection(
+            name, backend, FdSocket(accepted, FdStore()), self._security.new_session(server_side=True)
+        )
+        peer = abstract_target(name)
+        self._by_peer[peer] = connection
+        try:
+            backend.bind(abstract_address(name))
+            connection.queue_fds(self._send_on_accept)
+            await asyncio.get_running_loop().sock_connect(backend, abstract_address(self.backend_name))
+            await connection.run()
+        except OSError as exc:
+            _log.warning("backend connect failed: relay=%s error=%r", self.listen_path, exc)
+        finally:
+            connection.close()
+            del self._by_peer[peer]
+
+
+@dataclass
+class ServerHandle:
+    """A running grpc.aio server behind its relay."""
+
+    server: grpc.aio.Server
+    relay: ServerRelay
+
+    @property
+    def url(self) -> str:
+        """The `unix://` URL clients dial (and an NSE registers)."""
+        return path_to_unix_url(self.relay.listen_path)
+
+    def connection_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> RelayConnection | None:
+        return self.relay.connection_for_peer(context.peer())
+
+
+@asynccontextmanager
+async def serve(
+    listen_path: str,
+    register: Callable[[grpc.aio.Server], None],
+    *,
+    send_on_accept: Sequence[int] = (),
+    security: StreamSecurity = PLAINTEXT,
+    options: Sequence[tuple[str, Any]] = (),
+    relay_only: bool = True,
+    stop_grace: float | None = None,
+) -> AsyncIterator[ServerHandle]:
+    """Start a grpc.aio server on a fresh abstract address with a ServerRelay on `listen_path`.
+
+    `register(server)` adds the servicers. With `relay_only`, calls that bypass the relay are refused.
+    On exit: stop accepting, stop the server (waiting `stop_grace` for running calls), close the relay.
+    """
+    backend_name = fresh_abstract_name("b")
+    relay = ServerRelay(listen_path, backend_name, send_on_accept=send_on_accept, security=security)
+    try:
+        interceptors = [RelayOnlyInterceptor(relay.is_relayed)] if relay_only else []
+        server = grpc.aio.server(interceptors=interceptors, options=list(options))
+        register(server)
+        server.add_insecure_port(abstract_target(backend_name))
+        await server.start()
+        try:
+            await relay.start()
+            yield ServerHandle(server, relay)
+        finally:
+            await relay.stop_accepting()
+            await server.stop(stop_grace)
+    finally:
+        await relay.aclose()

@@ -1,0 +1,445 @@
+"""gRPC through ClientRelay and ServerRelay with real grpc.aio, real unix sockets and real fds (§6, §12).
+
+The servicer uses generic handlers with raw bytes, so these tests need no generated protobufs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import grpc
+import pytest
+
+from nsm_sdk.transport import (
+    ClientRelay,
+    FdNotReceivedError,
+    InodeKey,
+    ListenPathError,
+    RelayConnection,
+    ServerHandle,
+    dial,
+    inode_key_of,
+    inode_url_for_fd,
+    open_netns_fd,
+    parse_inode_url,
+    path_to_unix_url,
+    serve,
+)
+from nsm_sdk.transport.urls import abstract_target
+
+if TYPE_CHECKING:
+    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
+AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
+SERVICE = "nsmtest.Relay"
+CALL_TIMEOUT = 20.0
+# Fast reconnects keep the restart test short; nothing asserts on time.
+FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200))
+
+
+@contextmanager
+def pipe_read_ends(count: int) -> Iterator[list[int]]:
+    opened = [os.pipe() for _ in range(count)]
+    try:
+        yield [read_end for read_end, _ in opened]
+    finally:
+        for read_end, write_end in opened:
+            os.close(read_end)
+            os.close(write_end)
+
+
+class Servicer:
+    """Test service; every call looks up the relay connection it arrived on."""
+
+    def __init__(self, give_fd: int | None = None) -> None:
+        self.handle: ServerHandle | None = None
+        self.give_fd = give_fd
+        self.connections: list[RelayConnection] = []
+
+    def register(self, server: grpc.aio.Server) -> None:
+        handlers = {
+            "Keys": grpc.unary_unary_rpc_method_handler(self.keys),
+            "SendBack": grpc.unary_unary_rpc_method_handler(self.send_back),
+            "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
+            "Count": grpc.unary_stream_rpc_method_handler(self.count),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+
+    def connection(self, context: Context) -> RelayConnection:
+        assert self.handle is not None
+        connection = self.handle.connection_for(context)
+        assert connection is not None, f"no relay connection for peer {context.peer()}"
+        self.connections.append(connection)
+        return connection
+
+    async def keys(self, request: bytes, context: Context) -> bytes:
+        """Wait for the fd named in the request, then list every key the connection holds."""
+        connection = self.connection(context)
+        dev, ino = parse_inode_url(request.decode())
+        fd = await connection.received.wait(dev, ino, timeout=CALL_TIMEOUT)
+        os.close(fd)
+        return json.dumps(sorted(connection.received.keys())).encode()
+
+    async def send_back(self, request: bytes, context: Context) -> bytes:
+        assert self.give_fd is not None
+        self.connection(context).queue_fds([self.give_fd])
+        return inode_url_for_fd(self.give_fd).encode()
+
+    async def echo(self, request: bytes, context: Context) -> bytes:
+        return request
+
+    async def count(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        for number in range(int(request)):
+            yield str(number).encode() * 1000
+
+
+def serving(path: Path, servicer: Servicer, **kwargs: Any) -> AbstractAsyncContextManager[ServerHandle]:
+    return serve(str(path), servicer.register, **kwargs)
+
+
+async def call(channel: grpc.aio.Channel, method: str, request: bytes) -> bytes:
+    multicallable = channel.unary_unary(f"/{SERVICE}/{method}", None, None)
+    response: bytes = await multicallable(request, timeout=CALL_TIMEOUT, wait_for_ready=True)
+    return response
+
+
+def as_keys(response: bytes) -> list[InodeKey]:
+    return [InodeKey(dev, ino) for dev, ino in json.loads(response)]
+
+
+@dataclass(frozen=True)
+class FdCensus:
+    passed: int  # pipes and namespaces: the kinds of fds these tests pass around
+    sockets: int
+
+
+def fd_census() -> FdCensus:
+    gc.collect()
+    kinds: Counter[str] = Counter()
+    for name in os.listdir("/proc/self/fd"):
+        with suppress(FileNotFoundError):
+            kinds[os.readlink(f"/proc/self/fd/{name}").split(":")[0]] += 1
+    return FdCensus(passed=kinds["pipe"] + kinds["net"], sockets=kinds["socket"])
+
+
+def relay_socket_names() -> list[str]:
+    """Abstract names of this process's relay sockets still open (listeners and bound connections)."""
+    prefix = f"@nsmrelay-{os.getpid()}-"
+    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    return [line.split()[-1] for line in lines if line.split()[-1].startswith(prefix)]
+
+
+async def no_leaks_since(before: FdCensus) -> None:
+    """Every passed fd and relay socket is closed; grpcio closes its own sockets asynchronously."""
+    assert fd_census().passed == before.passed
+    assert relay_socket_names() == []
+    await eventually(lambda: fd_census().sockets <= before.sockets)
+
+
+async def eventually(condition: Callable[[], bool]) -> None:
+    """Let the loop run until `condition` holds (pytest-timeout guards against forever)."""
+    while True:
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_client_netns_fd_arrives_with_first_bytes_and_servicer_finds_it(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        servicer = Servicer()
+        netns = open_netns_fd()
+        try:
+            async with serving(sock_dir / "nse.sock", servicer) as handle:
+                servicer.handle = handle
+                async with dial(handle.url, send_fds=[netns]) as (channel, _relay):
+                    response = await call(channel, "Keys", inode_url_for_fd(netns).encode())
+            assert as_keys(response) == [inode_key_of(netns)]
+        finally:
+            os.close(netns)
+
+    run_async(main)
+
+
+def test_server_queued_fd_rides_back_with_the_response(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        with pipe_read_ends(1) as (give,):
+            servicer = Servicer(give_fd=give)
+            async with serving(sock_dir / "nse.sock", servicer) as handle:
+                servicer.handle = handle
+                async with dial(handle.url) as (channel, relay):
+                    url = (await call(channel, "SendBack", b"")).decode()
+                    dev, ino = parse_inode_url(url)
+                    received = await relay.wait_fd(dev, ino, timeout=CALL_TIMEOUT)
+                    assert inode_key_of(received) == inode_key_of(give)
+                    os.close(received)
+
+    run_async(main)
+
+
+def test_send_on_accept_fds_reach_the_client_unasked(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        with pipe_read_ends(1) as (nse_netns,):
+            servicer = Servicer()
+            async with serving(sock_dir / "nse.sock", servicer, send_on_accept=[nse_netns]) as handle:
+                servicer.handle = handle
+                async with dial(handle.url) as (channel, relay):
+                    assert await call(channel, "Echo", b"ping") == b"ping"
+                    key = inode_key_of(nse_netns)
+                    received = await relay.wait_fd(key.dev, key.ino, timeout=CALL_TIMEOUT)
+                    assert inode_key_of(received) == key
+                    os.close(received)
+
+    run_async(main)
+
+
+def test_concurrent_connections_each_see_only_their_own_fds(run_async: AsyncRunner, sock_dir: Path) -> None:
+    clients = 8
+
+    async def one_client(url: str, fd: int) -> list[InodeKey]:
+        async with dial(url, send_fds=[fd]) as (channel, _relay):
+            return as_keys(await call(channel, "Keys", inode_url_for_fd(fd).encode()))
+
+    async def main() -> None:
+        with pipe_read_ends(clients) as fds:
+            servicer = Servicer()
+            async with serving(sock_dir / "nse.sock", servicer) as handle:
+                servicer.handle = handle
+                seen = await asyncio.gather(*(one_client(handle.url, fd) for fd in fds))
+            assert seen == [[inode_key_of(fd)] for fd in fds]
+            assert len({id(connection) for connection in servicer.connections}) == clients
+
+    run_async(main)
+
+
+def test_one_mib_messages_relay_intact_both_ways(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        payload = os.urandom(1 << 20)
+        servicer = Servicer()
+        async with serving(sock_dir / "nse.sock", servicer) as handle:
+            servicer.handle = handle
+            async with dial(handle.url) as (channel, _relay):
+                for _ in range(3):
+                    assert await call(channel, "Echo", payload) == payload
+
+    run_async(main)
+
+
+def test_server_streaming_rpc_through_both_relays(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(sock_dir / "nse.sock", servicer) as handle:
+            servicer.handle = handle
+            async with dial(handle.url) as (channel, _relay):
+                stream = channel.unary_stream(f"/{SERVICE}/Count", None, None)(b"200", timeout=CALL_TIMEOUT)
+                received = [message async for message in stream]
+        assert received == [str(number).encode() * 1000 for number in range(200)]
+
+    run_async(main)
+
+
+def test_reconnect_after_server_restart_resends_send_on_connect_fds(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        path = sock_dir / "nse.sock"
+        netns = open_netns_fd()
+        request = inode_url_for_fd(netns).encode()
+        try:
+            async with dial(path_to_unix_url(str(path)), send_fds=[netns], options=FAST_RECONNECT) as (
+                channel,
+                _relay,
+            ):
+                first, second = Servicer(), Servicer()
+                async with serving(path, first) as handle:
+                    first.handle = handle
+                    assert as_keys(await call(channel, "Keys", request)) == [inode_key_of(netns)]
+                async with serving(path, second) as handle:
+                    second.handle = handle
+                    assert as_keys(await call(channel, "Keys", request)) == [inode_key_of(netns)]
+                assert first.connections[0] is not second.connections[0]
+        finally:
+            os.close(netns)
+
+    run_async(main)
+
+
+def test_calls_that_bypass_the_relay_are_refused(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(sock_dir / "nse.sock", servicer) as handle:
+            servicer.handle = handle
+            async with grpc.aio.insecure_channel(abstract_target(handle.relay.backend_name)) as direct:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await call(direct, "Echo", b"x")
+                assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                stream = direct.unary_stream(f"/{SERVICE}/Count", None, None)(b"3", timeout=CALL_TIMEOUT)
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    _ = [message async for message in stream]
+                assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+    run_async(main)
+
+
+def test_connections_and_their_fds_close_when_the_client_goes(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        netns = open_netns_fd()
+        servicer = Servicer()
+        try:
+            async with serving(sock_dir / "nse.sock", servicer) as handle:
+                servicer.handle = handle
+                async with dial(handle.url, send_fds=[netns]) as (channel, relay):
+                    await call(channel, "Keys", inode_url_for_fd(netns).encode())
+                    (client_side,) = relay.connections
+                server_side = servicer.connections[0]
+                assert client_side.closed and client_side.received.closed
+                await eventually(lambda: not handle.relay.connections)
+                assert server_side.closed and server_side.received.closed
+        finally:
+            os.close(netns)
+
+    run_async(main)
+
+
+def test_no_fds_or_tasks_leak_across_a_full_session(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def session(path: Path, netns: int, give: int) -> None:
+        servicer = Servicer(give_fd=give)
+        async with serving(path, servicer, send_on_accept=[give]) as handle:
+            servicer.handle = handle
+            async with dial(handle.url, send_fds=[netns]) as (channel, relay):
+                await call(channel, "Keys", inode_url_for_fd(netns).encode())
+                dev, ino = parse_inode_url((await call(channel, "SendBack", b"")).decode())
+                os.close(await relay.wait_fd(dev, ino, timeout=CALL_TIMEOUT))
+
+    async def main() -> None:
+        netns = open_netns_fd()
+        try:
+            with pipe_read_ends(1) as (give,):
+                await session(sock_dir / "warm.sock", netns, give)  # grpcio opens its own fds lazily
+                before = fd_census()
+                for number in range(3):
+                    await session(sock_dir / f"s{number}.sock", netns, give)
+                await no_leaks_since(before)
+        finally:
+            os.close(netns)
+
+    run_async(main)
+    assert not list(sock_dir.iterdir()), "socket files left behind"
+
+
+def test_unreachable_target_fails_the_call_and_leaks_nothing(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        url = path_to_unix_url(str(sock_dir / "nobody.sock"))
+
+        async def failing_call() -> None:
+            async with dial(url) as (channel, relay):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary(f"/{SERVICE}/Echo", None, None)(b"x", timeout=CALL_TIMEOUT)
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert relay.connections == ()
+
+        await failing_call()  # grpcio opens its own fds lazily
+        before = fd_census()
+        await failing_call()
+        await no_leaks_since(before)
+
+    run_async(main)
+
+
+def test_wait_fd_times_out_when_nothing_arrives(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        async with ClientRelay(path_to_unix_url(str(sock_dir / "x.sock"))) as relay:
+            with pytest.raises(FdNotReceivedError):
+                await relay.wait_fd(1, 2, timeout=0.01)
+
+    run_async(main)
+
+
+def test_client_relay_refuses_connections_from_other_processes(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    probe = (
+        "import socket,sys\n"
+        "s=socket.socket(socket.AF_UNIX); s.connect('\\0'+sys.argv[1]); s.settimeout(30)\n"
+        "print('eof' if s.recv(1)==b'' else 'data')\n"
+    )
+
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(sock_dir / "nse.sock", servicer) as handle:
+            servicer.handle = handle
+            async with ClientRelay(handle.url) as relay:
+                name = relay.grpc_target.removeprefix("unix-abstract:")
+                process = await asyncio.create_subprocess_exec(
+                    sys.executable, "-c", probe, name, stdout=subprocess.PIPE
+                )
+                output, _ = await process.communicate()
+                assert output.strip() == b"eof"
+                assert handle.relay.connections == ()
+
+    run_async(main)
+
+
+def test_listen_socket_replaces_stale_socket_is_0777_and_is_removed(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    path = sock_dir / "nse.sock"
+    with socket.socket(socket.AF_UNIX) as stale:
+        stale.bind(str(path))
+
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(path, servicer) as handle:
+            servicer.handle = handle
+            assert stat.S_IMODE(os.stat(path).st_mode) == 0o777
+            async with dial(handle.url) as (channel, _relay):
+                assert await call(channel, "Echo", b"up") == b"up"
+        assert not path.exists()
+
+    run_async(main)
+
+
+def test_listen_path_holding_a_regular_file_is_refused(run_async: AsyncRunner, sock_dir: Path) -> None:
+    path = sock_dir / "nse.sock"
+    path.write_text("not a socket")
+
+    async def main() -> None:
+        with pytest.raises(ListenPathError):
+            async with serving(path, Servicer()):
+                pass
+        assert path.read_text() == "not a socket"
+
+    run_async(main)
+
+
+def test_tcp_target_is_relayed_without_fds(run_async: AsyncRunner) -> None:
+    async def main() -> None:
+        servicer = Servicer()
+        server = grpc.aio.server()
+        servicer.register(server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        netns = open_netns_fd()
+        try:
+            async with dial(f"tcp://127.0.0.1:{port}", send_fds=[netns]) as (channel, relay):
+                assert await call(channel, "Echo", b"over tcp") == b"over tcp"
+                (connection,) = relay.connections
+                assert len(connection.received) == 0
+        finally:
+            os.close(netns)
+            await server.stop(None)
+
+    run_async(main)

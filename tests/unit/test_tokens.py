@@ -1,0 +1,116 @@
+"""ES256 path tokens shaped like NSM's Go spiffejwt tokens (protocol doc §3.3)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from nsm_sdk.identity.tokens import (
+    TokenError,
+    TokenSigner,
+    UnsupportedKeyError,
+    decode_header,
+    decode_unverified,
+    verify,
+)
+
+NOW = 1_775_557_454.75
+PEER = "spiffe://example.org/ns/nsm-system/sa/nsmgr"
+
+
+def raw_part(token: str, index: int) -> dict[str, Any]:
+    part = token.split(".")[index]
+    decoded: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return decoded
+
+
+def test_header_is_es256_jwt_without_kid() -> None:
+    token, _ = TokenSigner("nsc").sign(PEER, 600, NOW)
+    assert raw_part(token, 0) == {"alg": "ES256", "typ": "JWT"}
+    assert decode_header(token) == {"alg": "ES256", "typ": "JWT"}
+
+
+def test_claims_are_sub_aud_array_and_integer_exp_only() -> None:
+    token, exp = TokenSigner("nsc").sign(PEER, 600, NOW)
+    claims = raw_part(token, 1)
+    assert claims == {"sub": "spiffe://nsm.local/nsc", "aud": [PEER], "exp": 1_775_558_054}
+    assert isinstance(claims["exp"], int)
+    assert exp == 1_775_558_054.0
+
+
+def test_audience_is_omitted_without_a_peer() -> None:
+    token, _ = TokenSigner("nse").sign(None, 600, NOW)
+    assert "aud" not in decode_unverified(token)
+
+
+def test_expiry_is_capped_by_certificate_not_after() -> None:
+    token, exp = TokenSigner("nsc").sign(PEER, 600, NOW, not_after=NOW + 30.9)
+    assert exp == float(int(NOW + 30.9))
+    assert decode_unverified(token)["exp"] == int(NOW + 30.9)
+
+
+def test_explicit_spiffe_id_becomes_the_subject() -> None:
+    signer = TokenSigner(spiffe_id="spiffe://example.org/nsc-1")
+    assert decode_unverified(signer.sign(PEER, 60, NOW)[0])["sub"] == "spiffe://example.org/nsc-1"
+
+
+def test_signature_verifies_with_the_signers_public_key() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    token, _ = TokenSigner("nsc", private_key=key).sign(PEER, 600, NOW)
+    assert verify(token, key.public_key(), audience=PEER, now=NOW)["aud"] == [PEER]
+
+
+def test_signature_is_raw_r_s_of_64_bytes() -> None:
+    token, _ = TokenSigner("nsc").sign(PEER, 600, NOW)
+    signature = token.split(".")[2]
+    assert len(base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))) == 64
+
+
+def test_verify_rejects_another_key() -> None:
+    token, _ = TokenSigner("nsc").sign(PEER, 600, NOW)
+    with pytest.raises(TokenError):
+        verify(token, TokenSigner("other").public_key)
+
+
+def test_verify_rejects_a_tampered_token() -> None:
+    signer = TokenSigner("nsc")
+    token, _ = signer.sign(PEER, 600, NOW)
+    header, _, signature = token.split(".")
+    forged = base64.urlsafe_b64encode(json.dumps({"sub": "x", "exp": 1}).encode()).rstrip(b"=").decode()
+    with pytest.raises(TokenError):
+        verify(f"{header}.{forged}.{signature}", signer.public_key)
+
+
+def test_verify_checks_audience_and_expiry_only_when_asked() -> None:
+    signer = TokenSigner("nsc")
+    token, exp = signer.sign(PEER, 600, NOW)
+    assert verify(token, signer.public_key)["sub"] == "spiffe://nsm.local/nsc"
+    with pytest.raises(TokenError, match="audience"):
+        verify(token, signer.public_key, audience="spiffe://example.org/other")
+    with pytest.raises(TokenError, match="expired"):
+        verify(token, signer.public_key, now=exp)
+
+
+def test_each_signer_without_key_gets_its_own_p256_key() -> None:
+    first, second = TokenSigner("a"), TokenSigner("b")
+    assert isinstance(first.public_key.curve, ec.SECP256R1)
+    assert first.public_key.public_numbers() != second.public_key.public_numbers()
+
+
+def test_non_p256_key_is_refused() -> None:
+    with pytest.raises(UnsupportedKeyError):
+        TokenSigner("nsc", private_key=ec.generate_private_key(ec.SECP384R1()))
+
+
+def test_non_positive_lifetime_is_refused() -> None:
+    with pytest.raises(ValueError):
+        TokenSigner("nsc").sign(PEER, 0, NOW)
+
+
+def test_decode_unverified_rejects_garbage() -> None:
+    with pytest.raises(TokenError):
+        decode_unverified("not.a.jwt")
