@@ -40,23 +40,24 @@ class Readiness:
 
 
 async def run(settings: NscSettings, stop: asyncio.Event) -> None:
-    log = EventLog("nsc_sidecar.agent", name=settings.name)
-    for warning in settings.warnings:
-        log.warning("config.warning", detail=warning)
-    tokens = CallTokens(TokenSigner(settings.name), settings.max_token_lifetime)
     netns_fd = open_netns_fd()
     try:
         netns_url = inode_url_for_fd(netns_fd)
+        name = settings.name or f"nsc-{os.fstat(netns_fd).st_ino}"
+        log = EventLog("nsc_sidecar.agent", name=name)
+        for warning in settings.warnings:
+            log.warning("config.warning", detail=warning)
+        tokens = CallTokens(TokenSigner(name), settings.max_token_lifetime)
         log.info("agent.start", connect_to=str(settings.connect_to), links=len(settings.links), netns=netns_url)
         async with dial(str(settings.connect_to), send_fds=[netns_fd]) as (channel, _relay):
             client = NsmClient(channel, tokens)
             with readiness(settings.readiness_file) as marker:
                 ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
-                links = [Link(spec, settings.name, netns_url, client, settings.request_timeout, ready.update, log)
+                links = [Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
                          for spec in settings.links]
                 async with asyncio.TaskGroup() as group:
                     for link in links:
                         group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")
+            log.info("shutdown.done")
     finally:
         os.close(netns_fd)
-    log.info("shutdown.done")

@@ -111,15 +111,28 @@ class Link:
         self.state = new
 
     async def _request(self, request: NetworkServiceRequest, stop: asyncio.Event) -> Connection | None:
-        """Send until one succeeds; None only when stopping."""
+        """Send until one succeeds; None only when stopping.
+
+        A failure is logged when it first happens or its reason changes, not on every retry. A refresh
+        pinned to an endpoint that keeps failing while our side of the link is gone turns into a reselect,
+        so a vanished endpoint never holds the link hostage.
+        """
         delays = RETRY.delays(random.Random())
+        attempts, last_reason = 0, ""
         while not stop.is_set():
             try:
                 return await self.client.request(request, self.request_timeout)
             except RpcFailed as exc:
-                self._log.warning("request.failed", code=exc.code.name, reason=exc.details)
-                if await sleep_or_stop(stop, next(delays)):
-                    return None
+                attempts += 1
+                if exc.details != last_reason:
+                    self._log.warning("request.failed", code=exc.code.name, reason=exc.details, attempt=attempts)
+                    last_reason = exc.details
+            if (attempts % 3 == 0 and request.connection.network_service_endpoint_name
+                    and self.conn is not None and await self._data_plane_problems(self.conn)):
+                self._log.warning("heal.reselect", reason="the pinned endpoint keeps failing and our side is gone")
+                request = reselect_request(self.conn, self.preference)
+            if await sleep_or_stop(stop, next(delays)):
+                return None
         return None
 
     async def run(self, stop: asyncio.Event) -> None:

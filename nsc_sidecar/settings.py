@@ -11,7 +11,7 @@ variable                 meaning                                        default
 ======================== ============================================== ===========================
 NSM_NETWORK_SERVICES     ``kernel://ns[@domain][/ifname][?k=v&..]`` list  \\ exactly one of the two
 NS_NETWORKSERVICEMESH_IO seed list ``ns[/ifname][?k=v&..]``              / is required
-NSM_NAME                 client name (path segment, connection ids)     POD_NAME, else ``nsc``
+NSM_NAME                 client name (path segment, connection ids)     POD_NAME, else ``nsc-<netns inode>``
 NSM_CONNECT_TO           nsmgr URL, ``unix:///abs`` or ``tcp://h:p``      the nsmgr socket (§2.1)
 NSM_REQUEST_TIMEOUT      deadline of each Request / Close               ``15s``
 NSM_DIAL_TIMEOUT         deadline of connecting to nsmgr                ``5s``
@@ -77,8 +77,9 @@ class NscSettings:
     """The links to request, in list order, labels already merged (URL > NSM_LABELS > clientinfo)."""
     links_variable: str = "NSM_NETWORK_SERVICES"
     """The variable the links came from (for log and error messages)."""
-    name: str = "nsc"
-    """Client name: path segment 0 name and prefix of connection ids ``<name>-<index>``."""
+    name: str | None = None
+    """Client name: path segment 0 name and prefix of connection ids ``<name>-<index>``. None: the agent uses
+    ``nsc-<inode of its netns>``, unique per pod and stable across restarts of the sidecar."""
     connect_to: SocketUrl = DEFAULT_NSMGR_URL
     """nsmgr URL (``unix:///var/lib/networkservicemesh/nsm.io.sock`` by default)."""
     request_timeout: float = 15.0
@@ -111,7 +112,7 @@ class NscSettings:
         return cls(
             links=merged,
             links_variable=links_variable,
-            name=_name(env, default="nsc"),
+            name=_name(env),
             connect_to=_socket_url(env, "NSM_CONNECT_TO"),
             request_timeout=_duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
             dial_timeout=_duration(env, "NSM_DIAL_TIMEOUT", 5.0),
@@ -154,7 +155,7 @@ def _value(env: Mapping[str, str], variable: str) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _name(env: Mapping[str, str], *, default: str) -> str:
+def _name(env: Mapping[str, str]) -> str | None:
     for variable in ("NSM_NAME", "POD_NAME"):
         value = _value(env, variable)
         if value is not None:
@@ -162,7 +163,7 @@ def _name(env: Mapping[str, str], *, default: str) -> str:
             if any(char.isspace() or not char.isprintable() for char in name):
                 raise ConfigError(variable, value, "name must not contain whitespace or control characters")
             return name
-    return default
+    return None
 
 
 def _socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:

@@ -45,12 +45,12 @@ def make_allocator(settings: NseSettings) -> P2PAllocator:
 
 
 @contextlib.contextmanager
-def listen_path(settings: NseSettings) -> Iterator[str]:
+def listen_path(settings: NseSettings, name: str) -> Iterator[str]:
     """NSM_LISTEN_ON, or `<fresh temp dir>/listen.on` like cmd-nse-icmp-responder (§2.3)."""
     if settings.listen_on is not None:
         yield settings.listen_on.path
         return
-    directory = tempfile.mkdtemp(prefix=f"{settings.name}-")
+    directory = tempfile.mkdtemp(prefix=f"{name}-")
     try:
         yield os.path.join(directory, "listen.on")
     finally:
@@ -117,23 +117,24 @@ class EndpointSides:
 
 
 async def run(settings: NseSettings, stop: asyncio.Event) -> None:
-    log = EventLog("nse_sidecar.agent", name=settings.name)
-    for warning in settings.warnings:
-        log.warning("config.warning", detail=warning)
-    tokens = CallTokens(TokenSigner(settings.name), settings.max_token_lifetime)
     netns_fd = open_netns_fd()
     try:
-        with listen_path(settings) as path:
-            await _serve(settings, stop, log, tokens, netns_fd, path)
+        name = settings.name or f"nse-{os.fstat(netns_fd).st_ino}"
+        log = EventLog("nse_sidecar.agent", name=name)
+        for warning in settings.warnings:
+            log.warning("config.warning", detail=warning)
+        tokens = CallTokens(TokenSigner(name), settings.max_token_lifetime)
+        with listen_path(settings, name) as path:
+            await _serve(settings, name, stop, log, tokens, netns_fd, path)
     finally:
         os.close(netns_fd)
 
 
-async def _serve(settings: NseSettings, stop: asyncio.Event, log: EventLog, tokens: CallTokens,
+async def _serve(settings: NseSettings, name: str, stop: asyncio.Event, log: EventLog, tokens: CallTokens,
                  netns_fd: int, path: str) -> None:
     hub = MonitorHub()
     sides = EndpointSides(settings.request_timeout, log)
-    core = EndpointCore(settings.name, make_allocator(settings), inode_url_for_fd(netns_fd), tokens.sign)
+    core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), tokens.sign)
     servicer = EndpointServicer(core, hub, sides.accepted, sides.closed, log)
 
     def register(server: grpc.aio.Server) -> None:
@@ -143,7 +144,7 @@ async def _serve(settings: NseSettings, stop: asyncio.Event, log: EventLog, toke
     async with serve(path, register, send_on_accept=[netns_fd], stop_grace=1.0):
         socket_fd = open_socket_file_fd(path)
         try:
-            record = endpoint_record(settings.name, settings.services, settings.labels, inode_url_for_path(path))
+            record = endpoint_record(name, settings.services, settings.labels, inode_url_for_path(path))
             log.info("endpoint.listening", listen_on=f"unix://{path}", services=",".join(settings.services),
                      addressing=settings.addressing.mode)
             async with dial(str(settings.connect_to), send_fds=[socket_fd]) as (channel, _relay):

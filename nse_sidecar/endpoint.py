@@ -14,10 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection, Mechanism, State
+from nsm_sdk._proto.networkservice.connectioncontext_pb2 import IPContext
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
-from nsm_sdk.protocol.ipam import P2PAllocator, apply_to_ip_context
+from nsm_sdk.protocol.ipam import P2PAddresses, P2PAllocator, apply_to_ip_context
 from nsm_sdk.protocol.path import (
     copy_caller_token,
     new_uuid,
@@ -59,7 +60,27 @@ def choose_mechanism(request: NetworkServiceRequest) -> Mechanism:
             chosen.cls = chosen.cls or LOCAL
             return chosen
     offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
-    raise ProtocolError(f"cannot support any of the requested mechanisms ({offered}): only {KERNEL} is served")
+    raise ProtocolError(
+        f"cannot support any of the requested mechanisms ({offered}): only {KERNEL} is served")
+
+
+def _drop_unheld(ip_context: IPContext, held: tuple[P2PAddresses, ...]) -> None:
+    """Drop addresses a previous allocation put there that we no longer hold (e.g. excluded now, or not
+    recoverable after a restart), with the routes to them (Go point2pointipam removes both)."""
+    wanted_src = {a.src_ip for a in held}
+    wanted_dst = {a.dst_ip for a in held}
+    dropped_src = {a for a in ip_context.src_ip_addrs if a not in wanted_src}
+    dropped_dst = {a for a in ip_context.dst_ip_addrs if a not in wanted_dst}
+    for addresses, dropped in ((ip_context.src_ip_addrs, dropped_src),
+                               (ip_context.dst_ip_addrs, dropped_dst)):
+        kept = [a for a in addresses if a not in dropped]
+        del addresses[:]
+        addresses.extend(kept)
+    # A route to a peer address that is gone: src_routes lead to dst addresses and vice versa.
+    for routes, gone in ((ip_context.src_routes, dropped_dst), (ip_context.dst_routes, dropped_src)):
+        kept_routes = [r for r in routes if r.prefix not in gone]
+        del routes[:]
+        routes.extend(kept_routes)
 
 
 class EndpointCore:
@@ -103,6 +124,10 @@ class EndpointCore:
         copy_caller_token(conn, token, expires)
         own_token, own_expires = self._sign()
         set_own_token(conn, own_token, own_expires)
+        # Everything that can refuse the request comes before the allocation, so a refused request
+        # never holds addresses (the caller retries with a new id each time).
+        mechanism = choose_mechanism(request)
+        name = self._interface_name(conn, mechanism)
 
         ip_context = conn.context.ip_context
         held = self.allocator.request(
@@ -111,19 +136,9 @@ class EndpointCore:
             dst_addrs=list(ip_context.dst_ip_addrs),
             excluded=list(ip_context.excluded_prefixes),
         )
-        # Drop addresses a previous allocation put there but that we no longer hold (e.g. excluded now).
-        wanted_src = {a.src_ip for a in held}
-        wanted_dst = {a.dst_ip for a in held}
-        kept_src = [a for a in ip_context.src_ip_addrs if a in wanted_src]
-        kept_dst = [a for a in ip_context.dst_ip_addrs if a in wanted_dst]
-        del ip_context.src_ip_addrs[:]
-        del ip_context.dst_ip_addrs[:]
-        ip_context.src_ip_addrs.extend(kept_src)
-        ip_context.dst_ip_addrs.extend(kept_dst)
+        _drop_unheld(ip_context, held)
         apply_to_ip_context(ip_context, held)
 
-        mechanism = choose_mechanism(request)
-        name = self._interface_name(conn, mechanism)
         mechanism.parameters[NAME_PARAM] = name
         mechanism.parameters[INODE_URL_PARAM] = self.netns_url
         conn.mechanism.CopyFrom(mechanism)

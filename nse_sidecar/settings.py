@@ -103,8 +103,9 @@ class NseSettings:
     """Registration labels, with podName/nodeName/clusterName added unless present."""
     addressing: AddressingSettings = AddressingSettings()
     """IPAM mode and pools."""
-    name: str = "nse"
-    """Endpoint name: registration name and our path segment name."""
+    name: str | None = None
+    """Endpoint name: registration name and our path segment name. None: the agent uses
+    ``nse-<inode of its netns>``, unique per pod and stable across restarts (clients pin it on refresh)."""
     connect_to: SocketUrl = DEFAULT_NSMGR_URL
     """nsmgr URL (``unix:///var/lib/networkservicemesh/nsm.io.sock`` by default)."""
     listen_on: SocketUrl | None = None
@@ -148,7 +149,7 @@ class NseSettings:
             services=services,
             labels=with_missing_labels(labels, clientinfo),
             addressing=_addressing(env),
-            name=_name(env, default="nse"),
+            name=_name(env),
             connect_to=_socket_url(env, "NSM_CONNECT_TO"),
             listen_on=_listen_url(env, "NSM_LISTEN_ON"),
             register_service=_bool(env, "NSM_REGISTER_SERVICE", default=True),
@@ -286,7 +287,7 @@ def _value(env: Mapping[str, str], variable: str) -> str | None:
     return value if value is not None and value.strip() else None
 
 
-def _name(env: Mapping[str, str], *, default: str) -> str:
+def _name(env: Mapping[str, str]) -> str | None:
     for variable in ("NSM_NAME", "POD_NAME"):
         value = _value(env, variable)
         if value is not None:
@@ -294,7 +295,7 @@ def _name(env: Mapping[str, str], *, default: str) -> str:
             if any(char.isspace() or not char.isprintable() for char in name):
                 raise ConfigError(variable, value, "name must not contain whitespace or control characters")
             return name
-    return default
+    return None
 
 
 def _socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:

@@ -53,8 +53,12 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
 def _match(raw: Any, where: str) -> Match:
     if not isinstance(raw, Mapping):
         raise ManifestError(f"{where}: expected a mapping")
-    match = Match(fallthrough=bool(raw.get("fallthrough", False)))
-    match.source_selector.update(_string_map(_pick(raw, "sourceSelector", "source_selector"), f"{where}.sourceSelector"))
+    fallthrough = raw.get("fallthrough")
+    if fallthrough is not None and not isinstance(fallthrough, bool):
+        raise ManifestError(f"{where}.fallthrough: expected true or false, got {fallthrough!r}")
+    match = Match(fallthrough=bool(fallthrough))
+    match.source_selector.update(
+        _string_map(_pick(raw, "sourceSelector", "source_selector"), f"{where}.sourceSelector"))
     routes = _pick(raw, "routes", "route") or []
     if not isinstance(routes, list):
         raise ManifestError(f"{where}.routes: expected a list")
@@ -63,11 +67,16 @@ def _match(raw: Any, where: str) -> Match:
             raise ManifestError(f"{where}.routes[{i}]: expected a mapping")
         selector = _string_map(_pick(route, "destinationSelector", "destination_selector"),
                                f"{where}.routes[{i}].destinationSelector")
-        weight = route.get("weight", 0) or 0
-        match.routes.append(Destination(destination_selector=selector, weight=int(weight)))
+        weight = route.get("weight") or 0
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 0 <= weight < 2**32:
+            raise ManifestError(f"{where}.routes[{i}].weight: expected an unsigned integer, got {weight!r}")
+        match.routes.append(Destination(destination_selector=selector, weight=weight))
     metadata = raw.get("metadata")
-    if isinstance(metadata, Mapping) and metadata.get("labels"):
-        match.metadata.labels.update(_string_map(metadata["labels"], f"{where}.metadata.labels"))
+    if metadata is not None:
+        if not isinstance(metadata, Mapping):
+            raise ManifestError(f"{where}.metadata: expected a mapping")
+        match.metadata.SetInParent()  # present, even empty, matters to MatchEndpoint (§10.2)
+        match.metadata.labels.update(_string_map(metadata.get("labels"), f"{where}.metadata.labels"))
     return match
 
 

@@ -14,9 +14,10 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from google.protobuf import json_format
 
@@ -48,6 +49,9 @@ class EndpointEntry:
         if self.socket_fd is not None:
             os.close(self.socket_fd)
             self.socket_fd = None
+
+
+_P = TypeVar("_P", NetworkService, NetworkServiceEndpoint)
 
 
 @dataclass
@@ -188,34 +192,46 @@ class Registry:
             if endpoint_matches(pattern, record):
                 watch.queue.put_nowait((record, deleted))
 
-    async def watch_services(self, pattern: NetworkService, watch: bool) -> AsyncIterator[NetworkServiceResponse]:
-        for service in self.find_services(pattern):
-            yield NetworkServiceResponse(network_service=service)
+    async def watch_services(
+        self, pattern: NetworkService, watch: bool
+    ) -> AsyncGenerator[NetworkServiceResponse, None]:
         if not watch:
+            for service in self.find_services(pattern):
+                yield NetworkServiceResponse(network_service=service)
             return
-        async for item, deleted in _drain(self._service_watches, pattern):
-            assert isinstance(item, NetworkService)
-            yield NetworkServiceResponse(network_service=item, deleted=deleted)
+        with _subscription(self._service_watches, pattern) as subscription:
+            for service in self.find_services(pattern):
+                yield NetworkServiceResponse(network_service=service)
+            while (item := await subscription.queue.get()) is not None:
+                changed, deleted = item
+                assert isinstance(changed, NetworkService)
+                yield NetworkServiceResponse(network_service=changed, deleted=deleted)
 
     async def watch_endpoints(
         self, pattern: NetworkServiceEndpoint, watch: bool
-    ) -> AsyncIterator[NetworkServiceEndpointResponse]:
-        for entry in self.find_endpoints(pattern):
-            yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
+    ) -> AsyncGenerator[NetworkServiceEndpointResponse, None]:
         if not watch:
+            for entry in self.find_endpoints(pattern):
+                yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
             return
-        async for item, deleted in _drain(self._endpoint_watches, pattern):
-            assert isinstance(item, NetworkServiceEndpoint)
-            yield NetworkServiceEndpointResponse(network_service_endpoint=item, deleted=deleted)
+        with _subscription(self._endpoint_watches, pattern) as subscription:
+            for entry in self.find_endpoints(pattern):
+                yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
+            while (item := await subscription.queue.get()) is not None:
+                changed, deleted = item
+                assert isinstance(changed, NetworkServiceEndpoint)
+                yield NetworkServiceEndpointResponse(network_service_endpoint=changed, deleted=deleted)
 
 
-async def _drain(watches: list[tuple[object, _Watch]], pattern: object) -> AsyncIterator[tuple[object, bool]]:
+@contextlib.contextmanager
+def _subscription(watches: list[tuple[_P, _Watch]], pattern: _P) -> Iterator[_Watch]:
+    """Subscribe BEFORE listing the current objects, so that a change made while they are being sent
+    is queued instead of lost; unsubscribe as soon as the stream is closed (not when it is collected)."""
     watch = _Watch()
     entry = (pattern, watch)
     watches.append(entry)
     try:
-        while (item := await watch.queue.get()) is not None:
-            yield item
+        yield watch
     finally:
         with contextlib.suppress(ValueError):
             watches.remove(entry)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, cast
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_local.registry import EndpointEntry, Registry
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkService,
@@ -34,16 +35,24 @@ from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath, Regi
 from nsm_sdk.transport.errors import FdNotReceivedError
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
-from nsm_local.registry import EndpointEntry, Registry
 
 Context = grpc.aio.ServicerContext[Any, Any]
+FD_WAIT_MARGIN = 0.5
 
 
 def _subject(token: str) -> str:
     try:
         return str(decode_unverified(token).get("sub", ""))
-    except Exception:  # noqa: BLE001 - a malformed token just has no subject
+    except Exception:
         return ""
+
+
+def _fd_wait(remaining: float | None) -> float | None:
+    """How long to wait for a socket fd: give up a little before the caller's deadline, so that the
+    caller gets our "timeout in recvfd" error instead of a bare DEADLINE_EXCEEDED of its own."""
+    if remaining is None:
+        return None
+    return max(0.0, remaining - min(FD_WAIT_MARGIN, remaining / 4))
 
 
 class RegistryPathKeeper:
@@ -54,17 +63,19 @@ class RegistryPathKeeper:
         self.tokens = tokens
 
     async def update(self, context: Context) -> tuple[RegistryPath, float | None]:
-        metadata = context.invocation_metadata()
+        # grpc.aio gives a tuple of (key, value) pairs; grpc-stubs types it as a Mapping.
+        metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
         token, token_expires = caller_token(metadata)
+        own_token, own_expires = self.tokens.sign()
+        own = RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires))
         try:
             path = RegistryPath.from_json(metadata_value(metadata, PATH_METADATA_KEY) or "")
+            updated, caller_index = path.server_update(token or "", own)
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad registry path metadata: {exc}")
             raise AssertionError("unreachable") from exc
-        own_token, own_expires = self.tokens.sign()
-        updated, caller_index = path.server_update(
-            token or "", RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires)))
-        await context.send_initial_metadata(((PATH_METADATA_KEY, updated.with_index(caller_index).to_json()),))
+        header = updated.with_index(caller_index).to_json()
+        await context.send_initial_metadata(((PATH_METADATA_KEY, header),))
         expiry = min(own_expires, token_expires) if token_expires is not None else own_expires
         return updated, expiry
 
@@ -73,7 +84,7 @@ class RegistryPathKeeper:
         return [_subject(segment.token) for segment in path.segments]
 
 
-class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):  # type: ignore[misc]
+class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
     def __init__(
         self,
         registry: Registry,
@@ -99,7 +110,7 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no fd passing on this connection")
             assert connection is not None
             try:
-                fd = await connection.received.wait(dev, ino, context.time_remaining())
+                fd = await connection.received.wait(dev, ino, _fd_wait(context.time_remaining()))
             except FdNotReceivedError as exc:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"timeout in recvfd waiting for {url}")
                 raise AssertionError("unreachable") from exc
@@ -110,7 +121,7 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
                             f"endpoint url {url!r}: must be unix:// or inode:// to get KERNEL links")
         raise AssertionError("unreachable")
 
-    async def Register(self, nse: NetworkServiceEndpoint, context: Context) -> NetworkServiceEndpoint:  # noqa: N802
+    async def Register(self, nse: NetworkServiceEndpoint, context: Context) -> NetworkServiceEndpoint:
         if not nse.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         if not nse.url:
@@ -139,13 +150,13 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
                            url=nse.url, expires_in=round(expiry - now, 1))
         return record
 
-    async def Find(  # noqa: N802
+    async def Find(
         self, query: NetworkServiceEndpointQuery, context: Context
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
         async for response in self.registry.watch_endpoints(query.network_service_endpoint, query.watch):
             yield response
 
-    async def Unregister(self, nse: NetworkServiceEndpoint, context: Context) -> Empty:  # noqa: N802
+    async def Unregister(self, nse: NetworkServiceEndpoint, context: Context) -> Empty:
         if not nse.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         await self.paths.update(context)
@@ -154,13 +165,13 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
         return Empty()
 
 
-class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):  # type: ignore[misc]
+class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
     def __init__(self, registry: Registry, paths: RegistryPathKeeper, log: EventLog) -> None:
         self.registry = registry
         self.paths = paths
         self._log = log
 
-    async def Register(self, service: NetworkService, context: Context) -> NetworkService:  # noqa: N802
+    async def Register(self, service: NetworkService, context: Context) -> NetworkService:
         if not service.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is required")
         path, _ = await self.paths.update(context)
@@ -173,13 +184,13 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
                        matches=len(service.matches))
         return stored
 
-    async def Find(  # noqa: N802
+    async def Find(
         self, query: NetworkServiceQuery, context: Context
     ) -> AsyncIterator[NetworkServiceResponse]:
         async for response in self.registry.watch_services(query.network_service, query.watch):
             yield response
 
-    async def Unregister(self, service: NetworkService, context: Context) -> Empty:  # noqa: N802
+    async def Unregister(self, service: NetworkService, context: Context) -> Empty:
         await self.paths.update(context)
         self.registry.unregister_service(service.name)
         self._log.info("service.unregistered", name=service.name)

@@ -29,9 +29,11 @@ def configure_link(
     """Ensure `ifname` in the netns is configured as given, and return its index.
 
     As NSM's kernel mechanism does: IPv6 enabled on the link (disable_ipv6=0), addresses added
-    (permanent; IPv6 with NODAD, so they are usable at once), link up, then routes replaced, on-link
-    routes first so that next hops are reachable. Idempotent: present addresses and routes are kept,
-    and nothing that is not listed is removed. `mtu`/`alias` None leave those untouched.
+    (permanent; IPv6 with NODAD, so no duplicate-detection delay), link up, then routes replaced,
+    on-link routes first so that next hops are reachable. Traffic, IPv6 above all, flows only once
+    both ends are operational (`state.operational`); this function does not wait for the peer.
+    Idempotent: present addresses and routes are kept, and nothing that is not listed is removed.
+    `mtu`/`alias` None leave those untouched.
     """
     check_ifname(ifname)
     wanted = [parse_interface(cidr) for cidr in addresses]

@@ -33,22 +33,36 @@ class RegistryPath:
         segments: list[dict[str, str]] | None = None
         if self.segments:
             segments = [
-                {k: v for k, v in (("name", s.name), ("id", s.id), ("token", s.token), ("expires", s.expires)) if v}
+                {k: v for k, v in (("name", s.name), ("id", s.id), ("token", s.token), ("expires", s.expires))
+                 if v}
                 for s in self.segments
             ]
         return json.dumps({"Index": self.index, "PathSegments": segments}, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str) -> RegistryPath:
-        """Parse leniently like Go's encoding/json: keys are matched case-insensitively."""
+        """Parse like Go's encoding/json: keys are matched case-insensitively, null reads as empty.
+
+        Raises ValueError for anything Go could not decode into its Path (not an object, an index that
+        is not an unsigned integer, segments that are not a list of objects).
+        """
         raw = json.loads(text) if text.strip() else {}
         if not isinstance(raw, dict):
             raise ValueError("registry path metadata is not a JSON object")
         top = {str(k).lower(): v for k, v in raw.items()}
-        index = int(top.get("index") or 0)
+        index = top.get("index") or 0
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < 2**32:
+            raise ValueError(f"registry path Index {index!r} is not an unsigned 32-bit integer")
+        items = top.get("pathsegments") or []
+        if not isinstance(items, list):
+            raise ValueError("registry path PathSegments is not a list")
         segments = []
-        for item in top.get("pathsegments") or []:
-            seg: dict[str, Any] = {str(k).lower(): v for k, v in dict(item).items()}
+        for item in items:
+            if item is None:
+                item = {}
+            if not isinstance(item, dict):
+                raise ValueError(f"registry path segment {item!r} is not a JSON object")
+            seg: dict[str, Any] = {str(k).lower(): v for k, v in item.items()}
             segments.append(RegistrySegment(
                 name=str(seg.get("name") or ""), id=str(seg.get("id") or ""),
                 token=str(seg.get("token") or ""), expires=str(seg.get("expires") or ""),
@@ -59,11 +73,15 @@ class RegistryPath:
         """What a registry server does on Register/Unregister (§3.5); returns (new path, caller index).
 
         Empty path: `[caller, own]` at index 1. Otherwise the caller's segment gets the metadata token and
-        our segment at index+1 is appended or replaced.
+        our segment at index+1 is appended or replaced. An index past the last segment is Go's error
+        (ValueError).
         """
         if not self.segments:
             return RegistryPath(index=1, segments=(RegistrySegment(token=caller_token), own)), 0
         caller_index = self.index
+        if caller_index + 1 > len(self.segments):
+            raise ValueError(f"Path.Index+1=={caller_index + 1} should be less or equal "
+                             f"len(Path.PathSegments)=={len(self.segments)}")
         segments = list(self.segments)
         segments[caller_index] = replace(segments[caller_index], token=caller_token)
         if caller_index + 1 < len(segments):

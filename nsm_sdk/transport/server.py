@@ -87,8 +87,13 @@ class ServerRelay:
         return peer in self._by_peer
 
     async def start(self) -> None:
-        """Bind the socket file (stale file removed, mode 0777 like Go, §2.1) and start accepting."""
+        """Bind the socket file and start accepting.
+
+        Like Go (§2.1, `grpcutils.ListenAndServe`): a stale socket is removed, a missing directory is
+        created, and the socket is made mode 0777.
+        """
         remove_stale_socket(self.listen_path)
+        os.makedirs(os.path.dirname(self.listen_path), exist_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(self.listen_path)

@@ -412,6 +412,17 @@ def test_listen_socket_replaces_stale_socket_is_0777_and_is_removed(
     run_async(main)
 
 
+def test_missing_listen_directory_is_created(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(sock_dir / "new" / "nse.sock", servicer) as handle:
+            servicer.handle = handle
+            async with dial(handle.url) as (channel, _relay):
+                assert await call(channel, "Echo", b"up") == b"up"
+
+    run_async(main)
+
+
 def test_listen_path_holding_a_regular_file_is_refused(run_async: AsyncRunner, sock_dir: Path) -> None:
     path = sock_dir / "nse.sock"
     path.write_text("not a socket")

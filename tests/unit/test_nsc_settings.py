@@ -29,7 +29,7 @@ def test_nsm_list_is_read_and_every_other_field_takes_its_default() -> None:
     settings = NscSettings.from_env(ONE_LINK)
     assert settings.links == (LinkSpec("p2p", "eth1", {"link": "net-0"}, 0),)
     assert settings.links_variable == "NSM_NETWORK_SERVICES"
-    assert settings.name == "nsc"
+    assert settings.name is None  # derived from the netns at start: unique per pod
     assert settings.connect_to == DEFAULT_NSMGR_URL
     assert settings.connect_to.grpc_target == "unix:///var/lib/networkservicemesh/nsm.io.sock"
     assert (settings.request_timeout, settings.dial_timeout, settings.max_token_lifetime) == (

@@ -47,7 +47,7 @@ def test_nsm_environment_and_defaults() -> None:
     assert settings.services == ("p2p",)
     assert settings.labels == {}
     assert settings.addressing == AddressingSettings(mode="nsm", pools=((IPv4Network("169.254.0.0/16"),),))
-    assert settings.name == "nse"
+    assert settings.name is None  # derived from the netns at start: unique per pod
     assert settings.connect_to == DEFAULT_NSMGR_URL
     assert settings.listen_on is None
     assert settings.register_service is True

@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Check the images built by images/build.sh without a container runtime: every command is executed inside
+# the image with `buildah run` (see images/README.md). Prints PASS/FAIL per check; exit 1 if any failed.
+#
+#   images/check.sh [--vfs] [--tag TAG] [--prefix PREFIX] [--e2e]
+#
+# --vfs   the storage/isolation used by `build.sh --vfs` (vfs, chroot, images/.build/containers.conf)
+# --e2e   also bring one link up (root; uses network namespaces nsmimg-cp/-d1/-d2): nsm-local serve, then
+#         nse-sidecar and nsc-sidecar, each run from its image in its own netns with only CAP_NET_ADMIN
+#         added (nsm-local: NET_ADMIN + SYS_ADMIN), ping across, probe the readiness files, SIGTERM both
+#         sidecars and check that the link is gone. Everything is removed on exit.
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/images/.build"
+TAG=""
+PREFIX=""
+VFS=0
+E2E=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --vfs) VFS=1; shift ;;
+        --tag) TAG=${2:?}; shift 2 ;;
+        --prefix) PREFIX=${2:?}; shift 2 ;;
+        --e2e) E2E=1; shift ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        *) echo "check.sh: unknown argument: $1" >&2; exit 2 ;;
+    esac
+done
+if [ -z "$TAG" ]; then
+    TAG=$(ls "$OUT"/wheels/nsm_topology_sidecars-*.whl 2>/dev/null | head -n1 | xargs -r basename | cut -d- -f2)
+    [ -n "$TAG" ] || { echo "check.sh: no --tag and no wheel in $OUT/wheels" >&2; exit 2; }
+fi
+BUILDAH=(buildah)
+RUN_ARGS=()
+if [ "$VFS" = 1 ]; then
+    BUILDAH+=(--storage-driver vfs)
+    RUN_ARGS+=(--isolation chroot)
+    export CONTAINERS_CONF=${CONTAINERS_CONF:-$OUT/containers.conf}
+fi
+bah() { "${BUILDAH[@]}" "$@"; }
+brun() { bah run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "$@"; }
+
+FAILED=0
+CONTAINERS=()
+NETNS=()
+PIDS=()
+pass() { echo "PASS  $*"; }
+fail() { echo "FAIL  $*"; FAILED=1; }
+descendants() { local p; for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$p"; descendants "$p"; done; }
+cleanup() {
+    local p c
+    for p in ${PIDS[@]+"${PIDS[@]}"}; do
+        for c in $(descendants "$p") "$p"; do kill -KILL "$c" 2>/dev/null; done
+    done
+    for c in ${NETNS[@]+"${NETNS[@]}"}; do ip netns del "$c" 2>/dev/null; done
+    for c in ${CONTAINERS[@]+"${CONTAINERS[@]}"}; do bah umount "$c" >/dev/null 2>&1; bah rm "$c" >/dev/null 2>&1; done
+    [ -z "${WORK:-}" ] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+container() {  # container NAME IMAGE: a fresh working container, removed on exit
+    bah rm "$1" >/dev/null 2>&1
+    bah from --name "$1" "$2" >/dev/null || { fail "buildah from $2"; return 1; }
+    CONTAINERS+=("$1")
+}
+
+# expect_config_error PROGRAM VARIABLE: no configuration → exit 2, one stderr line naming VARIABLE
+expect_config_error() {
+    local c=$1 program=$2 variable=$3 out rc
+    out=$(brun "$c" -- sh -c "$program >/tmp/check.out 2>/tmp/check.err; echo \$?; wc -l </tmp/check.out;
+                                wc -l </tmp/check.err; cat /tmp/check.err" 2>&1)
+    rc=$(echo "$out" | sed -n 1p)
+    local nout nerr line
+    nout=$(echo "$out" | sed -n 2p); nerr=$(echo "$out" | sed -n 3p); line=$(echo "$out" | sed -n 4p)
+    if [ "$rc" = 2 ] && [ "$nout" = 0 ] && [ "$nerr" = 1 ] && [[ "$line" == *"$variable"* ]]; then
+        pass "$program, no env: exit 2, one line: $line"
+    else
+        fail "$program, no env: exit=$rc stdout_lines=$nout stderr_lines=$nerr: $line"
+    fi
+    brun "$c" -- "$program" >/dev/null 2>&1
+    rc=$?
+    [ "$rc" = 2 ] && pass "$program exit status seen by buildah run: 2" || fail "$program via buildah run: $rc"
+}
+
+check_image() {
+    local target=$1 image="${PREFIX}${target}:${TAG}" c="nsm-check-$1"
+    echo "== $image"
+    container "$c" "$image" || return
+    local entry labels
+    entry=$(bah inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' "$image")
+    [ "$entry" = "[\"/opt/nsm/bin/$target\"]" ] && pass "ENTRYPOINT $entry" || fail "ENTRYPOINT $entry"
+    labels=$(bah inspect --type image --format '{{json .OCIv1.Config.Labels}}' "$image")
+    [[ "$labels" == *'"org.opencontainers.image.licenses":"Apache-2.0"'* ]] \
+        && [[ "$labels" == *'"org.opencontainers.image.source"'* ]] \
+        && [[ "$labels" == *'"org.opencontainers.image.description"'* ]] \
+        && pass "OCI labels source, description, licenses=Apache-2.0" || fail "labels: $labels"
+    case "$target" in
+        nsc-sidecar) expect_config_error "$c" nsc-sidecar NS_NETWORKSERVICEMESH_IO ;;
+        nse-sidecar) expect_config_error "$c" nse-sidecar ENDPOINT_NETWORK_SERVICE ;;
+        nsm-local)
+            local help
+            help=$(brun "$c" -- nsm-local --help 2>&1) && [[ "$help" == "usage: nsm-local"* ]] \
+                && pass "nsm-local --help: $(echo "$help" | head -n1)" || fail "nsm-local --help: $help" ;;
+    esac
+    brun "$c" -- python -c "import nsm_sdk._proto.networkservice.connection_pb2" >/dev/null 2>&1 \
+        && pass "python -c 'import nsm_sdk._proto.networkservice.connection_pb2'" || fail "proto import"
+    local tools
+    tools=$(brun "$c" -- sh -c 'for x in gcc cc make protoc pip pip3; do command -v $x; done;
+        python -c "import grpc_tools" 2>/dev/null && echo grpc_tools; python -m pip --version 2>/dev/null;
+        ls /tmp/wheels 2>/dev/null' 2>&1)
+    [ -z "$tools" ] && pass "no compiler, protoc, grpc_tools, pip or wheels in the image" || fail "found: $tools"
+    echo "      size: $(bah images --format '{{.Size}}' "$image")"
+}
+
+for target in nsc-sidecar nse-sidecar nsm-local; do check_image "$target"; done
+
+e2e() {
+    echo "== end to end: nsm-local + nse-sidecar + nsc-sidecar (one link)"
+    WORK=$(mktemp -d /tmp/nsm-check.XXXXXX)
+    local sock="$WORK/nsm" ns
+    mkdir -p "$sock"
+    for ns in nsmimg-cp nsmimg-d1 nsmimg-d2; do
+        ip netns add "$ns" || { fail "ip netns add $ns"; return; }
+        NETNS+=("$ns"); ip -n "$ns" link set lo up
+    done
+    container nsm-e2e-cp "${PREFIX}nsm-local:${TAG}" || return
+    container nsm-e2e-nse "${PREFIX}nse-sidecar:${TAG}" || return
+    container nsm-e2e-nsc "${PREFIX}nsc-sidecar:${TAG}" || return
+    local mnt=(-v "$sock:/var/lib/networkservicemesh") i
+    ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} \
+        --cap-add CAP_NET_ADMIN --cap-add CAP_SYS_ADMIN "${mnt[@]}" nsm-e2e-cp -- nsm-local serve \
+        >"$WORK/nsm-local.log" 2>&1 & PIDS+=($!)
+    for i in $(seq 100); do [ -S "$sock/nsm.io.sock" ] && break; sleep 0.1; done
+    brun "${mnt[@]}" -v "$ROOT/examples:/examples:ro" nsm-e2e-cp -- nsm-local apply -f /examples/p2p.yaml \
+        >/dev/null 2>&1 && pass "nsm-local apply -f examples/p2p.yaml" || fail "nsm-local apply"
+    ip netns exec nsmimg-d2 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --cap-add CAP_NET_ADMIN "${mnt[@]}" \
+        -e ENDPOINT_NETWORK_SERVICE=p2p -e ENDPOINT_LABELS=device=device-2 -e IP_ADDRESS=10.60.1.0/24 \
+        -e POD_NAME=device-2 nsm-e2e-nse -- nse-sidecar >"$WORK/nse.log" 2>&1 & local nse=$!; PIDS+=($nse)
+    ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --cap-add CAP_NET_ADMIN "${mnt[@]}" \
+        -e 'NS_NETWORKSERVICEMESH_IO=p2p/eth12?link=net-0&peerif=eth21' -e POD_NAME=device-1 \
+        nsm-e2e-nsc -- nsc-sidecar >"$WORK/nsc.log" 2>&1 & local nsc=$!; PIDS+=($nsc)
+    local nsc_root nse_root
+    nsc_root=$(bah mount nsm-e2e-nsc); nse_root=$(bah mount nsm-e2e-nse)
+    for i in $(seq 300); do [ -f "$nsc_root/run/nsm/ready" ] && [ -f "$nse_root/run/nsm/ready" ] && break; sleep 0.1; done
+    brun nsm-e2e-nsc -- test -f /run/nsm/ready && pass "nsc-sidecar readiness: test -f /run/nsm/ready" \
+        || fail "nsc-sidecar not ready"
+    brun nsm-e2e-nse -- test -f /run/nsm/ready && pass "nse-sidecar readiness: test -f /run/nsm/ready" \
+        || fail "nse-sidecar not ready"
+    local a b
+    a=$(ip -n nsmimg-d1 -br addr show dev eth12 2>&1); b=$(ip -n nsmimg-d2 -br addr show dev eth21 2>&1)
+    [[ "$a" == *10.60.1.1/30* ]] && [[ "$b" == *10.60.1.2/30* ]] && pass "links: $a | $b" || fail "links: $a | $b"
+    ip netns exec nsmimg-d1 ping -c 1 -W 2 10.60.1.2 >/dev/null && pass "ping 10.60.1.2 from device-1" \
+        || fail "ping 10.60.1.2"
+    local pid py rc
+    for pid in $nsc $nse; do
+        py=$(for i in $(descendants "$pid"); do grep -q python "/proc/$i/cmdline" 2>/dev/null && echo "$i"; done | tail -n1)
+        [ -n "$py" ] && kill -TERM "$py"
+        wait "$pid"; rc=$?
+        [ "$rc" = 0 ] && pass "SIGTERM → sidecar exited 0" || fail "SIGTERM → exit $rc"
+    done
+    py=$(for i in $(descendants "${PIDS[0]}"); do grep -q python "/proc/$i/cmdline" 2>/dev/null && echo "$i"; done | tail -n1)
+    [ -n "$py" ] && kill -TERM "$py"
+    wait "${PIDS[0]}" && pass "SIGTERM → nsm-local exited 0" || fail "nsm-local did not exit cleanly"
+    ip -n nsmimg-d1 link show eth12 >/dev/null 2>&1 || ip -n nsmimg-d2 link show eth21 >/dev/null 2>&1 \
+        && fail "link still present after stop" || pass "eth12/eth21 removed after both sidecars stopped"
+    [ ! -e "$nsc_root/run/nsm/ready" ] && pass "nsc-sidecar readiness file removed on stop" \
+        || fail "readiness file left behind"
+    echo "      logs: nsm-local, nse, nsc"
+    sed 's/^/      | /' "$WORK/nsm-local.log" "$WORK/nse.log" "$WORK/nsc.log" | cut -c1-200
+}
+[ "$E2E" = 1 ] && e2e
+
+[ "$FAILED" = 0 ] && echo "all checks passed" || echo "some checks FAILED"
+exit "$FAILED"

@@ -1,0 +1,311 @@
+"""nsm-local's registry API over real grpc.aio and unix sockets (protocol doc §3.5, §6, §8.1-§8.3).
+
+The control plane runs exactly as `nsm-local serve` does (`serve_control_plane`) on a socket in a temp
+directory; clients go through the project's transport (`dial`), so socket-file fds ride on the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from nsm_local.manager import MANAGER_NAME
+from nsm_local.server import ServeSettings, serve_control_plane
+from nsm_sdk._proto.registry import registry_pb2_grpc
+from nsm_sdk._proto.registry.registry_pb2 import (
+    NetworkService,
+    NetworkServiceEndpoint,
+    NetworkServiceEndpointQuery,
+    NetworkServiceQuery,
+)
+from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
+from nsm_sdk.identity.tokens import TokenSigner, decode_unverified, default_spiffe_id
+from nsm_sdk.protocol.gotime import parse_rfc3339nano, timestamp_to_epoch
+from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
+from nsm_sdk.transport.client import dial
+from nsm_sdk.transport.fdpass import open_socket_file_fd
+from nsm_sdk.transport.urls import inode_url_for_path
+
+AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
+NSE_ID = default_spiffe_id("nse-a")
+MANAGER_ID = default_spiffe_id(MANAGER_NAME)
+
+
+@contextlib.asynccontextmanager
+async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[str]:
+    """`nsm-local serve` on `<sock_dir>/nsm.sock`; yields its unix:// URL, stops it on exit."""
+    settings = ServeSettings(socket_path=str(sock_dir / "nsm.sock"), **overrides)
+    stop, ready = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve_control_plane(settings, stop, ready))
+    started = asyncio.create_task(ready.wait())
+    await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
+    if not ready.is_set():
+        started.cancel()
+        await server  # raises what made it fail
+    try:
+        yield f"unix://{settings.socket_path}"
+    finally:
+        stop.set()
+        await server
+
+
+@contextlib.contextmanager
+def endpoint_socket_file(sock_dir: Path, name: str = "nse.sock") -> Iterator[tuple[str, int]]:
+    """A real listening socket file, as an NSE has, and an O_PATH fd of it (what the NSE sends)."""
+    path = str(sock_dir / name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+        listener.bind(path)
+        listener.listen(1)
+        fd = open_socket_file_fd(path)
+        try:
+            yield path, fd
+        finally:
+            os.close(fd)
+
+
+def endpoint(url: str, name: str = "nse-a") -> NetworkServiceEndpoint:
+    record = NetworkServiceEndpoint(name=name, url=url, network_service_names=["p2p"])
+    record.network_service_labels["p2p"].labels["device"] = "device-2"
+    return record
+
+
+def tokens(name: str = "nse-a", lifetime: float = 600.0) -> CallTokens:
+    return CallTokens(TokenSigner(name), lifetime)
+
+
+def bounded(main: Callable[[], Awaitable[Any]], limit: float = 30.0) -> Callable[[], Awaitable[Any]]:
+    async def run() -> Any:
+        async with asyncio.timeout(limit):  # a hang is a failure, not a stuck run
+            return await main()
+
+    return run
+
+
+# --- endpoint registration ------------------------------------------------------------------------------
+
+
+def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_connection(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, fd):
+            url = inode_url_for_path(path)
+            async with control_plane(sock_dir, registration_expiry=30.0) as nsm_url, \
+                    dial(nsm_url, send_fds=[fd]) as (channel, _relay):
+                client = NsmClient(channel, tokens())
+                before = time.time()
+                reply, returned = await client.register_endpoint(endpoint(url), RegistryPath(), 5.0)
+                after = time.time()
+
+                assert (reply.name, reply.url, list(reply.network_service_names)) == ("nse-a", url, ["p2p"])
+                expires = timestamp_to_epoch(reply.expiration_time)
+                assert before + 30.0 - 1.0 <= expires <= after + 30.0
+                assert list(reply.path_ids) == [NSE_ID, MANAGER_ID]
+                assert reply.HasField("initial_registration_time")
+
+                assert returned.index == 0
+                assert len(returned.segments) == 2
+                assert decode_unverified(returned.segments[0].token)["sub"] == NSE_ID
+                own = returned.segments[1]
+                assert own.name == MANAGER_NAME
+                assert decode_unverified(own.token)["sub"] == MANAGER_ID
+                assert parse_rfc3339nano(own.expires) > after
+
+                found = [r.network_service_endpoint async for r in client.find_endpoints(
+                    NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint(name="nse-a")),
+                    timeout=5.0)]
+                assert [f.name for f in found] == ["nse-a"]
+
+    run_async(bounded(main))
+
+
+def test_granted_expiry_never_outlives_the_callers_token(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, fd):
+            async with control_plane(sock_dir, registration_expiry=60.0) as nsm_url, \
+                    dial(nsm_url, send_fds=[fd]) as (channel, _relay):
+                short = tokens(lifetime=5.0)
+                reply, _ = await NsmClient(channel, short).register_endpoint(
+                    endpoint(inode_url_for_path(path)), RegistryPath(), 5.0)
+                # The token of that call expired at floor(sent + 5); a later token can only expire later.
+                _, later_token_expiry = short.sign()
+                assert timestamp_to_epoch(reply.expiration_time) <= later_token_expiry
+                assert timestamp_to_epoch(reply.expiration_time) < time.time() + 6.0
+
+    run_async(bounded(main))
+
+
+def test_path_response_header_has_gos_json_shape_with_the_callers_index(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, fd):
+            async with control_plane(sock_dir) as nsm_url, dial(nsm_url, send_fds=[fd]) as (channel, _relay):
+                caller = tokens()
+                metadata = caller.metadata(extra=((PATH_METADATA_KEY, '{"Index":0,"PathSegments":null}'),))
+                sent_token = dict(metadata)["nsm-client-token"]
+                stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+                call = stub.Register(endpoint(inode_url_for_path(path)), metadata=metadata, timeout=5.0)
+                await call
+                header = dict(await call.initial_metadata())
+                raw = json.loads(header[PATH_METADATA_KEY])
+                assert set(raw) == {"Index", "PathSegments"}
+                assert raw["Index"] == 0
+                caller_segment, own_segment = raw["PathSegments"]
+                assert caller_segment == {"token": sent_token}
+                assert set(own_segment) == {"name", "token", "expires"}
+                assert all(key == key.lower() for key in own_segment)
+
+    run_async(bounded(main))
+
+
+def test_refresh_with_the_returned_path_replaces_both_tokens(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, fd):
+            async with control_plane(sock_dir) as nsm_url, dial(nsm_url, send_fds=[fd]) as (channel, _relay):
+                client = NsmClient(channel, tokens())
+                record = endpoint(inode_url_for_path(path))
+                first, path_back = await client.register_endpoint(record, RegistryPath(), 5.0)
+                again, path_again = await client.register_endpoint(record, path_back, 5.0)
+                assert (path_again.index, len(path_again.segments)) == (0, 2)
+                assert path_again.segments[0].token != path_back.segments[0].token
+                assert path_again.segments[1].token != path_back.segments[1].token
+                assert again.initial_registration_time == first.initial_registration_time
+
+    run_async(bounded(main))
+
+
+def test_register_without_the_socket_fd_fails_naming_the_missing_inode(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, _fd):
+            url = inode_url_for_path(path)
+            async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+                with pytest.raises(RpcFailed) as caught:
+                    await NsmClient(channel, tokens()).register_endpoint(endpoint(url), RegistryPath(), 3.0)
+                assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+                assert f"timeout in recvfd waiting for {url}" in caught.value.details
+
+    run_async(bounded(main))
+
+
+@pytest.mark.parametrize(
+    ("record", "code", "message"),
+    [
+        (NetworkServiceEndpoint(url="unix:///x"), grpc.StatusCode.INVALID_ARGUMENT, "name is required"),
+        (NetworkServiceEndpoint(name="nse-a"), grpc.StatusCode.INVALID_ARGUMENT, "url is required"),
+        (NetworkServiceEndpoint(name="nse-a", url="tcp://10.0.0.1:5000"), grpc.StatusCode.INVALID_ARGUMENT,
+         "must be unix:// or inode://"),
+    ],
+)
+def test_unusable_registrations_are_refused_with_the_reason(
+    run_async: AsyncRunner, sock_dir: Path, record: NetworkServiceEndpoint, code: grpc.StatusCode,
+    message: str,
+) -> None:
+    async def main() -> None:
+        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            with pytest.raises(RpcFailed) as caught:
+                await NsmClient(channel, tokens()).register_endpoint(record, RegistryPath(), 5.0)
+            assert caught.value.code == code
+            assert message in caught.value.details
+
+    run_async(bounded(main))
+
+
+def test_malformed_path_metadata_is_refused_as_invalid_argument(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+            for bad in ('{"Index":3,"PathSegments":[{"token":"a"}]}', "[]", '{"PathSegments":[1]}'):
+                metadata = tokens().metadata(extra=((PATH_METADATA_KEY, bad),))
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Register(endpoint("unix:///x"), metadata=metadata, timeout=5.0)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "bad registry path metadata" in (caught.value.details() or "")
+
+    run_async(bounded(main))
+
+
+def test_find_with_watch_streams_a_later_unregister_as_deleted(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        with endpoint_socket_file(sock_dir) as (path, fd):
+            async with control_plane(sock_dir) as nsm_url, \
+                    dial(nsm_url, send_fds=[fd]) as (nse_channel, _r1), \
+                    dial(nsm_url) as (watch_channel, _r2):
+                nse_client = NsmClient(nse_channel, tokens())
+                record = endpoint(inode_url_for_path(path))
+                _, path_back = await nse_client.register_endpoint(record, RegistryPath(), 5.0)
+
+                watcher = NsmClient(watch_channel, tokens("watcher"))
+                query = NetworkServiceEndpointQuery(
+                    network_service_endpoint=NetworkServiceEndpoint(name="nse-a"), watch=True)
+                stream = watcher.find_endpoints(query)
+                try:
+                    current = await anext(stream)
+                    assert (current.network_service_endpoint.name, current.deleted) == ("nse-a", False)
+                    await nse_client.unregister_endpoint(record, path_back, 5.0)
+                    gone = await anext(stream)
+                    assert (gone.network_service_endpoint.name, gone.deleted) == ("nse-a", True)
+                finally:
+                    await stream.aclose()  # type: ignore[attr-defined]
+
+    run_async(bounded(main))
+
+
+# --- NetworkServices ------------------------------------------------------------------------------------
+
+
+def test_network_service_register_find_unregister(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            caller = tokens()
+            client = NsmClient(channel, caller)
+            service = NetworkService(name="p2p", payload="IP")
+            match = service.matches.add(source_selector={"link": "net-0"})
+            match.routes.add(destination_selector={"device": "d2"})
+            stored = await client.register_service(service, RegistryPath(), 5.0)
+            assert (stored.name, stored.payload, list(stored.path_ids)) == ("p2p", "IP", [NSE_ID, MANAGER_ID])
+            assert stored.matches == service.matches
+
+            async def names() -> list[str]:
+                query = NetworkServiceQuery(network_service=NetworkService(payload="IP"))
+                return [r.network_service.name async for r in client.find_services(query, timeout=5.0)]
+
+            assert await names() == ["p2p"]
+            stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
+            metadata = caller.metadata(extra=((PATH_METADATA_KEY, RegistryPath().to_json()),))
+            await stub.Unregister(NetworkService(name="p2p"), metadata=metadata, timeout=5.0)
+            assert await names() == []
+
+    run_async(bounded(main))
+
+
+def test_registered_network_service_survives_a_control_plane_restart(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            client = NsmClient(channel, tokens())
+            await client.register_service(NetworkService(name="p2p"), RegistryPath(), 5.0)
+        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            query = NetworkServiceQuery(network_service=NetworkService(name="p2p"))
+            found = [r async for r in NsmClient(channel, tokens()).find_services(query, timeout=5.0)]
+            assert [r.network_service.name for r in found] == ["p2p"]
+
+    run_async(bounded(main))
