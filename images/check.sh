@@ -87,14 +87,14 @@ check_image() {
     local target=$1 image="${PREFIX}${target}:${TAG}" c="nsm-check-$1"
     echo "== $image"
     container "$c" "$image" || return
-    local entry labels
-    entry=$(bah inspect --type image --format '{{json .OCIv1.Config.Entrypoint}}' "$image")
-    [ "$entry" = "[\"/opt/nsm/bin/$target\"]" ] && pass "ENTRYPOINT $entry" || fail "ENTRYPOINT $entry"
-    labels=$(bah inspect --type image --format '{{json .OCIv1.Config.Labels}}' "$image")
-    [[ "$labels" == *'"org.opencontainers.image.licenses":"Apache-2.0"'* ]] \
-        && [[ "$labels" == *'"org.opencontainers.image.source"'* ]] \
-        && [[ "$labels" == *'"org.opencontainers.image.description"'* ]] \
-        && pass "OCI labels source, description, licenses=Apache-2.0" || fail "labels: $labels"
+    local entry source licenses description
+    entry=$(bah inspect --type image --format '{{.OCIv1.Config.Entrypoint}}' "$image")
+    [ "$entry" = "[/opt/nsm/bin/$target]" ] && pass "ENTRYPOINT $entry" || fail "ENTRYPOINT $entry"
+    label() { bah inspect --type image --format "{{index .OCIv1.Config.Labels \"org.opencontainers.image.$1\"}}" "$image"; }
+    source=$(label source); licenses=$(label licenses); description=$(label description)
+    [ "$licenses" = Apache-2.0 ] && [ -n "$description" ] \
+        && pass "OCI labels: licenses=$licenses source='$source' description set" \
+        || fail "labels: licenses='$licenses' description='$description'"
     case "$target" in
         nsc-sidecar) expect_config_error "$c" nsc-sidecar NS_NETWORKSERVICEMESH_IO ;;
         nse-sidecar) expect_config_error "$c" nse-sidecar ENDPOINT_NETWORK_SERVICE ;;
@@ -108,7 +108,7 @@ check_image() {
     local tools
     tools=$(brun "$c" -- sh -c 'for x in gcc cc make protoc pip pip3; do command -v $x; done;
         python -c "import grpc_tools" 2>/dev/null && echo grpc_tools; python -m pip --version 2>/dev/null;
-        ls /tmp/wheels 2>/dev/null' 2>&1)
+        ls -d /tmp/wheels 2>/dev/null; true' 2>/dev/null)
     [ -z "$tools" ] && pass "no compiler, protoc, grpc_tools, pip or wheels in the image" || fail "found: $tools"
     echo "      size: $(bah images --format '{{.Size}}' "$image")"
 }

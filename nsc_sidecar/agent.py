@@ -35,8 +35,11 @@ class Readiness:
         ready = all(self._verified.values())
         if ready != self._marker.ready:
             self._marker.set(ready)
-            self._log.info("agent.ready" if ready else "agent.not_ready",
-                           verified=sum(self._verified.values()), links=len(self._verified))
+            self._log.info(
+                "agent.ready" if ready else "agent.not_ready",
+                verified=sum(self._verified.values()),
+                links=len(self._verified),
+            )
 
 
 async def run(settings: NscSettings, stop: asyncio.Event) -> None:
@@ -48,13 +51,17 @@ async def run(settings: NscSettings, stop: asyncio.Event) -> None:
         for warning in settings.warnings:
             log.warning("config.warning", detail=warning)
         tokens = CallTokens(TokenSigner(name), settings.max_token_lifetime)
-        log.info("agent.start", connect_to=str(settings.connect_to), links=len(settings.links), netns=netns_url)
+        log.info(
+            "agent.start", connect_to=str(settings.connect_to), links=len(settings.links), netns=netns_url
+        )
         async with dial(str(settings.connect_to), send_fds=[netns_fd]) as (channel, _relay):
             client = NsmClient(channel, tokens)
             with readiness(settings.readiness_file) as marker:
                 ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
-                links = [Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
-                         for spec in settings.links]
+                links = [
+                    Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
+                    for spec in settings.links
+                ]
                 async with asyncio.TaskGroup() as group:
                     for link in links:
                         group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")

@@ -3,7 +3,7 @@
 Lifecycle: REQUESTING → ESTABLISHED → (REFRESHING | HEALING) → ESTABLISHED … → CLOSED. The transitions
 are listed in `TRANSITIONS`; anything else is a bug and raises. Retries never end the loop: only shutdown.
 
-* refresh: at `client_refresh_delay` (0.2 × the earliest segment expiry), re-sending the last reply;
+* refresh: at `client_refresh_delay` (0.2 x the earliest segment expiry), re-sending the last reply;
 * heal: when the manager's monitor stream breaks, or reports our connection DOWN/deleted. If our side of
   the link is still healthy (present, up, carrier) we refresh; otherwise we reselect: Close the old
   connection, then Request again with the endpoint choice cleared;
@@ -106,7 +106,9 @@ class Link:
 
     def _move(self, new: LinkState, **fields: object) -> None:
         if new not in TRANSITIONS[self.state]:
-            raise RuntimeError(f"link {self.spec.interface_name}: no transition {self.state.value} -> {new.value}")
+            raise RuntimeError(
+                f"link {self.spec.interface_name}: no transition {self.state.value} -> {new.value}"
+            )
         self._log.info(f"link.{new.value}", previous=self.state.value, **fields)
         self.state = new
 
@@ -125,19 +127,28 @@ class Link:
             except RpcFailed as exc:
                 attempts += 1
                 if exc.details != last_reason:
-                    self._log.warning("request.failed", code=exc.code.name, reason=exc.details, attempt=attempts)
+                    self._log.warning(
+                        "request.failed", code=exc.code.name, reason=exc.details, attempt=attempts
+                    )
                     last_reason = exc.details
-            if (attempts % 3 == 0 and request.connection.network_service_endpoint_name
-                    and self.conn is not None and await self._data_plane_problems(self.conn)):
-                self._log.warning("heal.reselect", reason="the pinned endpoint keeps failing and our side is gone")
+            if (
+                attempts % 3 == 0
+                and request.connection.network_service_endpoint_name
+                and self.conn is not None
+                and await self._data_plane_problems(self.conn)
+            ):
+                self._log.warning(
+                    "heal.reselect", reason="the pinned endpoint keeps failing and our side is gone"
+                )
                 request = reselect_request(self.conn, self.preference)
             if await sleep_or_stop(stop, next(delays)):
                 return None
         return None
 
     async def run(self, stop: asyncio.Event) -> None:
-        request = first_request(self.client_name, self.conn_id, self.spec.network_service,
-                                self.spec.labels, self.preference)
+        request = first_request(
+            self.client_name, self.conn_id, self.spec.network_service, self.spec.labels, self.preference
+        )
         monitor: asyncio.Task[None] | None = None
         try:
             while True:
@@ -147,9 +158,12 @@ class Link:
                 self.conn = reply
                 problems = await self._verify(reply)
                 if self.state != LinkState.ESTABLISHED:
-                    self._move(LinkState.ESTABLISHED, endpoint=reply.network_service_endpoint_name,
-                               src=",".join(reply.context.ip_context.src_ip_addrs),
-                               dst=",".join(reply.context.ip_context.dst_ip_addrs))
+                    self._move(
+                        LinkState.ESTABLISHED,
+                        endpoint=reply.network_service_endpoint_name,
+                        src=",".join(reply.context.ip_context.src_ip_addrs),
+                        dst=",".join(reply.context.ip_context.dst_ip_addrs),
+                    )
                 self._on_ready(self.spec.interface_name, not problems)
                 if monitor is None or monitor.done():
                     monitor = asyncio.create_task(self._monitor())
@@ -184,8 +198,9 @@ class Link:
         stopped = asyncio.create_task(stop.wait())
         triggered = asyncio.create_task(self._triggers.get())
         try:
-            done, _ = await asyncio.wait({stopped, triggered}, timeout=refresh_in,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {stopped, triggered}, timeout=refresh_in, return_when=asyncio.FIRST_COMPLETED
+            )
         finally:
             stopped.cancel()
             triggered.cancel()
@@ -247,7 +262,8 @@ class Link:
         alias = f"server-{self.conn_id}"
         addresses = set(conn.context.ip_context.src_ip_addrs)
         candidate = next((s for s in states if s.alias == alias), None) or next(
-            (s for s in states if addresses and addresses <= set(s.addresses)), None)
+            (s for s in states if addresses and addresses <= set(s.addresses)), None
+        )
         if candidate is None:
             return
         try:

@@ -6,11 +6,11 @@ import asyncio
 import os
 import sys
 
+from nse_sidecar.agent import run
+from nse_sidecar.settings import NseSettings
 from nsm_sdk.agent.lifecycle import run_agent
 from nsm_sdk.agent.logs import setup_logging
 from nsm_sdk.protocol.errors import ConfigError
-from nse_sidecar.agent import run
-from nse_sidecar.settings import NseSettings
 
 
 def main() -> None:

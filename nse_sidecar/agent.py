@@ -15,6 +15,10 @@ from collections.abc import Iterator
 
 import grpc
 
+from nse_sidecar.endpoint import Accepted, EndpointCore
+from nse_sidecar.registration import Registrar, endpoint_record
+from nse_sidecar.servicer import EndpointServicer
+from nse_sidecar.settings import NseSettings
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.agent.credentials import CallTokens
@@ -31,10 +35,6 @@ from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd, open_socket_file_fd
 from nsm_sdk.transport.server import serve
 from nsm_sdk.transport.urls import inode_url_for_fd, inode_url_for_path
-from nse_sidecar.endpoint import Accepted, EndpointCore
-from nse_sidecar.registration import Registrar, endpoint_record
-from nse_sidecar.servicer import EndpointServicer
-from nse_sidecar.settings import NseSettings
 
 
 def make_allocator(settings: NseSettings) -> P2PAllocator:
@@ -130,8 +130,15 @@ async def run(settings: NseSettings, stop: asyncio.Event) -> None:
         os.close(netns_fd)
 
 
-async def _serve(settings: NseSettings, name: str, stop: asyncio.Event, log: EventLog, tokens: CallTokens,
-                 netns_fd: int, path: str) -> None:
+async def _serve(
+    settings: NseSettings,
+    name: str,
+    stop: asyncio.Event,
+    log: EventLog,
+    tokens: CallTokens,
+    netns_fd: int,
+    path: str,
+) -> None:
     hub = MonitorHub()
     sides = EndpointSides(settings.request_timeout, log)
     core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), tokens.sign)
@@ -145,13 +152,24 @@ async def _serve(settings: NseSettings, name: str, stop: asyncio.Event, log: Eve
         socket_fd = open_socket_file_fd(path)
         try:
             record = endpoint_record(name, settings.services, settings.labels, inode_url_for_path(path))
-            log.info("endpoint.listening", listen_on=f"unix://{path}", services=",".join(settings.services),
-                     addressing=settings.addressing.mode)
+            log.info(
+                "endpoint.listening",
+                listen_on=f"unix://{path}",
+                services=",".join(settings.services),
+                addressing=settings.addressing.mode,
+            )
             async with dial(str(settings.connect_to), send_fds=[socket_fd]) as (channel, _relay):
                 client = NsmClient(channel, tokens)
                 with readiness(settings.readiness_file) as ready:
-                    registrar = Registrar(client, record, settings.payload, settings.register_service,
-                                          settings.request_timeout, log, ready.set)
+                    registrar = Registrar(
+                        client,
+                        record,
+                        settings.payload,
+                        settings.register_service,
+                        settings.request_timeout,
+                        log,
+                        ready.set,
+                    )
                     registration = asyncio.create_task(registrar.run(stop))
                     await stop.wait()
                     log.info("shutdown.begin")

@@ -30,8 +30,9 @@ from nsm_sdk.protocol.timing import Backoff, registration_refresh_delay
 RETRY = Backoff(base=0.2, factor=2.0, cap=5.0, jitter=0.1)
 
 
-def endpoint_record(name: str, services: tuple[str, ...], labels: Mapping[str, str], url: str
-                    ) -> NetworkServiceEndpoint:
+def endpoint_record(
+    name: str, services: tuple[str, ...], labels: Mapping[str, str], url: str
+) -> NetworkServiceEndpoint:
     nse = NetworkServiceEndpoint(name=name, url=url)
     nse.network_service_names.extend(services)
     for service in services:
@@ -73,8 +74,9 @@ class Registrar:
                 if response.network_service.name == name and not response.deleted:
                     found = True
             if not found:
-                await self.client.register_service(NetworkService(name=name, payload=self.payload),
-                                                   RegistryPath(), self.timeout)
+                await self.client.register_service(
+                    NetworkService(name=name, payload=self.payload), RegistryPath(), self.timeout
+                )
                 self._log.info("service.registered", service=name, payload=self.payload)
 
     async def _register_once(self) -> float:
@@ -94,7 +96,8 @@ class Registrar:
     async def _watch(self, stop: asyncio.Event) -> None:
         """Return when our registration watch breaks (the manager went away) or stop is set."""
         query = NetworkServiceEndpointQuery(
-            network_service_endpoint=NetworkServiceEndpoint(name=self.record.name), watch=True)
+            network_service_endpoint=NetworkServiceEndpoint(name=self.record.name), watch=True
+        )
         with contextlib.suppress(RpcFailed):
             async for response in self.client.find_endpoints(query):
                 if response.deleted and response.network_service_endpoint.name == self.record.name:
@@ -116,13 +119,19 @@ class Registrar:
             delays = RETRY.delays(random.Random())
             self._on_registered(True)
             if first:
-                self._log.info("registration.done", name=self.record.name, url=self.record.url,
-                               services=",".join(self.record.network_service_names), refresh_in=round(refresh_in, 1))
+                self._log.info(
+                    "registration.done",
+                    name=self.record.name,
+                    url=self.record.url,
+                    services=",".join(self.record.network_service_names),
+                    refresh_in=round(refresh_in, 1),
+                )
             watch = asyncio.create_task(self._watch(stop))
             stopped = asyncio.create_task(stop.wait())
             try:
-                done, _ = await asyncio.wait({watch, stopped}, timeout=refresh_in,
-                                             return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {watch, stopped}, timeout=refresh_in, return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 for task in (watch, stopped):
                     task.cancel()

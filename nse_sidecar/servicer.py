@@ -1,4 +1,5 @@
-"""gRPC face of the endpoint: NetworkService (Request, Close) and MonitorConnection (protocol doc §8.4-§8.6)."""
+"""gRPC face of the endpoint: NetworkService (Request, Close) and MonitorConnection (protocol doc
+§8.4-§8.6)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nse_sidecar.endpoint import Accepted, EndpointCore
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
@@ -19,12 +21,18 @@ from nsm_sdk.agent.monitor_hub import MonitorHub
 from nsm_sdk.protocol.errors import NsmError, ProtocolError
 from nsm_sdk.protocol.path import prev_expires
 from nsm_sdk.protocol.timing import server_close_deadline
-from nse_sidecar.endpoint import Accepted, EndpointCore
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
-class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: ignore[misc]
+def _caller_id(own: Connection) -> str:
+    """The caller's connection id (its segment, just before ours) for our view of a connection."""
+    index = own.path.index
+    segments = own.path.path_segments
+    return segments[index - 1].id if 0 < index <= len(segments) else own.id
+
+
+class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     """Serialises work per connection id, arms the server-side expiry close, and feeds the monitor hub.
 
     `on_accepted(accepted)` runs after each successful Request (the agent verifies its interface there);
@@ -52,7 +60,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type:
     def _lock(self, conn_id: str) -> asyncio.Lock:
         return self._locks.setdefault(conn_id, asyncio.Lock())
 
-    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:  # noqa: N802
+    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
         async with self._lock(request.connection.id):
             try:
@@ -77,7 +85,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type:
         self._on_accepted(accepted)
         return accepted.reply
 
-    async def Close(self, conn: Connection, context: Context) -> Empty:  # noqa: N802
+    async def Close(self, conn: Connection, context: Context) -> Empty:
         token, expires = caller_token(context.invocation_metadata())
         async with self._lock(conn.id):
             try:
@@ -93,7 +101,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type:
         timer = self._expiry_timers.pop(mine.id, None)
         if timer is not None:
             timer.cancel()
-        self._locks.pop(mine.id, None)
+        self._locks.pop(_caller_id(mine), None)  # locks are keyed by the id the caller sends
         self.hub.delete(mine.id)
         self._on_closed(mine)
 

@@ -1,9 +1,9 @@
 """`nsm-local`: an embedded NSM control plane (registry, manager, kernel forwarder) for one host.
 
-    nsm-local serve [--socket PATH]        run it (foreground; SIGTERM stops it, links stay for a restart)
-    nsm-local apply -f FILE                register the NetworkServices in a YAML file
-    nsm-local delete -f FILE               unregister them
-    nsm-local list                         show services, endpoints and connections
+nsm-local serve [--socket PATH]        run it (foreground; SIGTERM stops it, links stay for a restart)
+nsm-local apply -f FILE                register the NetworkServices in a YAML file
+nsm-local delete -f FILE               unregister them
+nsm-local list                         show services, endpoints and connections
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ import os
 import sys
 from pathlib import Path
 
+from nsm_local import cli_client
+from nsm_local.manifests import ManifestError, load_network_services
+from nsm_local.server import ServeSettings, serve_control_plane
 from nsm_sdk.agent.lifecycle import run_agent
 from nsm_sdk.agent.logs import setup_logging
 from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.protocol.durations import parse_positive_duration
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.nsurl import parse_socket_url
-from nsm_local import cli_client
-from nsm_local.manifests import ManifestError, load_network_services
-from nsm_local.server import ServeSettings, serve_control_plane
 
 DEFAULT_URL = "unix:///var/lib/networkservicemesh/nsm.io.sock"
 
@@ -31,9 +31,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsm-local", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the control plane")
-    serve.add_argument("--listen", default=os.environ.get("NSM_LISTEN_ON", DEFAULT_URL),
-                       help="unix:// URL to serve on (env NSM_LISTEN_ON; default %(default)s)")
-    serve.add_argument("--state-dir", default=None, help="where applied services persist (default: socket dir)")
+    serve.add_argument(
+        "--listen",
+        default=os.environ.get("NSM_LISTEN_ON", DEFAULT_URL),
+        help="unix:// URL to serve on (env NSM_LISTEN_ON; default %(default)s)",
+    )
+    serve.add_argument(
+        "--state-dir", default=None, help="where applied services persist (default: socket dir)"
+    )
     serve.add_argument("--registration-expiry", default="60s", help="Go duration (default %(default)s)")
     serve.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "INFO"))
     for name in ("apply", "delete"):
@@ -43,8 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     for sub in commands.choices.values():
         if sub.prog.endswith("serve"):
             continue
-        sub.add_argument("--connect-to", default=os.environ.get("NSM_CONNECT_TO", DEFAULT_URL),
-                         help="nsm-local's URL (env NSM_CONNECT_TO; default %(default)s)")
+        sub.add_argument(
+            "--connect-to",
+            default=os.environ.get("NSM_CONNECT_TO", DEFAULT_URL),
+            help="nsm-local's URL (env NSM_CONNECT_TO; default %(default)s)",
+        )
     return parser
 
 
@@ -58,15 +66,19 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "serve":
             url = parse_socket_url("--listen", args.listen, allow_tcp=False)
-            settings = ServeSettings(socket_path=url.path, state_dir=args.state_dir,
-                                     registration_expiry=parse_positive_duration(
-                                         "--registration-expiry", args.registration_expiry))
+            settings = ServeSettings(
+                socket_path=url.path,
+                state_dir=args.state_dir,
+                registration_expiry=parse_positive_duration(
+                    "--registration-expiry", args.registration_expiry
+                ),
+            )
             setup_logging("nsm-local", args.log_level)
             asyncio.run(run_agent(lambda stop: serve_control_plane(settings, stop), backstop=10.0))
             return
-        url = str(parse_socket_url("--connect-to", args.connect_to))
+        target = str(parse_socket_url("--connect-to", args.connect_to))
         if args.command == "list":
-            asyncio.run(cli_client.show(url))
+            asyncio.run(cli_client.show(target))
             return
         path = Path(args.filename)
         try:
@@ -75,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             _fail(f"-f {args.filename}: cannot read: {exc.strerror}")
         services = load_network_services(text, args.filename)
         action = cli_client.apply if args.command == "apply" else cli_client.delete
-        asyncio.run(action(url, services))
+        asyncio.run(action(target, services))
     except (ConfigError, ManifestError) as exc:
         _fail(str(exc))
     except RpcFailed as exc:

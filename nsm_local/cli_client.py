@@ -37,9 +37,7 @@ async def delete(url: str, services: list[NetworkService], out: TextIO = sys.std
     async with dial(url) as (channel, _relay):
         client = NsmClient(channel, _tokens())
         for service in services:
-            await client._registry_write(  # noqa: SLF001 - same call shape as the other writes
-                "NetworkServiceRegistry/Unregister", client._ns_registry.Unregister,  # noqa: SLF001
-                NetworkService(name=service.name), RegistryPath(), TIMEOUT)
+            await client.unregister_service(NetworkService(name=service.name), RegistryPath(), TIMEOUT)
             print(f"networkservice/{service.name} deleted", file=out)
 
 
@@ -51,20 +49,33 @@ def _labels(labels: object) -> str:
 async def show(url: str, out: TextIO = sys.stdout) -> None:
     async with dial(url) as (channel, _relay):
         client = NsmClient(channel, _tokens())
-        services = [r.network_service async for r in client.find_services(NetworkServiceQuery(
-            network_service=NetworkService()), timeout=TIMEOUT)]
-        endpoints = [r.network_service_endpoint async for r in client.find_endpoints(NetworkServiceEndpointQuery(
-            network_service_endpoint=NetworkServiceEndpoint()), timeout=TIMEOUT)]
+        services = [
+            r.network_service
+            async for r in client.find_services(
+                NetworkServiceQuery(network_service=NetworkService()), timeout=TIMEOUT
+            )
+        ]
+        endpoints = [
+            r.network_service_endpoint
+            async for r in client.find_endpoints(
+                NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint()),
+                timeout=TIMEOUT,
+            )
+        ]
         connections = {}
         async for event in client.monitor(MonitorScopeSelector()):
             connections = dict(event.connections)
             break
     print("NETWORK SERVICES", file=out)
     for ns in sorted(services, key=lambda s: s.name):
-        matches = "; ".join(
-            f"{_labels(dict(m.source_selector))} -> "
-            + " | ".join(_labels(dict(r.destination_selector)) for r in m.routes)
-            for m in ns.matches) or "any endpoint"
+        matches = (
+            "; ".join(
+                f"{_labels(dict(m.source_selector))} -> "
+                + " | ".join(_labels(dict(r.destination_selector)) for r in m.routes)
+                for m in ns.matches
+            )
+            or "any endpoint"
+        )
         print(f"  {ns.name:<20} payload={ns.payload or '-':<8} {matches}", file=out)
     print("ENDPOINTS", file=out)
     for nse in sorted(endpoints, key=lambda e: e.name):
@@ -75,9 +86,12 @@ async def show(url: str, out: TextIO = sys.stdout) -> None:
     print("CONNECTIONS", file=out)
     for conn in sorted(connections.values(), key=lambda c: c.path.path_segments[0].id):
         segments = conn.path.path_segments
-        client = segments[0].name if segments else "?"
+        owner = segments[0].name if segments else "?"
         ip = conn.context.ip_context
-        print(f"  {segments[0].id:<20} {client} -> {conn.network_service_endpoint_name} "
-              f"service={conn.network_service} if={conn.mechanism.parameters.get('name', '?')} "
-              f"src={','.join(ip.src_ip_addrs) or '-'} dst={','.join(ip.dst_ip_addrs) or '-'} "
-              f"state={State.Name(conn.state)}", file=out)
+        print(
+            f"  {segments[0].id:<20} {owner} -> {conn.network_service_endpoint_name} "
+            f"service={conn.network_service} if={conn.mechanism.parameters.get('name', '?')} "
+            f"src={','.join(ip.src_ip_addrs) or '-'} dst={','.join(ip.dst_ip_addrs) or '-'} "
+            f"state={State.Name(conn.state)}",
+            file=out,
+        )

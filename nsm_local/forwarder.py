@@ -47,8 +47,14 @@ def _owned_by(ns_fd: int, ifname: str, alias: str) -> bool:
 
 def _configure(ns_fd: int, ifname: str, conn: Connection, side: Side, alias: str) -> None:
     config = side_config(conn.context.ip_context, side)
-    configure_link(ns_fd, ifname, list(config.addresses), [Route(r.prefix, r.via) for r in config.routes],
-                   mtu=conn.context.MTU or None, alias=alias)
+    configure_link(
+        ns_fd,
+        ifname,
+        list(config.addresses),
+        [Route(r.prefix, r.via) for r in config.routes],
+        mtu=conn.context.MTU or None,
+        alias=alias,
+    )
 
 
 def _ensure(xc: CrossConnect, conn: Connection) -> None:

@@ -22,6 +22,9 @@ from typing import Any
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
+from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
+from nsm_local.registry import Registry, endpoint_view, service_view
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import (
     Connection,
@@ -46,9 +49,6 @@ from nsm_sdk.protocol.timing import server_close_deadline
 from nsm_sdk.transport.errors import FdNotReceivedError
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
-from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
-from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
-from nsm_local.registry import Registry, endpoint_view, service_view
 
 Context = grpc.aio.ServicerContext[Any, Any]
 KERNEL = "KERNEL"
@@ -100,18 +100,21 @@ def _kernel_mechanism(request: NetworkServiceRequest) -> Mechanism:
             chosen.cls = chosen.cls or "LOCAL"
             return chosen
     offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
-    raise ProtocolError(f"cannot support any of the requested mechanisms ({offered}): nsm-local forwards KERNEL")
+    raise ProtocolError(
+        f"cannot support any of the requested mechanisms ({offered}): nsm-local forwards KERNEL"
+    )
 
 
 def _inode_of(url: str, who: str) -> tuple[int, int]:
     if not is_inode_url(url):
         raise ProtocolError(
             f"{who} netns URL {url!r}: must be inode://<dev>/<ino> with the netns fd passed on the same "
-            "connection (grpcfd); nsm-local never resolves another process's file:// path")
+            "connection (grpcfd); nsm-local never resolves another process's file:// path"
+        )
     return parse_inode_url(url)
 
 
-class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: ignore[misc]
+class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def __init__(
         self,
         registry: Registry,
@@ -140,7 +143,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
 
     # --- Request ----------------------------------------------------------------------------------------
 
-    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:  # noqa: N802
+    async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
         conn = Connection()
         conn.CopyFrom(request.connection)
@@ -151,21 +154,31 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
             set_own_token(conn, own_token, own_expires)
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
             async with self._locks.setdefault(conn.id, asyncio.Lock()):
-                reply = await self._request(request, conn, own_token, own_expires, caller_index, deadline, context)
+                reply = await self._request(
+                    request, conn, own_token, own_expires, caller_index, deadline, context
+                )
         except (NsmError, KernelError) as exc:
-            self._log.warning("request.failed", conn=request.connection.id, service=conn.network_service,
-                              reason=str(exc))
+            self._log.warning(
+                "request.failed", conn=request.connection.id, service=conn.network_service, reason=str(exc)
+            )
             await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
             raise AssertionError("unreachable") from exc
         return reply
 
     async def _request(
-        self, request: NetworkServiceRequest, conn: Connection, own_token: str, own_expires: float,
-        caller_index: int, deadline: float, context: Context,
+        self,
+        request: NetworkServiceRequest,
+        conn: Connection,
+        own_token: str,
+        own_expires: float,
+        caller_index: int,
+        deadline: float,
+        context: Context,
     ) -> Connection:
         mechanism = _kernel_mechanism(request)
         client_ifname = mechanism.parameters.get("name") or generate_interface_name(
-            conn.network_service, secrets.token_bytes)
+            conn.network_service, secrets.token_bytes
+        )
         problem = interface_name_problem(client_ifname)
         if problem is not None:
             raise ProtocolError(f"mechanism parameter name={client_ifname!r}: {problem}")
@@ -177,7 +190,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
                 await self._teardown(session, "reselect requested", call_endpoint=True)
                 session = None
             forwarded = self._forwarder_hop(conn, own_token, own_expires, session)
-            endpoint_name, channel, reply = await self._call_endpoints(request, conn, forwarded, session, context)
+            endpoint_name, channel, reply = await self._call_endpoints(
+                request, conn, forwarded, session, context
+            )
             endpoint_ns_fd = await self._endpoint_netns_fd(reply, channel, context)
         except BaseException:
             os.close(client_ns_fd)
@@ -185,7 +200,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
         xc = CrossConnect(client_ns_fd, client_ifname, endpoint_ns_fd, reply.mechanism.parameters["name"])
         try:
             if session is not None and (session.xc.client_ifname, session.xc.endpoint_ifname) != (
-                    xc.client_ifname, xc.endpoint_ifname):
+                xc.client_ifname,
+                xc.endpoint_ifname,
+            ):
                 await remove_cross_connect(session.xc)
             await ensure_cross_connect(xc, reply)
         except BaseException:
@@ -205,11 +222,16 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
         view.CopyFrom(out)
         restore_index(view, caller_index + 1)
         self._store(Session(view, endpoint_name, channel.key, reply, xc), session, deadline, channel)
-        self._log.info("connection.up" if session is None else "connection.refreshed", conn=out.id,
-                       service=out.network_service, endpoint=endpoint_name,
-                       client_if=xc.client_ifname, endpoint_if=xc.endpoint_ifname,
-                       src=",".join(out.context.ip_context.src_ip_addrs),
-                       dst=",".join(out.context.ip_context.dst_ip_addrs))
+        self._log.info(
+            "connection.up" if session is None else "connection.refreshed",
+            conn=out.id,
+            service=out.network_service,
+            endpoint=endpoint_name,
+            client_if=xc.client_ifname,
+            endpoint_if=xc.endpoint_ifname,
+            src=",".join(out.context.ip_context.src_ip_addrs),
+            dst=",".join(out.context.ip_context.dst_ip_addrs),
+        )
         return out
 
     async def _client_netns_fd(self, mechanism: Mechanism, context: Context) -> int:
@@ -223,8 +245,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
         except FdNotReceivedError as exc:
             raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
 
-    def _forwarder_hop(self, conn: Connection, own_token: str, own_expires: float,
-                       session: Session | None) -> Connection:
+    def _forwarder_hop(
+        self, conn: Connection, own_token: str, own_expires: float, session: Session | None
+    ) -> Connection:
         forwarded = Connection()
         forwarded.CopyFrom(conn)
         update_path(forwarded, FORWARDER_NAME)
@@ -249,12 +272,18 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
         views = [endpoint_view(entry, service.name) for entry in entries]
         chosen = select_endpoints(service_view(service), dict(conn.labels), views, self._clock())
         if not chosen:
-            raise NotFound(f"network service endpoint candidates not found for {service.name} "
-                           f"(client labels {dict(sorted(conn.labels.items()))})")
+            raise NotFound(
+                f"network service endpoint candidates not found for {service.name} "
+                f"(client labels {dict(sorted(conn.labels.items()))})"
+            )
         return [view.name for view in self._round_robin.order(service.name, chosen)]
 
     async def _call_endpoints(
-        self, request: NetworkServiceRequest, conn: Connection, forwarded: Connection, session: Session | None,
+        self,
+        request: NetworkServiceRequest,
+        conn: Connection,
+        forwarded: Connection,
+        session: Session | None,
         context: Context,
     ) -> tuple[str, EndpointChannel, Connection]:
         failures = []
@@ -272,7 +301,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
             if session is not None and session.endpoint_name != name:
                 outgoing.connection.ClearField("mechanism")
             channel = await self.dialer.get(entry.record.url, entry.dial_url)
-            timeout = min(ENDPOINT_CALL_TIMEOUT, max(0.1, (context.time_remaining() or ENDPOINT_CALL_TIMEOUT) - 0.5))
+            timeout = min(
+                ENDPOINT_CALL_TIMEOUT, max(0.1, (context.time_remaining() or ENDPOINT_CALL_TIMEOUT) - 0.5)
+            )
             try:
                 reply = await channel.client.request(outgoing, timeout, wait_for_ready=False)
             except RpcFailed as exc:
@@ -337,7 +368,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
             if current is None:
                 return
             current.monitor = None
-            self._log.warning("endpoint.lost", conn=conn_id, endpoint=current.endpoint_name, reason=exc.details)
+            self._log.warning(
+                "endpoint.lost", conn=conn_id, endpoint=current.endpoint_name, reason=exc.details
+            )
             down = Connection()
             down.CopyFrom(current.manager_view)
             down.state = State.DOWN
@@ -346,7 +379,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
     def _expire(self, conn_id: str) -> None:
         session = self.sessions.get(conn_id)
         if session is not None:
-            asyncio.get_running_loop().create_task(self._teardown(session, "path expired", call_endpoint=True))
+            asyncio.get_running_loop().create_task(
+                self._teardown(session, "path expired", call_endpoint=True)
+            )
 
     async def _teardown(self, session: Session, reason: str, call_endpoint: bool) -> None:
         conn_id = session.manager_view.id
@@ -375,7 +410,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):  # type: 
 
     # --- Close ------------------------------------------------------------------------------------------
 
-    async def Close(self, conn: Connection, context: Context) -> Empty:  # noqa: N802
+    async def Close(self, conn: Connection, context: Context) -> Empty:
         mine = Connection()
         mine.CopyFrom(conn)
         try:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -63,8 +63,7 @@ class RegistryPathKeeper:
         self.tokens = tokens
 
     async def update(self, context: Context) -> tuple[RegistryPath, float | None]:
-        # grpc.aio gives a tuple of (key, value) pairs; grpc-stubs types it as a Mapping.
-        metadata = cast(Sequence[tuple[str, str | bytes]], context.invocation_metadata() or ())
+        metadata = context.invocation_metadata()
         token, token_expires = caller_token(metadata)
         own_token, own_expires = self.tokens.sign()
         own = RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires))

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import grpc
 
+from nsm_local.endpoint_dialer import EndpointDialer
+from nsm_local.manager import FORWARDER_NAME, MANAGER_NAME, ManagerServicer
+from nsm_local.registry import Registry
+from nsm_local.registry_servicer import EndpointRegistryServicer, RegistryPathKeeper, ServiceRegistryServicer
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk.agent.credentials import CallTokens
@@ -18,10 +22,6 @@ from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.transport.server import ServerHandle, serve
-from nsm_local.endpoint_dialer import EndpointDialer
-from nsm_local.manager import FORWARDER_NAME, MANAGER_NAME, ManagerServicer
-from nsm_local.registry import Registry
-from nsm_local.registry_servicer import EndpointRegistryServicer, RegistryPathKeeper, ServiceRegistryServicer
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,8 +41,9 @@ class ServeSettings:
         return directory / "nsm-local-services.json"
 
 
-async def serve_control_plane(settings: ServeSettings, stop: asyncio.Event,
-                              ready: asyncio.Event | None = None) -> None:
+async def serve_control_plane(
+    settings: ServeSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
+) -> None:
     log = EventLog("nsm_local.server")
     Path(settings.socket_path).parent.mkdir(parents=True, exist_ok=True)
     registry = Registry(settings.state_file)
@@ -62,14 +63,20 @@ async def serve_control_plane(settings: ServeSettings, stop: asyncio.Event,
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(manager, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(hub), server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-            EndpointRegistryServicer(registry, paths, current, settings.registration_expiry, log), server)
+            EndpointRegistryServicer(registry, paths, current, settings.registration_expiry, log), server
+        )
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
-            ServiceRegistryServicer(registry, paths, log), server)
+            ServiceRegistryServicer(registry, paths, log), server
+        )
 
     try:
         async with serve(settings.socket_path, register, stop_grace=1.0) as handle:
-            log.info("server.listening", socket=f"unix://{settings.socket_path}",
-                     services=len(registry.services), state=str(settings.state_file))
+            log.info(
+                "server.listening",
+                socket=f"unix://{settings.socket_path}",
+                services=len(registry.services),
+                state=str(settings.state_file),
+            )
             if ready is not None:
                 ready.set()
             while not await sleep_or_stop(stop, 1.0):

@@ -8,7 +8,7 @@ omitted, exactly as Go does when the connection has no TLS peer.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 
 from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.protocol.gotime import format_rfc3339nano, parse_rfc3339nano
@@ -35,10 +35,11 @@ class CallTokens:
         return ((TOKEN_KEY, token), (TOKEN_EXPIRES_KEY, format_rfc3339nano(expires)), *extra)
 
 
-def caller_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[str | None, float | None]:
+def caller_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str | None, float | None]:
     """The caller's token and expiry; both must be present and single-valued (Go `token.FromContext`)."""
-    tokens = [v for k, v in metadata or () if k == TOKEN_KEY]
-    expires = [v for k, v in metadata or () if k == TOKEN_EXPIRES_KEY]
+    pairs = list(metadata or ())
+    tokens = [v for k, v in pairs if k == TOKEN_KEY]
+    expires = [v for k, v in pairs if k == TOKEN_EXPIRES_KEY]
     if len(tokens) != 1 or len(expires) != 1:
         return None, None
     token, expires_text = tokens[0], expires[0]
@@ -50,7 +51,7 @@ def caller_token(metadata: Sequence[tuple[str, str | bytes]] | None) -> tuple[st
         return None, None
 
 
-def metadata_value(metadata: Sequence[tuple[str, str | bytes]] | None, key: str) -> str | None:
+def metadata_value(metadata: Iterable[tuple[str, str | bytes]] | None, key: str) -> str | None:
     for k, v in metadata or ():
         if k == key and isinstance(v, str):
             return v

@@ -35,6 +35,7 @@ async def link_problems(ifname: str, conn: Connection, side: Side) -> list[str]:
     mtu = conn.context.MTU or None
     try:
         return await asyncio.to_thread(
-            verify_link, None, ifname, list(config.addresses), _kernel_routes(config), mtu)
+            verify_link, None, ifname, list(config.addresses), _kernel_routes(config), mtu
+        )
     except KernelError as exc:
         return [f"cannot inspect {ifname}: {exc}"]

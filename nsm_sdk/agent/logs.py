@@ -11,8 +11,14 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-_LEVELS = {"TRACE": logging.DEBUG, "DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARN": logging.WARNING,
-           "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "WARNING": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
 
 
 def _quote(value: object) -> str:
@@ -29,8 +35,12 @@ class LogfmtFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        fields: dict[str, Any] = {"ts": ts, "level": record.levelname.lower(), "agent": self.agent,
-                                  "event": record.getMessage()}
+        fields: dict[str, Any] = {
+            "ts": ts,
+            "level": record.levelname.lower(),
+            "agent": self.agent,
+            "event": record.getMessage(),
+        }
         extra = getattr(record, "fields", None)
         if isinstance(extra, Mapping):
             fields.update(extra)

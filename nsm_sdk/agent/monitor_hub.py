@@ -59,7 +59,9 @@ class MonitorHub:
 
     async def subscribe(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
-        initial = build_event(ConnectionEventType.INITIAL_STATE_TRANSFER, selector, self._connections.values())
+        initial = build_event(
+            ConnectionEventType.INITIAL_STATE_TRANSFER, selector, self._connections.values()
+        )
         assert initial is not None
         self._subscribers[queue] = selector
         try:
@@ -76,13 +78,13 @@ class MonitorHub:
             queue.put_nowait(_CLOSED)
 
 
-class MonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):  # type: ignore[misc]
+class MonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
     """`/connection.MonitorConnection/MonitorConnections` served from a hub."""
 
     def __init__(self, hub: MonitorHub) -> None:
         self.hub = hub
 
-    async def MonitorConnections(  # noqa: N802
+    async def MonitorConnections(
         self, selector: MonitorScopeSelector, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ConnectionEvent]:
         async for event in self.hub.subscribe(selector):

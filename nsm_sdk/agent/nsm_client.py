@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Iterator
+from typing import TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -28,6 +29,9 @@ from nsm_sdk._proto.registry.registry_pb2 import (
 from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
+
+RequestT = TypeVar("RequestT", bound=Message)
+ReplyT = TypeVar("ReplyT", bound=Message)
 
 
 class RpcFailed(TemporaryError):
@@ -70,7 +74,9 @@ class NsmClient:
 
     async def monitor(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         """Events until the stream ends; a broken stream raises RpcFailed (the heal trigger, §5.4)."""
-        call = self._monitor.MonitorConnections(selector, metadata=self.tokens.metadata(), wait_for_ready=True)
+        call = self._monitor.MonitorConnections(
+            selector, metadata=self.tokens.metadata(), wait_for_ready=True
+        )
         try:
             with translate_errors("MonitorConnection/MonitorConnections"):
                 async for event in call:
@@ -79,9 +85,13 @@ class NsmClient:
             call.cancel()
 
     async def _registry_write(
-        self, method: str, rpc: grpc.aio.UnaryUnaryMultiCallable, message: Message, path: RegistryPath,
+        self,
+        method: str,
+        rpc: grpc.aio.UnaryUnaryMultiCallable[RequestT, ReplyT],
+        message: RequestT,
+        path: RegistryPath,
         timeout: float,
-    ) -> tuple[Message, RegistryPath]:
+    ) -> tuple[ReplyT, RegistryPath]:
         metadata = self.tokens.metadata(extra=((PATH_METADATA_KEY, path.to_json()),))
         with translate_errors(method):
             call = rpc(message, timeout=timeout, metadata=metadata, wait_for_ready=True)
@@ -97,28 +107,36 @@ class NsmClient:
     async def register_endpoint(
         self, nse: NetworkServiceEndpoint, path: RegistryPath, timeout: float
     ) -> tuple[NetworkServiceEndpoint, RegistryPath]:
-        reply, returned = await self._registry_write(
-            "NetworkServiceEndpointRegistry/Register", self._nse_registry.Register, nse, path, timeout)
-        assert isinstance(reply, NetworkServiceEndpoint)
-        return reply, returned
+        return await self._registry_write(
+            "NetworkServiceEndpointRegistry/Register", self._nse_registry.Register, nse, path, timeout
+        )
 
-    async def unregister_endpoint(self, nse: NetworkServiceEndpoint, path: RegistryPath, timeout: float) -> None:
+    async def unregister_endpoint(
+        self, nse: NetworkServiceEndpoint, path: RegistryPath, timeout: float
+    ) -> None:
         await self._registry_write(
-            "NetworkServiceEndpointRegistry/Unregister", self._nse_registry.Unregister, nse, path, timeout)
+            "NetworkServiceEndpointRegistry/Unregister", self._nse_registry.Unregister, nse, path, timeout
+        )
 
     async def register_service(
         self, service: NetworkService, path: RegistryPath, timeout: float
     ) -> NetworkService:
         reply, _ = await self._registry_write(
-            "NetworkServiceRegistry/Register", self._ns_registry.Register, service, path, timeout)
-        assert isinstance(reply, NetworkService)
+            "NetworkServiceRegistry/Register", self._ns_registry.Register, service, path, timeout
+        )
         return reply
+
+    async def unregister_service(self, service: NetworkService, path: RegistryPath, timeout: float) -> None:
+        await self._registry_write(
+            "NetworkServiceRegistry/Unregister", self._ns_registry.Unregister, service, path, timeout
+        )
 
     async def find_endpoints(
         self, query: NetworkServiceEndpointQuery, timeout: float | None = None
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
-        call = self._nse_registry.Find(query, timeout=timeout, metadata=self.tokens.metadata(),
-                                       wait_for_ready=True)
+        call = self._nse_registry.Find(
+            query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
+        )
         try:
             with translate_errors("NetworkServiceEndpointRegistry/Find"):
                 async for response in call:
@@ -129,8 +147,9 @@ class NsmClient:
     async def find_services(
         self, query: NetworkServiceQuery, timeout: float | None = None
     ) -> AsyncIterator[NetworkServiceResponse]:
-        call = self._ns_registry.Find(query, timeout=timeout, metadata=self.tokens.metadata(),
-                                      wait_for_ready=True)
+        call = self._ns_registry.Find(
+            query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
+        )
         try:
             with translate_errors("NetworkServiceRegistry/Find"):
                 async for response in call:

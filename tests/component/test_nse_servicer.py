@@ -56,6 +56,7 @@ class Endpoint:
     netns_fd: int
     allocator: NsmP2PAllocator
     hub: MonitorHub
+    servicer: EndpointServicer
     accepted: list[Accepted] = field(default_factory=list)
     closed: list[Connection] = field(default_factory=list)
 
@@ -80,9 +81,12 @@ async def running_endpoint(sock_dir: Path, caller_token_lifetime: float = 600.0)
         async with serve(path, register, send_on_accept=[netns_fd], stop_grace=0.5), \
                 dial(f"unix://{path}") as (channel, relay):
             forwarder_tokens = CallTokens(TokenSigner(FORWARDER), caller_token_lifetime)
-            yield Endpoint(NsmClient(channel, forwarder_tokens), relay, netns_fd, allocator, hub, accepted, closed)
-            servicer.close_all()
-            hub.close()
+            try:
+                client = NsmClient(channel, forwarder_tokens)
+                yield Endpoint(client, relay, netns_fd, allocator, hub, servicer, accepted, closed)
+            finally:
+                servicer.close_all()
+                hub.close()
     finally:
         os.close(netns_fd)
 
@@ -135,7 +139,8 @@ def test_reply_to_a_forwarder_request_is_complete_and_its_netns_fd_arrives(
             assert segments[3].id and segments[3].id != FWD_ID
 
             mechanism = reply.mechanism
-            assert (mechanism.cls, mechanism.type, mechanism.parameters["name"]) == ("LOCAL", "KERNEL", "eth7")
+            assert (mechanism.cls, mechanism.type) == ("LOCAL", "KERNEL")
+            assert mechanism.parameters["name"] == "eth7"
             dev, ino = parse_inode_url(mechanism.parameters["inodeURL"])
             fd = await nse.relay.wait_fd(dev, ino, 5.0)
             try:
@@ -144,7 +149,8 @@ def test_reply_to_a_forwarder_request_is_complete_and_its_netns_fd_arrives(
                 os.close(fd)
 
             ctx = reply.context.ip_context
-            assert (list(ctx.src_ip_addrs), list(ctx.dst_ip_addrs)) == (["169.254.0.1/32"], ["169.254.0.0/32"])
+            assert list(ctx.src_ip_addrs) == ["169.254.0.1/32"]
+            assert list(ctx.dst_ip_addrs) == ["169.254.0.0/32"]
             assert [a.interface_name for a in nse.accepted] == ["eth7"]
 
     run_async(bounded(main))
@@ -169,7 +175,9 @@ async def next_event(events: AsyncIterator[ConnectionEvent]) -> ConnectionEvent:
     return await anext(events)
 
 
-def test_monitor_sends_initial_then_update_then_delete_after_close(run_async: AsyncRunner, sock_dir: Path) -> None:
+def test_monitor_sends_initial_then_update_then_delete_after_close(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
     async def main() -> None:
         async with running_endpoint(sock_dir) as nse:
             events = nse.client.monitor(forwarder_selector())
@@ -193,13 +201,16 @@ def test_monitor_sends_initial_then_update_then_delete_after_close(run_async: As
                 assert delete.connections[own_id].state == State.DOWN
                 assert [c.id for c in nse.closed] == [own_id]
                 assert nse.allocator.held(own_id) == ()
+                assert nse.servicer._locks == {}  # internal bookkeeping: nothing kept for a closed id
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
     run_async(bounded(main))
 
 
-def test_monitor_initial_state_lists_connections_already_open(run_async: AsyncRunner, sock_dir: Path) -> None:
+def test_monitor_initial_state_lists_connections_already_open(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
     async def main() -> None:
         async with running_endpoint(sock_dir) as nse:
             reply = await nse.client.request(forwarder_request(), timeout=5.0)
@@ -214,7 +225,9 @@ def test_monitor_initial_state_lists_connections_already_open(run_async: AsyncRu
     run_async(bounded(main))
 
 
-def test_refresh_keeps_id_name_and_addresses_and_is_an_update(run_async: AsyncRunner, sock_dir: Path) -> None:
+def test_refresh_keeps_id_name_and_addresses_and_is_an_update(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
     async def main() -> None:
         async with running_endpoint(sock_dir) as nse:
             first = await nse.client.request(forwarder_request(), timeout=5.0)
@@ -234,7 +247,9 @@ def test_refresh_keeps_id_name_and_addresses_and_is_an_update(run_async: AsyncRu
     run_async(bounded(main))
 
 
-def test_connection_is_closed_by_the_endpoint_at_the_callers_expiry(run_async: AsyncRunner, sock_dir: Path) -> None:
+def test_connection_is_closed_by_the_endpoint_at_the_callers_expiry(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
     async def main() -> None:
         async with running_endpoint(sock_dir, caller_token_lifetime=2.0) as nse:
             events = nse.client.monitor(forwarder_selector())
@@ -250,6 +265,7 @@ def test_connection_is_closed_by_the_endpoint_at_the_callers_expiry(run_async: A
                 assert [c.id for c in nse.closed] == [own_id]
                 assert nse.allocator.held(own_id) == ()
                 assert nse.hub.connections == {}
+                assert nse.servicer._locks == {}
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 

@@ -110,8 +110,13 @@ class Lab:
         self.namespaces.append(full)
         return full
 
-    def start(self, program: str, env: Mapping[str, str] | None = None, netns: str | None = None,
-              args: tuple[str, ...] = ()) -> Process:
+    def start(
+        self,
+        program: str,
+        env: Mapping[str, str] | None = None,
+        netns: str | None = None,
+        args: tuple[str, ...] = (),
+    ) -> Process:
         argv = [sys.executable, "-m", PROGRAMS[program], *args]
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
@@ -125,16 +130,25 @@ class Lab:
         return process
 
     def nsm_local(self, *extra: str) -> Process:
-        process = self.start("nsm-local", args=("serve", "--listen", self.socket, "--state-dir",
-                                                 str(self.directory), *extra))
-        wait_until(lambda: Path(self.socket[len("unix://"):]).exists() or not process.alive(), 10,
-                   "nsm-local to listen")
+        process = self.start(
+            "nsm-local", args=("serve", "--listen", self.socket, "--state-dir", str(self.directory), *extra)
+        )
+        wait_until(
+            lambda: Path(self.socket[len("unix://") :]).exists() or not process.alive(),
+            10,
+            "nsm-local to listen",
+        )
         assert process.alive(), process.log
         return process
 
     def nsm_local_cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "nsm_local", *args, "--connect-to", self.socket],
-                              input=stdin, capture_output=True, text=True, timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "nsm_local", *args, "--connect-to", self.socket],
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
 
     def apply(self, manifest: str) -> None:
         path = self.directory / f"manifest-{secrets.token_hex(3)}.yaml"
@@ -155,8 +169,11 @@ class Lab:
         for link in json.loads(out or "[]"):
             if link["ifname"] == "lo":
                 continue
-            result[link["ifname"]] = [f"{a['local']}/{a['prefixlen']}" for a in link.get("addr_info", [])
-                                      if a.get("scope") == "global"]
+            result[link["ifname"]] = [
+                f"{a['local']}/{a['prefixlen']}"
+                for a in link.get("addr_info", [])
+                if a.get("scope") == "global"
+            ]
         return result
 
     def link_up(self, netns: str, ifname: str, *addresses: str) -> bool:

@@ -23,7 +23,9 @@ ENDPOINT_CASES = [
 
 
 @pytest.mark.parametrize(("env", "named"), CLIENT_CASES)
-def test_client_rejects_bad_configuration_before_doing_anything(lab: Lab, env: dict[str, str], named: str) -> None:
+def test_client_rejects_bad_configuration_before_doing_anything(
+    lab: Lab, env: dict[str, str], named: str
+) -> None:
     manager = lab.nsm_local()
     dev = lab.netns("device")
     nsc = lab.nsc(dev, **env)
@@ -35,7 +37,9 @@ def test_client_rejects_bad_configuration_before_doing_anything(lab: Lab, env: d
 
 
 @pytest.mark.parametrize(("env", "named"), ENDPOINT_CASES)
-def test_endpoint_rejects_bad_configuration_before_registering(lab: Lab, env: dict[str, str], named: str) -> None:
+def test_endpoint_rejects_bad_configuration_before_registering(
+    lab: Lab, env: dict[str, str], named: str
+) -> None:
     manager = lab.nsm_local()
     nse = lab.nse(lab.netns("device"), **env)
     assert nse.wait(20) == 2
@@ -47,8 +51,10 @@ def test_endpoint_rejects_bad_configuration_before_registering(lab: Lab, env: di
 def test_apply_of_a_broken_manifest_registers_nothing(lab: Lab) -> None:
     lab.nsm_local()
     path = lab.directory / "broken.yaml"
-    path.write_text("apiVersion: networkservicemesh.io/v1alpha1\nkind: NetworkService\nmetadata:\n  name: ok\n"
-                    "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\n")
+    path.write_text(
+        "apiVersion: networkservicemesh.io/v1alpha1\nkind: NetworkService\nmetadata:\n  name: ok\n"
+        "---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: nope\n"
+    )
     result = lab.nsm_local_cli("apply", "-f", str(path))
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "document 2" in result.stderr and "apiVersion" in result.stderr

@@ -32,9 +32,14 @@ def test_sigterm_to_endpoint_takes_the_link_down_and_client_waits_for_it(lab: La
     assert nse.events("registration.removed")
     wait_until(lambda: nsc.events("request.failed"), 10, "the client to keep trying")
     assert nsc.alive(), "retries must never end the client"
-    lab.nse(dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24")
-    wait_until(lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30") and lab.link_up(dev2, "eth21", "10.60.1.2/30"),
-               20, "the link to come back with the endpoint")
+    lab.nse(
+        dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24"
+    )
+    wait_until(
+        lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30") and lab.link_up(dev2, "eth21", "10.60.1.2/30"),
+        20,
+        "the link to come back with the endpoint",
+    )
     assert lab.ping(dev1, "10.60.1.2")
 
 
@@ -45,9 +50,15 @@ def test_manager_restart_is_healed_without_touching_the_sidecars(lab: Lab) -> No
     manager.wait(10)
     assert lab.ping(dev1, "10.60.1.2"), "the data plane does not depend on the control plane"
     lab.nsm_local()
-    wait_until(lambda: "if=eth12" in lab.nsm_local_cli("list").stdout, 30, "the client's connection to be re-established")
+    wait_until(
+        lambda: "if=eth12" in lab.nsm_local_cli("list").stdout,
+        30,
+        "the client's connection to be re-established",
+    )
     listing = lab.nsm_local_cli("list").stdout
-    assert "p2p" in listing and "device=device-2" in listing, "applied services survive; the endpoint re-registered"
+    assert "p2p" in listing and "device=device-2" in listing, (
+        "applied services survive; the endpoint re-registered"
+    )
     assert nse.alive() and nsc.alive()
     assert lab.addresses(dev1) == {"eth12": ["10.60.1.1/30"]}
     assert lab.addresses(dev2) == {"eth21": ["10.60.1.2/30"]}
@@ -63,9 +74,14 @@ def test_endpoint_restart_keeps_the_link_and_its_addresses(lab: Lab) -> None:
     nse, nsc = lab.processes[1], lab.processes[2]
     nse.signal(signal.SIGKILL)
     nse.wait(10)
-    lab.nse(dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24")
+    assert nsc.alive()
+    lab.nse(
+        dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24"
+    )
     restarted = lab.processes[-1]
-    wait_until(lambda: restarted.events("request.accepted"), 30, "the client's refresh to reach the new endpoint")
+    wait_until(
+        lambda: restarted.events("request.accepted"), 30, "the client's refresh to reach the new endpoint"
+    )
     assert restarted.events("request.accepted")[0]["src"] == "10.60.1.1/30"
     assert lab.addresses(dev1) == {"eth12": ["10.60.1.1/30"]}
     assert lab.ping(dev1, "10.60.1.2")
@@ -75,10 +91,20 @@ def test_links_survive_many_token_lifetimes_and_registration_expiries(lab: Lab) 
     lab.nsm_local("--registration-expiry", "2s")
     lab.apply(P2P)
     dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
-    nse = lab.nse(dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2",
-                  IP_ADDRESS="10.60.1.0/24", NSM_MAX_TOKEN_LIFETIME="3s", NSM_REQUEST_TIMEOUT="1s")
-    nsc = lab.nsc(dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21",
-                  NSM_MAX_TOKEN_LIFETIME="3s", NSM_REQUEST_TIMEOUT="1s")
+    nse = lab.nse(
+        dev2,
+        ENDPOINT_NETWORK_SERVICE="p2p",
+        ENDPOINT_LABELS="device=device-2",
+        IP_ADDRESS="10.60.1.0/24",
+        NSM_MAX_TOKEN_LIFETIME="3s",
+        NSM_REQUEST_TIMEOUT="1s",
+    )
+    nsc = lab.nsc(
+        dev1,
+        NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21",
+        NSM_MAX_TOKEN_LIFETIME="3s",
+        NSM_REQUEST_TIMEOUT="1s",
+    )
     wait_until(lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30"), 20, "the link")
     wait_until(lambda: len(nsc.events("link.refreshing")) >= 8, 30, "several refreshes (token lifetime 3s)")
     manager = lab.processes[0]

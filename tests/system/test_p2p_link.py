@@ -26,10 +26,17 @@ def start_two_devices(lab: Lab, client_if: str = "eth12", endpoint_if: str = "et
     lab.nsm_local()
     lab.apply(P2P)
     dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
-    lab.nse(dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24")
+    lab.nse(
+        dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24"
+    )
     lab.nsc(dev1, NS_NETWORKSERVICEMESH_IO=f"p2p/{client_if}?link=net-0&peerif={endpoint_if}")
-    wait_until(lambda: lab.link_up(dev1, client_if, "10.60.1.1/30") and lab.link_up(dev2, endpoint_if, "10.60.1.2/30"),
-               20, "both ends of the link with their /30 addresses")
+    wait_until(
+        lambda: (
+            lab.link_up(dev1, client_if, "10.60.1.1/30") and lab.link_up(dev2, endpoint_if, "10.60.1.2/30")
+        ),
+        20,
+        "both ends of the link with their /30 addresses",
+    )
     return dev1, dev2
 
 
@@ -63,10 +70,14 @@ def test_readiness_file_exists_only_while_links_are_verified(lab: Lab) -> None:
     lab.apply(P2P)
     dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
     ready = lab.directory / "nsc-ready"
-    nsc = lab.nsc(dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21", NSM_READY_FILE=str(ready))
+    nsc = lab.nsc(
+        dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21", NSM_READY_FILE=str(ready)
+    )
     wait_until(lambda: nsc.events("request.failed"), 10, "a first failed request (no endpoint yet)")
     assert not ready.exists()
-    lab.nse(dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24")
+    lab.nse(
+        dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24"
+    )
     wait_until(ready.exists, 20, "the readiness file")
     nsc.signal()
     assert nsc.wait(20) == 0

@@ -38,14 +38,24 @@ def test_one_client_with_links_to_two_devices_and_two_links_to_one(lab: Lab) -> 
     r1, r2, r3 = lab.netns("r1"), lab.netns("r2"), lab.netns("r3")
     lab.nse(r2, ENDPOINT_NETWORK_SERVICE="topo", ENDPOINT_LABELS="device=r2", IP_ADDRESS="10.60.2.0/24")
     lab.nse(r3, ENDPOINT_NETWORK_SERVICE="topo", ENDPOINT_LABELS="device=r3", IP_ADDRESS="10.60.3.0/24")
-    lab.nsc(r1, NS_NETWORKSERVICEMESH_IO=(
-        "topo/eth12?link=net-0&peerif=eth21,topo/eth13?link=net-1&peerif=eth31,"
-        "topo/eth122?link=net-2&peerif=eth221"))
+    lab.nsc(
+        r1,
+        NS_NETWORKSERVICEMESH_IO=(
+            "topo/eth12?link=net-0&peerif=eth21,topo/eth13?link=net-1&peerif=eth31,"
+            "topo/eth122?link=net-2&peerif=eth221"
+        ),
+    )
 
     def all_up() -> bool:
         r1_links, r2_links, r3_links = lab.addresses(r1), lab.addresses(r2), lab.addresses(r3)
-        return (len(r1_links) == 3 and len(r2_links) == 2 and len(r3_links) == 1
-                and all(r1_links.values()) and all(r2_links.values()) and all(r3_links.values()))
+        return (
+            len(r1_links) == 3
+            and len(r2_links) == 2
+            and len(r3_links) == 1
+            and all(r1_links.values())
+            and all(r2_links.values())
+            and all(r3_links.values())
+        )
 
     wait_until(all_up, 30, "three links from r1")
     r1_links, r2_links, r3_links = lab.addresses(r1), lab.addresses(r2), lab.addresses(r3)
@@ -55,7 +65,10 @@ def test_one_client_with_links_to_two_devices_and_two_links_to_one(lab: Lab) -> 
     assert sorted(r2_links) == ["eth21", "eth221"]
     assert {r1_links["eth12"][0], r1_links["eth122"][0]} == {"10.60.2.1/30", "10.60.2.5/30"}
     for link, peer in (("eth21", "eth12"), ("eth221", "eth122")):
-        endpoint, client = ipaddress.ip_interface(r2_links[link][0]), ipaddress.ip_interface(r1_links[peer][0])
+        endpoint, client = (
+            ipaddress.ip_interface(r2_links[link][0]),
+            ipaddress.ip_interface(r1_links[peer][0]),
+        )
         assert endpoint.network == client.network and endpoint.ip == client.ip + 1
         assert lab.ping(r1, str(endpoint.ip))
     assert lab.ping(r1, "10.60.3.2")
