@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 
+import grpc
+
 from nsc_sidecar.link import Link
 from nsc_sidecar.settings import NscSettings
 from nsm_sdk.agent.credentials import CallTokens
@@ -42,6 +44,15 @@ class Readiness:
             )
 
 
+async def _report_reachability(channel: grpc.aio.Channel, dial_timeout: float, log: EventLog) -> None:
+    """Say so once if the manager cannot be reached within NSM_DIAL_TIMEOUT; requests keep waiting for it
+    (wait-for-ready, bounded by NSM_REQUEST_TIMEOUT each) and are retried, so this is only a diagnosis."""
+    try:
+        await asyncio.wait_for(channel.channel_ready(), dial_timeout)
+    except TimeoutError:
+        log.warning("manager.unreachable", after=f"{dial_timeout}s")
+
+
 async def run(settings: NscSettings, stop: asyncio.Event) -> None:
     netns_fd = open_netns_fd()
     try:
@@ -56,15 +67,25 @@ async def run(settings: NscSettings, stop: asyncio.Event) -> None:
         )
         async with dial(str(settings.connect_to), send_fds=[netns_fd]) as (channel, _relay):
             client = NsmClient(channel, tokens)
-            with readiness(settings.readiness_file) as marker:
-                ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
-                links = [
-                    Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
-                    for spec in settings.links
-                ]
-                async with asyncio.TaskGroup() as group:
-                    for link in links:
-                        group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")
-            log.info("shutdown.done")
+            reachability = asyncio.create_task(_report_reachability(channel, settings.dial_timeout, log))
+            try:
+                await _run_links(settings, name, netns_url, client, log, stop)
+            finally:
+                reachability.cancel()
+        log.info("shutdown.done")
     finally:
         os.close(netns_fd)
+
+
+async def _run_links(
+    settings: NscSettings, name: str, netns_url: str, client: NsmClient, log: EventLog, stop: asyncio.Event
+) -> None:
+    with readiness(settings.readiness_file) as marker:
+        ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
+        links = [
+            Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
+            for spec in settings.links
+        ]
+        async with asyncio.TaskGroup() as group:
+            for link in links:
+                group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")

@@ -217,6 +217,11 @@ class Link:
             async for event in self.client.monitor(selector):
                 ours = own_connection_in(event.connections, self.conn_id)
                 if ours is None:
+                    if event.type == ConnectionEventType.INITIAL_STATE_TRANSFER:
+                        # A manager that does not know our connection (it restarted before this stream
+                        # was opened) will never report on it: heal now rather than at the next refresh.
+                        self._triggers.put_nowait(Trigger.DOWN)
+                        return
                     continue
                 if event.type == ConnectionEventType.DELETE or ours.state == State.DOWN:
                     self._triggers.put_nowait(Trigger.DOWN)
