@@ -141,7 +141,7 @@ class ClientRelay:
     ) -> None:
         await self.aclose()
 
-    async def wait_fd(self, dev: int, ino: int, timeout: float | None) -> int:  # noqa: ASYNC109 (maps to FdNotReceivedError)
+    async def wait_fd(self, dev: int, ino: int, timeout: float | None) -> int:
         """A dup of the fd with key (dev, ino) received on any live upstream connection."""
         loop = asyncio.get_running_loop()
         try:
@@ -177,13 +177,16 @@ class ClientRelay:
     async def _relay_one(self, local: socket.socket) -> None:
         try:
             if _peer_pid(local) != os.getpid():
-                _log.warning("relay refused a connection from another process: relay=%s", self.name)
+                _log.warning("relay.refused_foreign_process", extra={"fields": {"relay": self.name}})
                 local.close()
                 return
             upstream = await connect_upstream(self._address)
         except OSError as exc:
             # grpcio sees the connection drop and retries with backoff (wait_for_ready rides it out).
-            _log.info("upstream connect failed: target=%s error=%r", self.target_url, exc)
+            _log.debug(
+                "relay.upstream_unreachable",
+                extra={"fields": {"target": self.target_url, "error": repr(exc)}},
+            )
             local.close()
             return
         except BaseException:

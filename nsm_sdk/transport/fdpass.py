@@ -82,7 +82,7 @@ class FdSocket:
     def queue_fds(self, fds: Iterable[int]) -> None:
         """Send dups of `fds` on the next writes; the caller keeps its own fds. No-op on TCP or closed."""
         if not self.passes_fds or self._closed:
-            _log.debug("fds not queued: socket=%r", self)
+            _log.debug("relay.fds_not_queued", extra={"fields": {"socket": repr(self)}})
             return
         for fd in fds:
             self._queued.append(os.dup(fd))
@@ -116,7 +116,7 @@ class FdSocket:
             for fd in fds_from_ancillary(ancdata):
                 self.received.add(fd)
             if flags & socket.MSG_CTRUNC:
-                _log.warning("control data truncated, the kernel dropped some fds: socket=%r", self)
+                _log.warning("relay.fds_truncated", extra={"fields": {"socket": repr(self)}})
             return data
 
     def shutdown_write(self) -> None:

@@ -82,7 +82,7 @@ class FdStore:
         fd = self._fds.get(InodeKey(dev, ino))
         return None if fd is None else os.dup(fd)
 
-    async def wait(self, dev: int, ino: int, timeout: float | None) -> int:  # noqa: ASYNC109 (maps to FdNotReceivedError)
+    async def wait(self, dev: int, ino: int, timeout: float | None) -> int:
         """A dup of the fd with this key, waiting up to `timeout` seconds for it to arrive."""
         key = InodeKey(dev, ino)
         loop = asyncio.get_running_loop()

@@ -75,7 +75,10 @@ class RelayConnection:
                 pumps.create_task(self._pump_to_peer(), name=f"{self.name}:to-peer")
                 pumps.create_task(self._pump_from_peer(), name=f"{self.name}:from-peer")
         except* OSError as failed:
-            _log.debug("relay connection aborted: name=%s error=%r", self.name, failed.exceptions[0])
+            _log.debug(
+                "relay.connection_aborted",
+                extra={"fields": {"name": self.name, "error": repr(failed.exceptions[0])}},
+            )
         finally:
             self.close()
 
@@ -146,7 +149,7 @@ class Acceptor:
             try:
                 sock, _ = await loop.sock_accept(self._listener)
             except OSError as exc:  # EMFILE and the like: the backlog keeps the caller waiting
-                _log.warning("accept failed: listener=%s error=%r", name, exc)
+                _log.warning("relay.accept_failed", extra={"fields": {"listener": name, "error": repr(exc)}})
                 await asyncio.sleep(0.1)
                 continue
             task = asyncio.create_task(self._handle(sock), name=f"{name}:conn{number}")
@@ -156,4 +159,4 @@ class Acceptor:
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
-            _log.error("relay connection task failed: task=%s", task.get_name(), exc_info=error)
+            _log.error("relay.task_failed", extra={"fields": {"task": task.get_name()}}, exc_info=error)

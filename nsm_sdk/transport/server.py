@@ -161,7 +161,9 @@ class ServerRelay:
             await asyncio.get_running_loop().sock_connect(backend, abstract_address(self.backend_name))
             await connection.run()
         except OSError as exc:
-            _log.warning("backend connect failed: relay=%s error=%r", self.listen_path, exc)
+            _log.warning(
+                "relay.backend_unreachable", extra={"fields": {"relay": self.listen_path, "error": repr(exc)}}
+            )
         finally:
             connection.close()
             del self._by_peer[peer]
