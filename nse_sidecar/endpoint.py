@@ -22,6 +22,7 @@ from nsm_sdk.protocol.ipam import P2PAddresses, P2PAllocator, apply_to_ip_contex
 from nsm_sdk.protocol.path import (
     copy_caller_token,
     new_uuid,
+    prev_expires,
     restore_index,
     set_own_token,
     trim_path,
@@ -125,7 +126,10 @@ class EndpointCore:
         own_token, own_expires = self._sign()
         set_own_token(conn, own_token, own_expires)
         # Everything that can refuse the request comes before the allocation, so a refused request
-        # never holds addresses (the caller retries with a new id each time).
+        # never holds addresses (the caller retries with a new id each time) nor releases a live
+        # connection's. The servicer needs the caller's expiry for its auto-close (Go `timeout`, §4.4).
+        if prev_expires(conn) is None:
+            raise ProtocolError("expiration for the previous path segment cannot be nil")
         mechanism = choose_mechanism(request)
         name = self._interface_name(conn, mechanism)
 

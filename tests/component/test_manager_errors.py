@@ -31,6 +31,14 @@ from nsm_sdk.transport.urls import inode_url_for_fd
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 
+async def grpc_calls_settled(limit: float = 5.0) -> None:
+    """grpc.aio finishes the tasks of cancelled calls a moment after `server.stop()` returns; let them end
+    so that the leftover-task check of `run_async` only sees tasks we leaked ourselves."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=limit)
+
+
 @contextlib.asynccontextmanager
 async def control_plane(sock_dir: Path) -> AsyncIterator[str]:
     settings = ServeSettings(socket_path=str(sock_dir / "nsm.sock"))
@@ -46,6 +54,7 @@ async def control_plane(sock_dir: Path) -> AsyncIterator[str]:
     finally:
         stop.set()
         await server
+        await grpc_calls_settled()
 
 
 @contextlib.contextmanager

@@ -42,6 +42,14 @@ NSE_ID = default_spiffe_id("nse-a")
 MANAGER_ID = default_spiffe_id(MANAGER_NAME)
 
 
+async def grpc_calls_settled(limit: float = 5.0) -> None:
+    """grpc.aio finishes the tasks of cancelled calls a moment after `server.stop()` returns; let them end
+    so that the leftover-task check of `run_async` only sees tasks we leaked ourselves."""
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=limit)
+
+
 @contextlib.asynccontextmanager
 async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[str]:
     """`nsm-local serve` on `<sock_dir>/nsm.sock`; yields its unix:// URL, stops it on exit."""
@@ -58,6 +66,7 @@ async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[str]:
     finally:
         stop.set()
         await server
+        await grpc_calls_settled()
 
 
 @contextlib.contextmanager

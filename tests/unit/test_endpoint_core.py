@@ -102,6 +102,26 @@ def test_without_metadata_token_the_callers_segment_keeps_what_the_path_had() ->
     assert segments[3].token == OWN_TOKEN
 
 
+def test_request_without_any_caller_expiry_is_refused_like_gos_timeout_server() -> None:
+    allocator = SeedP2PAllocator("10.0.0.0/30")
+    request = forwarder_request()
+    request.connection.path.path_segments[2].ClearField("expires")
+    with pytest.raises(ProtocolError, match="expiration for the previous path segment cannot be nil"):
+        make_core(allocator).request(request, None, None)
+    assert allocator.allocate("probe").src_ip == "10.0.0.1/30"  # nothing was held
+
+
+def test_refresh_without_caller_expiry_is_refused_and_keeps_the_live_addresses() -> None:
+    allocator = NsmP2PAllocator([["169.254.0.0/16"]])
+    core = make_core(allocator)
+    first = core.request(forwarder_request(), FWD_TOKEN, FWD_EXPIRES)
+    refresh = refresh_of(first.reply)
+    refresh.connection.path.path_segments[2].ClearField("expires")
+    with pytest.raises(ProtocolError):
+        core.request(refresh, None, None)
+    assert allocator.held(first.own_view.id) != ()
+
+
 def test_segments_after_ours_are_trimmed() -> None:
     request = forwarder_request()
     request.connection.path.path_segments.add(name="nse-a", id="old-nse")
@@ -172,7 +192,7 @@ def test_bad_peerif_is_refused_naming_the_label(bad: str) -> None:
         make_core().request(forwarder_request(labels={"peerif": bad}), FWD_TOKEN, FWD_EXPIRES)
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(name=st.text(max_size=20))
 def test_peerif_is_used_verbatim_when_valid_and_refused_without_holding_addresses_when_not(name: str) -> None:
     allocator = SeedP2PAllocator("10.0.0.0/30")  # room for exactly one link

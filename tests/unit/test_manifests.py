@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nsm_local.manifests import ManifestError, load_network_services, network_service_from_document
@@ -203,6 +203,7 @@ def test_error_in_a_later_document_names_that_document_and_loads_nothing() -> No
 label_text = st.text(st.characters(codec="utf-8", exclude_categories=["Cs", "Cc"]), min_size=1, max_size=10)
 
 
+@settings(deadline=None)
 @given(selectors=st.lists(st.dictionaries(label_text, label_text, max_size=3), min_size=1, max_size=4))
 def test_any_string_selectors_survive_a_yaml_round_trip(selectors: list[dict[str, str]]) -> None:
     doc = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from nsm_sdk._proto.networkservice.connectioncontext_pb2 import IPContext
@@ -101,6 +101,7 @@ def test_every_address_of_own_side_is_kept_in_order() -> None:
     assert side_config(ctx, "client").addresses == ("10.0.0.1/30", "fd00::1/126")
 
 
+@settings(deadline=None)
 @given(connections=st.integers(min_value=1, max_value=6), v6=st.booleans())
 def test_every_ipam_allocation_lets_each_side_reach_the_other_and_nothing_twice(
     connections: int, v6: bool
