@@ -25,6 +25,7 @@ from google.protobuf.empty_pb2 import Empty
 from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
 from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
 from nsm_local.registry import Registry, endpoint_view, service_view
+from nsm_local.registry_servicer import fd_wait
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import (
     Connection,
@@ -241,7 +242,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         if connection is None:
             raise ProtocolError("this connection cannot carry file descriptors")
         try:
-            return await connection.received.wait(dev, ino, context.time_remaining())
+            return await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
         except FdNotReceivedError as exc:
             raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
 

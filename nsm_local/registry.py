@@ -102,6 +102,7 @@ class Registry:
         self.services: dict[str, NetworkService] = {}
         self.endpoints: dict[str, EndpointEntry] = {}
         self._state_file = state_file
+        self.load_problem: str | None = None
         self._service_watches: list[tuple[NetworkService, _Watch]] = []
         self._endpoint_watches: list[tuple[NetworkServiceEndpoint, _Watch]] = []
         self._load()
@@ -112,10 +113,19 @@ class Registry:
     # --- persistence of NetworkServices -------------------------------------------------------------
 
     def _load(self) -> None:
+        """Read the state file; a damaged one is moved aside (`load_problem` says so) so that the control
+        plane still starts: endpoints re-register by themselves, only applied services must be re-applied."""
         if self._state_file is None or not self._state_file.exists():
             return
-        for item in json_format_list(self._state_file.read_text()):
-            service = json_format.ParseDict(item, NetworkService())
+        try:
+            loaded = [json_format.ParseDict(item, NetworkService())
+                      for item in json_format_list(self._state_file.read_text())]
+        except (ValueError, json_format.ParseError) as exc:
+            aside = self._state_file.with_name(self._state_file.name + ".damaged")
+            os.replace(self._state_file, aside)
+            self.load_problem = f"{self._state_file} could not be read ({exc}); moved to {aside}"
+            return
+        for service in loaded:
             self.services[service.name] = service
 
     def _save(self) -> None:

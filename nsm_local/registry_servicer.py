@@ -47,7 +47,7 @@ def _subject(token: str) -> str:
         return ""
 
 
-def _fd_wait(remaining: float | None) -> float | None:
+def fd_wait(remaining: float | None) -> float | None:
     """How long to wait for a socket fd: give up a little before the caller's deadline, so that the
     caller gets our "timeout in recvfd" error instead of a bare DEADLINE_EXCEEDED of its own."""
     if remaining is None:
@@ -109,7 +109,7 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no fd passing on this connection")
             assert connection is not None
             try:
-                fd = await connection.received.wait(dev, ino, _fd_wait(context.time_remaining()))
+                fd = await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
             except FdNotReceivedError as exc:
                 await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"timeout in recvfd waiting for {url}")
                 raise AssertionError("unreachable") from exc

@@ -77,6 +77,8 @@ async def serve_control_plane(
                 services=len(registry.services),
                 state=str(settings.state_file),
             )
+            if registry.load_problem is not None:
+                log.warning("state.damaged", detail=registry.load_problem)
             if ready is not None:
                 ready.set()
             while not await sleep_or_stop(stop, 1.0):

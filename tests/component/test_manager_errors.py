@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aio_helpers import grpc_calls_settled
 
 from nsm_local.server import ServeSettings, serve_control_plane
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
@@ -29,14 +30,6 @@ from nsm_sdk.transport.fdpass import open_netns_fd
 from nsm_sdk.transport.urls import inode_url_for_fd
 
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
-
-
-async def grpc_calls_settled(limit: float = 5.0) -> None:
-    """grpc.aio finishes the tasks of cancelled calls a moment after `server.stop()` returns; let them end
-    so that the leftover-task check of `run_async` only sees tasks we leaked ourselves."""
-    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-    if others:
-        await asyncio.wait(others, timeout=limit)
 
 
 @contextlib.asynccontextmanager

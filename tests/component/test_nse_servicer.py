@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aio_helpers import grpc_calls_settled
 
 from nse_sidecar.endpoint import Accepted, EndpointCore
 from nse_sidecar.servicer import EndpointServicer
@@ -90,14 +91,6 @@ async def running_endpoint(sock_dir: Path, caller_token_lifetime: float = 600.0)
         await grpc_calls_settled()
     finally:
         os.close(netns_fd)
-
-
-async def grpc_calls_settled(limit: float = 5.0) -> None:
-    """grpc.aio finishes the tasks of cancelled calls a moment after `server.stop()` returns; let them end
-    so that the leftover-task check of `run_async` only sees tasks we leaked ourselves."""
-    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-    if others:
-        await asyncio.wait(others, timeout=limit)
 
 
 def forwarder_request(labels: dict[str, str] | None = None) -> NetworkServiceRequest:

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from aio_helpers import grpc_calls_settled
 
 from nsm_local.manager import MANAGER_NAME
 from nsm_local.server import ServeSettings, serve_control_plane
@@ -40,14 +41,6 @@ from nsm_sdk.transport.urls import inode_url_for_path
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
 NSE_ID = default_spiffe_id("nse-a")
 MANAGER_ID = default_spiffe_id(MANAGER_NAME)
-
-
-async def grpc_calls_settled(limit: float = 5.0) -> None:
-    """grpc.aio finishes the tasks of cancelled calls a moment after `server.stop()` returns; let them end
-    so that the leftover-task check of `run_async` only sees tasks we leaked ourselves."""
-    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
-    if others:
-        await asyncio.wait(others, timeout=limit)
 
 
 @contextlib.asynccontextmanager

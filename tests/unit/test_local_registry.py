@@ -350,3 +350,13 @@ def test_a_closed_watch_is_no_longer_fed() -> None:
 
 async def _collect(stream: AsyncIterator[T]) -> list[T]:
     return [item async for item in stream]
+
+
+def test_damaged_state_file_is_moved_aside_and_the_registry_starts_empty(tmp_path: Path) -> None:
+    state = tmp_path / "nsm-local-services.json"
+    state.write_text("{not json")
+    registry = Registry(state)
+    assert registry.services == {}
+    assert registry.load_problem is not None and "moved to" in registry.load_problem
+    assert (tmp_path / "nsm-local-services.json.damaged").read_text() == "{not json"
+    assert not state.exists()
