@@ -6,9 +6,11 @@
 #
 # --vfs   the storage/isolation used by `build.sh --vfs` (vfs, chroot, images/.build/containers.conf)
 # --e2e   also bring one link up (root; uses network namespaces nsmimg-cp/-d1/-d2): nsm-local serve, then
-#         nse-sidecar and nsc-sidecar, each run from its image in its own netns with only CAP_NET_ADMIN
-#         added (nsm-local: NET_ADMIN + SYS_ADMIN), ping across, probe the readiness files, SIGTERM both
-#         sidecars and check that the link is gone. Everything is removed on exit.
+#         nse-sidecar and nsc-sidecar, each run from its image in its own netns with CAP_NET_ADMIN as its
+#         only capability (nsm-local: NET_ADMIN + SYS_ADMIN only); ping across, probe the readiness
+#         files, SIGTERM everything and check that the link is gone. Everything is removed on exit.
+# `cond && pass || fail` is fine here: pass only echoes. cleanup is called through the EXIT trap.
+# shellcheck disable=SC2015,SC2317
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,6 +49,14 @@ NETNS=()
 PIDS=()
 pass() { echo "PASS  $*"; }
 fail() { echo "FAIL  $*"; FAILED=1; }
+# Capability flags giving exactly the named caps (buildah 1.28 ignores --cap-add after --cap-drop ALL,
+# so every default capability of containers.conf, plus NET_RAW, is dropped by name).
+only_caps() {
+    local x
+    for x in CHOWN DAC_OVERRIDE FOWNER FSETID KILL SETGID SETUID SETPCAP NET_BIND_SERVICE SYS_CHROOT MKNOD \
+             AUDIT_WRITE SETFCAP NET_RAW; do printf -- '--cap-drop\nCAP_%s\n' "$x"; done
+    for x in "$@"; do printf -- '--cap-add\nCAP_%s\n' "$x"; done
+}
 descendants() { local p; for p in $(cat /proc/"$1"/task/*/children 2>/dev/null); do echo "$p"; descendants "$p"; done; }
 cleanup() {
     local p c
@@ -84,7 +94,8 @@ expect_config_error() {
 }
 
 check_image() {
-    local target=$1 image="${PREFIX}${target}:${TAG}" c="nsm-check-$1"
+    local target=$1
+    local image="${PREFIX}${target}:${TAG}" c="nsm-check-${target}"
     echo "== $image"
     container "$c" "$image" || return
     local entry source licenses description
@@ -95,6 +106,7 @@ check_image() {
     [ "$licenses" = Apache-2.0 ] && [ -n "$description" ] \
         && pass "OCI labels: licenses=$licenses source='$source' description set" \
         || fail "labels: licenses='$licenses' description='$description'"
+    [ -n "$source" ] || echo "WARN  org.opencontainers.image.source is empty (build.sh --source URL sets it)"
     case "$target" in
         nsc-sidecar) expect_config_error "$c" nsc-sidecar NS_NETWORKSERVICEMESH_IO ;;
         nse-sidecar) expect_config_error "$c" nse-sidecar ENDPOINT_NETWORK_SERVICE ;;
@@ -127,19 +139,24 @@ e2e() {
     container nsm-e2e-cp "${PREFIX}nsm-local:${TAG}" || return
     container nsm-e2e-nse "${PREFIX}nse-sidecar:${TAG}" || return
     container nsm-e2e-nsc "${PREFIX}nsc-sidecar:${TAG}" || return
-    local mnt=(-v "$sock:/var/lib/networkservicemesh") i
+    local mnt=(-v "$sock:/var/lib/networkservicemesh") i cp_caps sidecar_caps
+    mapfile -t cp_caps < <(only_caps NET_ADMIN SYS_ADMIN)
+    mapfile -t sidecar_caps < <(only_caps NET_ADMIN)
+    ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" nsm-e2e-nsc -- \
+        grep -q '^CapEff:.*0000000000001000$' /proc/self/status \
+        && pass "sidecars run with CapEff=0x1000 (CAP_NET_ADMIN only)" || fail "capability set is not NET_ADMIN only"
     ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} \
-        --cap-add CAP_NET_ADMIN --cap-add CAP_SYS_ADMIN "${mnt[@]}" nsm-e2e-cp -- nsm-local serve \
+        "${cp_caps[@]}" "${mnt[@]}" nsm-e2e-cp -- nsm-local serve \
         >"$WORK/nsm-local.log" 2>&1 & PIDS+=($!)
     for i in $(seq 100); do [ -S "$sock/nsm.io.sock" ] && break; sleep 0.1; done
     brun "${mnt[@]}" -v "$ROOT/examples:/examples:ro" nsm-e2e-cp -- nsm-local apply -f /examples/p2p.yaml \
         >/dev/null 2>&1 && pass "nsm-local apply -f examples/p2p.yaml" || fail "nsm-local apply"
-    ip netns exec nsmimg-d2 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --cap-add CAP_NET_ADMIN "${mnt[@]}" \
+    ip netns exec nsmimg-d2 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" "${mnt[@]}" \
         -e ENDPOINT_NETWORK_SERVICE=p2p -e ENDPOINT_LABELS=device=device-2 -e IP_ADDRESS=10.60.1.0/24 \
-        -e POD_NAME=device-2 nsm-e2e-nse -- nse-sidecar >"$WORK/nse.log" 2>&1 & local nse=$!; PIDS+=($nse)
-    ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --cap-add CAP_NET_ADMIN "${mnt[@]}" \
+        -e POD_NAME=device-2 nsm-e2e-nse -- nse-sidecar >"$WORK/nse.log" 2>&1 & local nse=$!; PIDS+=("$nse")
+    ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" "${mnt[@]}" \
         -e 'NS_NETWORKSERVICEMESH_IO=p2p/eth12?link=net-0&peerif=eth21' -e POD_NAME=device-1 \
-        nsm-e2e-nsc -- nsc-sidecar >"$WORK/nsc.log" 2>&1 & local nsc=$!; PIDS+=($nsc)
+        nsm-e2e-nsc -- nsc-sidecar >"$WORK/nsc.log" 2>&1 & local nsc=$!; PIDS+=("$nsc")
     local nsc_root nse_root
     nsc_root=$(bah mount nsm-e2e-nsc); nse_root=$(bah mount nsm-e2e-nse)
     for i in $(seq 300); do [ -f "$nsc_root/run/nsm/ready" ] && [ -f "$nse_root/run/nsm/ready" ] && break; sleep 0.1; done
@@ -152,6 +169,11 @@ e2e() {
     [[ "$a" == *10.60.1.1/30* ]] && [[ "$b" == *10.60.1.2/30* ]] && pass "links: $a | $b" || fail "links: $a | $b"
     ip netns exec nsmimg-d1 ping -c 1 -W 2 10.60.1.2 >/dev/null && pass "ping 10.60.1.2 from device-1" \
         || fail "ping 10.60.1.2"
+    local listing
+    listing=$(brun "${mnt[@]}" nsm-e2e-cp -- nsm-local list 2>&1)
+    [[ "$listing" == *"link=net-0 -> device=device-2"* ]] && [[ "$listing" == *"device-1 -> device-2"* ]] \
+        && pass "nsm-local list: the applied match survived the endpoint's registration; connection listed" \
+        || fail "nsm-local list: $listing"
     local pid py rc
     for pid in $nsc $nse; do
         py=$(for i in $(descendants "$pid"); do grep -q python "/proc/$i/cmdline" 2>/dev/null && echo "$i"; done | tail -n1)

@@ -99,6 +99,7 @@ class Link:
         self._log = log.bind(link=spec.interface_name, service=spec.network_service, conn=self.conn_id)
         self.state = LinkState.REQUESTING
         self.conn: Connection | None = None
+        self._verified = False
         self._triggers: asyncio.Queue[Trigger] = asyncio.Queue()
 
     def __repr__(self) -> str:
@@ -189,6 +190,7 @@ class Link:
             return refresh_request(reply, self.preference)
         self._log.warning("heal.reselect", reason="our side of the link is gone or down")
         self._on_ready(self.spec.interface_name, False)
+        self._verified = False
         with contextlib.suppress(RpcFailed):
             await self.client.close(reply, self.request_timeout)
         self._move(LinkState.REQUESTING)
@@ -253,10 +255,13 @@ class Link:
         for _ in range(20):
             problems = await link_problems(self.spec.interface_name, conn, "client")
             if not problems:
-                self._log.info("link.verified", addresses=",".join(conn.context.ip_context.src_ip_addrs))
+                if not self._verified:
+                    self._log.info("link.verified", addresses=",".join(conn.context.ip_context.src_ip_addrs))
+                self._verified = True
                 return []
             await asyncio.sleep(0.05)
         self._log.warning("link.unverified", problems="; ".join(problems))
+        self._verified = False
         return problems
 
     async def _rename_if_needed(self, conn: Connection) -> None:

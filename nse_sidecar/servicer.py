@@ -76,9 +76,12 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
                 raise AssertionError("unreachable") from exc
         own = accepted.own_view
+        known = own.id in self.hub.connections
         self.hub.update(own)
         self._arm_expiry(own, deadline)
-        self._log.info("request.accepted", conn=own.id, service=own.network_service,
+        # A refresh of a connection we already hold is routine: one line per state change, not per refresh.
+        report = self._log.debug if known else self._log.info
+        report("request.refreshed" if known else "request.accepted", conn=own.id, service=own.network_service,
                        ifname=accepted.interface_name,
                        src=",".join(own.context.ip_context.src_ip_addrs),
                        dst=",".join(own.context.ip_context.dst_ip_addrs))

@@ -17,7 +17,7 @@ ENDPOINT_LABELS / ADVERTISE_NSE_LABELS      NSE labels ``k=v,k=v``              
 | NSM_LABELS                                or ``k:v,k:v`` (envconfig map syntax)
 IP_ADDRESS                                  seed addressing: one CIDR, a /30 (/126)   \\ NSM mode with
 | NSM_CIDR_PREFIX                           per link; or NSM CIDR groups ``[a,b],c``  / 169.254.0.0/16
-NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse
+NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse-<netns inode>
 NSM_CONNECT_TO                              nsmgr URL (unix or tcp)                   the nsmgr socket
 NSM_LISTEN_ON                               our server socket, ``unix:///abs`` only     fresh temp dir
 NSM_REGISTER_SERVICE                        register the NetworkService at start      true

@@ -223,7 +223,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         view.CopyFrom(out)
         restore_index(view, caller_index + 1)
         self._store(Session(view, endpoint_name, channel.key, reply, xc), session, deadline, channel)
-        self._log.info(
+        report = self._log.info if session is None else self._log.debug
+        report(
             "connection.up" if session is None else "connection.refreshed",
             conn=out.id,
             service=out.network_service,

@@ -59,6 +59,8 @@ class ReadinessFile:
     def __init__(self, path: str | None) -> None:
         self._path = Path(path) if path else None
         self._ready = False
+        if self._path is not None:  # left behind by a killed predecessor (e.g. `docker restart`): not ready
+            self._path.unlink(missing_ok=True)
 
     def set(self, ready: bool) -> None:
         if ready == self._ready:
