@@ -34,9 +34,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from typing import Literal
 
-from nsm_sdk.protocol.durations import parse_positive_duration
+from nsm_sdk.protocol.envvalues import (
+    LogLevel,
+    absolute_path,
+    agent_name,
+    duration,
+    env_value,
+    log_level,
+    socket_url,
+)
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.labels import client_info_labels, parse_equals_labels, with_missing_labels
 from nsm_sdk.protocol.nsurl import (
@@ -45,19 +52,7 @@ from nsm_sdk.protocol.nsurl import (
     SocketUrl,
     parse_nsm_services,
     parse_seed_services,
-    parse_socket_url,
 )
-
-LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
-
-_LOG_LEVELS: dict[str, LogLevel] = {
-    "TRACE": "TRACE",
-    "DEBUG": "DEBUG",
-    "INFO": "INFO",
-    "WARN": "WARNING",
-    "WARNING": "WARNING",
-    "ERROR": "ERROR",
-}
 
 # Seed (NSM v0) variables that this agent does not use, with what to do instead.
 _IGNORED_LEGACY = {
@@ -99,11 +94,11 @@ class NscSettings:
     def from_env(cls, env: Mapping[str, str]) -> NscSettings:
         """Build and validate the settings from ``env`` (e.g. ``os.environ``); raise the first ConfigError."""
         links_variable, links = _links(env)
-        extra = parse_equals_labels("NSM_LABELS", _value(env, "NSM_LABELS") or "")
+        extra = parse_equals_labels("NSM_LABELS", env_value(env, "NSM_LABELS") or "")
         clientinfo = client_info_labels(
-            pod_name=_value(env, "POD_NAME"),
-            node_name=_value(env, "NODE_NAME"),
-            cluster_name=_value(env, "CLUSTER_NAME"),
+            pod_name=env_value(env, "POD_NAME"),
+            node_name=env_value(env, "NODE_NAME"),
+            cluster_name=env_value(env, "CLUSTER_NAME"),
         )
         merged = tuple(
             replace(link, labels=with_missing_labels(with_missing_labels(link.labels, extra), clientinfo))
@@ -112,25 +107,25 @@ class NscSettings:
         return cls(
             links=merged,
             links_variable=links_variable,
-            name=_name(env),
-            connect_to=_socket_url(env, "NSM_CONNECT_TO"),
-            request_timeout=_duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
-            dial_timeout=_duration(env, "NSM_DIAL_TIMEOUT", 5.0),
-            max_token_lifetime=_duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
-            readiness_file=_absolute_path(env, "NSM_READY_FILE"),
-            log_level=_log_level(env, "NSM_LOG_LEVEL"),
+            name=agent_name(env),
+            connect_to=socket_url(env, "NSM_CONNECT_TO"),
+            request_timeout=duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
+            dial_timeout=duration(env, "NSM_DIAL_TIMEOUT", 5.0),
+            max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
+            readiness_file=absolute_path(env, "NSM_READY_FILE"),
+            log_level=log_level(env, "NSM_LOG_LEVEL"),
             warnings=tuple(
                 f"{variable} is set but ignored: {why}"
                 for variable, why in _IGNORED_LEGACY.items()
-                if _value(env, variable) is not None
+                if env_value(env, variable) is not None
             ),
         )
 
 
 def _links(env: Mapping[str, str]) -> tuple[str, tuple[LinkSpec, ...]]:
     """The link list from exactly one of NSM_NETWORK_SERVICES and NS_NETWORKSERVICEMESH_IO."""
-    nsm = _value(env, "NSM_NETWORK_SERVICES")
-    seed = _value(env, "NS_NETWORKSERVICEMESH_IO")
+    nsm = env_value(env, "NSM_NETWORK_SERVICES")
+    seed = env_value(env, "NS_NETWORKSERVICEMESH_IO")
     if nsm is not None and seed is not None:
         problem = (
             "NS_NETWORKSERVICEMESH_IO is also set; "
@@ -149,48 +144,12 @@ def _links(env: Mapping[str, str]) -> tuple[str, tuple[LinkSpec, ...]]:
     )
 
 
-def _value(env: Mapping[str, str], variable: str) -> str | None:
-    """The raw value of ``variable``, or None when it is unset or blank."""
-    value = env.get(variable)
-    return value if value is not None and value.strip() else None
 
 
-def _name(env: Mapping[str, str]) -> str | None:
-    for variable in ("NSM_NAME", "POD_NAME"):
-        value = _value(env, variable)
-        if value is not None:
-            name = value.strip()
-            if any(char.isspace() or not char.isprintable() for char in name):
-                raise ConfigError(variable, value, "name must not contain whitespace or control characters")
-            return name
-    return None
 
 
-def _socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:
-    value = _value(env, variable)
-    return DEFAULT_NSMGR_URL if value is None else parse_socket_url(variable, value)
 
 
-def _duration(env: Mapping[str, str], variable: str, default: float) -> float:
-    value = _value(env, variable)
-    return default if value is None else parse_positive_duration(variable, value)
 
 
-def _absolute_path(env: Mapping[str, str], variable: str) -> str | None:
-    value = _value(env, variable)
-    if value is None:
-        return None
-    path = value.strip()
-    if not path.startswith("/") or path.endswith("/") or "\0" in path:
-        raise ConfigError(variable, value, "must be an absolute file path, e.g. /tmp/nsc-ready")
-    return path
 
-
-def _log_level(env: Mapping[str, str], variable: str) -> LogLevel:
-    value = _value(env, variable)
-    if value is None:
-        return "INFO"
-    level = _LOG_LEVELS.get(value.strip().upper())
-    if level is None:
-        raise ConfigError(variable, value, "unknown log level; use TRACE, DEBUG, INFO, WARN(ING) or ERROR")
-    return level

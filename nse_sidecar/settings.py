@@ -17,7 +17,7 @@ ENDPOINT_LABELS / ADVERTISE_NSE_LABELS      NSE labels ``k=v,k=v``              
 | NSM_LABELS                                or ``k:v,k:v`` (envconfig map syntax)
 IP_ADDRESS                                  seed addressing: one CIDR, a /30 (/126)   \\ NSM mode with
 | NSM_CIDR_PREFIX                           per link; or NSM CIDR groups ``[a,b],c``  / 169.254.0.0/16
-NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse-<netns inode>
+NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse-<ino>
 NSM_CONNECT_TO                              nsmgr URL (unix or tcp)                   the nsmgr socket
 NSM_LISTEN_ON                               our server socket, ``unix:///abs`` only     fresh temp dir
 NSM_REGISTER_SERVICE                        register the NetworkService at start      true
@@ -43,7 +43,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
-from nsm_sdk.protocol.durations import parse_positive_duration
+from nsm_sdk.protocol.envvalues import (
+    LogLevel,
+    absolute_path,
+    agent_name,
+    duration,
+    env_value,
+    log_level,
+    socket_url,
+)
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.labels import (
     FrozenLabels,
@@ -55,20 +63,11 @@ from nsm_sdk.protocol.labels import (
 from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, SocketUrl, network_service_problem, parse_socket_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
 Payload = Literal["ETHERNET", "IP"]
 
 #: cmd-nse-icmp-responder's default ``NSM_CIDR_PREFIX`` (nsm-v1-protocol.md §2.3).
 DEFAULT_NSM_POOL = ipaddress.IPv4Network("169.254.0.0/16")
 
-_LOG_LEVELS: dict[str, LogLevel] = {
-    "TRACE": "TRACE",
-    "DEBUG": "DEBUG",
-    "INFO": "INFO",
-    "WARN": "WARNING",
-    "WARNING": "WARNING",
-    "ERROR": "ERROR",
-}
 _BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _PAYLOADS: dict[str, Payload] = {"ETHERNET": "ETHERNET", "IP": "IP"}
 
@@ -136,28 +135,28 @@ class NseSettings:
         services = _services(env, warnings)
         labels = _labels(env, warnings)
         clientinfo = client_info_labels(
-            pod_name=_value(env, "POD_NAME"),
-            node_name=_value(env, "NODE_NAME"),
-            cluster_name=_value(env, "CLUSTER_NAME"),
+            pod_name=env_value(env, "POD_NAME"),
+            node_name=env_value(env, "NODE_NAME"),
+            cluster_name=env_value(env, "CLUSTER_NAME"),
         )
         warnings.extend(
             f"{variable} is set but ignored: {why}"
             for variable, why in _IGNORED_LEGACY.items()
-            if _value(env, variable) is not None
+            if env_value(env, variable) is not None
         )
         return cls(
             services=services,
             labels=with_missing_labels(labels, clientinfo),
             addressing=_addressing(env),
-            name=_name(env),
-            connect_to=_socket_url(env, "NSM_CONNECT_TO"),
+            name=agent_name(env),
+            connect_to=socket_url(env, "NSM_CONNECT_TO"),
             listen_on=_listen_url(env, "NSM_LISTEN_ON"),
             register_service=_bool(env, "NSM_REGISTER_SERVICE", default=True),
             payload=_payload(env, "NSM_PAYLOAD"),
-            max_token_lifetime=_duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
-            request_timeout=_duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
-            readiness_file=_absolute_path(env, "NSM_READY_FILE"),
-            log_level=_log_level(env, "NSM_LOG_LEVEL"),
+            max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
+            request_timeout=duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
+            readiness_file=absolute_path(env, "NSM_READY_FILE"),
+            log_level=log_level(env, "NSM_LOG_LEVEL"),
             warnings=tuple(warnings),
         )
 
@@ -220,7 +219,7 @@ def _network(variable: str, text: str, cidr: str, *, smallest_prefix: dict[int, 
 
 def _services(env: Mapping[str, str], notes: list[str]) -> tuple[str, ...]:
     seed_variable, seed = _aliased(env, "ENDPOINT_NETWORK_SERVICE", "ADVERTISE_NSE_NAME", notes)
-    nsm = _value(env, "NSM_SERVICE_NAMES")
+    nsm = env_value(env, "NSM_SERVICE_NAMES")
     if seed is not None and nsm is not None:
         both = f"NSM_SERVICE_NAMES is also set; set only one of {seed_variable} and NSM_SERVICE_NAMES"
         raise ConfigError(seed_variable, seed, both)
@@ -250,7 +249,7 @@ def _check_service(variable: str, value: str, name: str) -> None:
 
 def _labels(env: Mapping[str, str], notes: list[str]) -> FrozenLabels:
     seed_variable, seed = _aliased(env, "ENDPOINT_LABELS", "ADVERTISE_NSE_LABELS", notes)
-    nsm = _value(env, "NSM_LABELS")
+    nsm = env_value(env, "NSM_LABELS")
     if seed is not None and nsm is not None:
         problem = f"NSM_LABELS is also set; set only one of {seed_variable} and NSM_LABELS"
         raise ConfigError(seed_variable, seed, problem)
@@ -260,8 +259,8 @@ def _labels(env: Mapping[str, str], notes: list[str]) -> FrozenLabels:
 
 
 def _addressing(env: Mapping[str, str]) -> AddressingSettings:
-    seed = _value(env, "IP_ADDRESS")
-    nsm = _value(env, "NSM_CIDR_PREFIX")
+    seed = env_value(env, "IP_ADDRESS")
+    nsm = env_value(env, "NSM_CIDR_PREFIX")
     if seed is not None and nsm is not None:
         raise ConfigError("IP_ADDRESS", seed, "NSM_CIDR_PREFIX is also set; set only one of them")
     if seed is not None:
@@ -273,7 +272,7 @@ def _addressing(env: Mapping[str, str]) -> AddressingSettings:
 
 def _aliased(env: Mapping[str, str], variable: str, alias: str, notes: list[str]) -> tuple[str, str | None]:
     """(name, value) of ``variable``, else of its legacy ``alias``; the new name wins when both are set."""
-    value, legacy = _value(env, variable), _value(env, alias)
+    value, legacy = env_value(env, variable), env_value(env, alias)
     if value is not None:
         if legacy is not None:
             notes.append(f"{alias} is set but ignored: {variable} takes precedence")
@@ -281,40 +280,21 @@ def _aliased(env: Mapping[str, str], variable: str, alias: str, notes: list[str]
     return (alias, legacy) if legacy is not None else (variable, None)
 
 
-def _value(env: Mapping[str, str], variable: str) -> str | None:
-    """The raw value of ``variable``, or None when it is unset or blank."""
-    value = env.get(variable)
-    return value if value is not None and value.strip() else None
 
 
-def _name(env: Mapping[str, str]) -> str | None:
-    for variable in ("NSM_NAME", "POD_NAME"):
-        value = _value(env, variable)
-        if value is not None:
-            name = value.strip()
-            if any(char.isspace() or not char.isprintable() for char in name):
-                raise ConfigError(variable, value, "name must not contain whitespace or control characters")
-            return name
-    return None
 
 
-def _socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:
-    value = _value(env, variable)
-    return DEFAULT_NSMGR_URL if value is None else parse_socket_url(variable, value)
 
 
 def _listen_url(env: Mapping[str, str], variable: str) -> SocketUrl | None:
-    value = _value(env, variable)
+    value = env_value(env, variable)
     return None if value is None else parse_socket_url(variable, value, allow_tcp=False)
 
 
-def _duration(env: Mapping[str, str], variable: str, default: float) -> float:
-    value = _value(env, variable)
-    return default if value is None else parse_positive_duration(variable, value)
 
 
 def _bool(env: Mapping[str, str], variable: str, *, default: bool) -> bool:
-    value = _value(env, variable)
+    value = env_value(env, variable)
     if value is None:
         return default
     parsed = _BOOLEANS.get(value.strip().lower())
@@ -324,7 +304,7 @@ def _bool(env: Mapping[str, str], variable: str, *, default: bool) -> bool:
 
 
 def _payload(env: Mapping[str, str], variable: str) -> Payload:
-    value = _value(env, variable)
+    value = env_value(env, variable)
     if value is None:
         return "ETHERNET"
     payload = _PAYLOADS.get(value.strip().upper())
@@ -333,21 +313,4 @@ def _payload(env: Mapping[str, str], variable: str) -> Payload:
     return payload
 
 
-def _absolute_path(env: Mapping[str, str], variable: str) -> str | None:
-    value = _value(env, variable)
-    if value is None:
-        return None
-    path = value.strip()
-    if not path.startswith("/") or path.endswith("/") or "\0" in path:
-        raise ConfigError(variable, value, "must be an absolute file path, e.g. /tmp/nse-ready")
-    return path
 
-
-def _log_level(env: Mapping[str, str], variable: str) -> LogLevel:
-    value = _value(env, variable)
-    if value is None:
-        return "INFO"
-    level = _LOG_LEVELS.get(value.strip().upper())
-    if level is None:
-        raise ConfigError(variable, value, "unknown log level; use TRACE, DEBUG, INFO, WARN(ING) or ERROR")
-    return level

@@ -11,8 +11,13 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+import sys
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Protocol, TypeVar
+
+from nsm_sdk.agent.logs import setup_logging
+from nsm_sdk.protocol.errors import ConfigError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -86,3 +91,30 @@ def readiness(path: str | None) -> Iterator[ReadinessFile]:
         yield marker
     finally:
         marker.set(False)
+
+
+class AgentSettings(Protocol):
+    @property
+    def log_level(self) -> str: ...
+
+    @property
+    def request_timeout(self) -> float: ...
+
+
+SettingsT = TypeVar("SettingsT", bound=AgentSettings)
+
+
+def agent_main(
+    program: str,
+    load: Callable[[Mapping[str, str]], SettingsT],
+    agent: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
+) -> None:
+    """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), then the agent
+    until a stop signal; the backstop leaves time for closing within the request timeout."""
+    try:
+        settings = load(os.environ)
+    except ConfigError as exc:
+        print(f"{program}: {exc}", file=sys.stderr)
+        sys.exit(2)
+    setup_logging(program, settings.log_level)
+    asyncio.run(run_agent(lambda stop: agent(settings, stop), backstop=settings.request_timeout + 5))

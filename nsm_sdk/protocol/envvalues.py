@@ -1,0 +1,72 @@
+"""Reading single environment values for the agents' settings, with one error message style.
+
+Blank counts as unset everywhere, so `value: ""` in a manifest means "use the default".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from nsm_sdk.protocol.durations import parse_positive_duration
+from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, SocketUrl, parse_socket_url
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+
+_LOG_LEVELS: dict[str, LogLevel] = {
+    "TRACE": "TRACE",
+    "DEBUG": "DEBUG",
+    "INFO": "INFO",
+    "WARN": "WARNING",
+    "WARNING": "WARNING",
+    "ERROR": "ERROR",
+}
+
+
+def env_value(env: Mapping[str, str], variable: str) -> str | None:
+    """The raw value of ``variable``, or None when it is unset or blank."""
+    value = env.get(variable)
+    return value if value is not None and value.strip() else None
+
+
+def agent_name(env: Mapping[str, str]) -> str | None:
+    """``NSM_NAME``, else ``POD_NAME``, else None (the agent derives one at start)."""
+    for variable in ("NSM_NAME", "POD_NAME"):
+        value = env_value(env, variable)
+        if value is not None:
+            name = value.strip()
+            if any(char.isspace() or not char.isprintable() for char in name):
+                raise ConfigError(variable, value, "name must not contain whitespace or control characters")
+            return name
+    return None
+
+
+def socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:
+    value = env_value(env, variable)
+    return DEFAULT_NSMGR_URL if value is None else parse_socket_url(variable, value)
+
+
+def duration(env: Mapping[str, str], variable: str, default: float) -> float:
+    value = env_value(env, variable)
+    return default if value is None else parse_positive_duration(variable, value)
+
+
+def absolute_path(env: Mapping[str, str], variable: str) -> str | None:
+    value = env_value(env, variable)
+    if value is None:
+        return None
+    path = value.strip()
+    if not path.startswith("/") or path.endswith("/") or "\0" in path:
+        raise ConfigError(variable, value, "must be an absolute file path, e.g. /run/nsm/ready")
+    return path
+
+
+def log_level(env: Mapping[str, str], variable: str) -> LogLevel:
+    value = env_value(env, variable)
+    if value is None:
+        return "INFO"
+    level = _LOG_LEVELS.get(value.strip().upper())
+    if level is None:
+        raise ConfigError(variable, value, "unknown log level; use TRACE, DEBUG, INFO, WARN(ING) or ERROR")
+    return level
