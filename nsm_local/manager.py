@@ -223,6 +223,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         view.CopyFrom(out)
         restore_index(view, caller_index + 1)
         self._store(Session(view, endpoint_name, channel.key, reply, xc), session, deadline, channel)
+        if session is not None and session.endpoint_name != endpoint_name:
+            # Moved to another endpoint without a reselect (the old one vanished): let the old one release.
+            await self._close_at_endpoint(session.endpoint_name, session.endpoint_conn)
         report = self._log.info if session is None else self._log.debug
         report(
             "connection.up" if session is None else "connection.refreshed",
