@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lab import Lab, wait_until
+from lab import Lab, run, wait_until
 
 P2P = """
 apiVersion: networkservicemesh.io/v1alpha1
@@ -82,3 +82,35 @@ def test_readiness_file_exists_only_while_links_are_verified(lab: Lab) -> None:
     nsc.signal()
     assert nsc.wait(20) == 0
     assert not ready.exists()
+
+
+def test_ipv6_pool_gives_a_126_per_link(lab: Lab) -> None:
+    lab.nsm_local()
+    lab.apply(P2P)
+    dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
+    lab.nse(
+        dev2, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="fd00:60:1::/64"
+    )
+    lab.nsc(dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21")
+    wait_until(
+        lambda: (
+            lab.link_up(dev1, "eth12", "fd00:60:1::1/126") and lab.link_up(dev2, "eth21", "fd00:60:1::2/126")
+        ),
+        20,
+        "the IPv6 link",
+    )
+    wait_until(lambda: lab.ping(dev1, "fd00:60:1::2"), 10, "IPv6 ping (neighbour discovery settles)")
+
+
+def test_nsm_v1_addressing_gives_32_pairs_with_routes(lab: Lab) -> None:
+    lab.nsm_local()
+    lab.apply(P2P)
+    dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
+    lab.nse(dev2, NSM_SERVICE_NAMES="p2p", NSM_LABELS="device:device-2", NSM_CIDR_PREFIX="172.16.1.100/31")
+    lab.nsc(dev1, NSM_NETWORK_SERVICES="kernel://p2p/nsm-1?link=net-0")
+    wait_until(lambda: lab.link_up(dev1, "nsm-1", "172.16.1.101/32"), 20, "the client side /32")
+    endpoint_links = lab.addresses(dev2)
+    assert list(endpoint_links.values()) == [["172.16.1.100/32"]]
+    assert endpoint_links and next(iter(endpoint_links)).startswith("p2p-"), "a generated name without peerif"
+    assert "172.16.1.100 dev nsm-1" in run("ip", "-n", dev1, "route").stdout
+    assert lab.ping(dev1, "172.16.1.100")
