@@ -1,0 +1,126 @@
+"""What the kernel side of one link costs: nsm-local's forwarder work and a sidecar's check, per link.
+
+In two throwaway namespaces: open/close of one netlink session (pyroute2 IPRoute on a socket created in
+the netns, `nsm_sdk.kernel.netlink_in`), then per link the forwarder's ensure (veth pair born in both
+namespaces + both ends configured: `nsm_local.forwarder.ensure_cross_connect`), a sidecar's check of its
+side (`nsm_sdk.kernel.state.verify_link`, in a netns that holds all the links), the forwarder's ensure
+again (what every refresh does) and the forwarder's remove. Wall time and CPU time of this
+process (all threads) per operation. Needs root. Bounded by `--links` (default 50, at most 200).
+
+    python bench/kernel.py --links 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+
+from benchlib import median, memory, print_machine, run_quiet, table
+
+from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
+from nsm_sdk._proto.networkservice.connection_pb2 import Connection
+from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.state import verify_link
+from nsm_sdk.protocol.sides import side_config
+
+
+def connection(index: int) -> Connection:
+    """A reply as the forwarder sees it: a /30 per link, client .1, endpoint .2."""
+    conn = Connection(id=f"bench-{index}")
+    conn.path.path_segments.add(name="r1-nsc", id=f"r1-nsc-{index}")
+    third, fourth = divmod(4 * index, 256)
+    conn.context.ip_context.src_ip_addrs.append(f"10.61.{third}.{fourth + 1}/30")
+    conn.context.ip_context.dst_ip_addrs.append(f"10.61.{third}.{fourth + 2}/30")
+    return conn
+
+
+def rss_kb() -> int:
+    found = memory(os.getpid())
+    return found.rss if found else 0
+
+
+def timed(operation: Callable[[int], object], count: int) -> tuple[float, float, int]:
+    """Median wall ms and mean CPU ms (process-wide, all threads) of `operation(i)`, i = 0..count-1, and
+    how much this process's RSS grew meanwhile (KiB)."""
+    walls = []
+    rss_start = rss_kb()
+    cpu_start = time.process_time()
+    for i in range(count):
+        start = time.perf_counter()
+        operation(i)
+        walls.append((time.perf_counter() - start) * 1000)
+    return median(walls), (time.process_time() - cpu_start) * 1000 / count, rss_kb() - rss_start
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--links", type=int, default=50, help="links to create (1..200, default %(default)s)")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("needs root (network namespaces)")
+    if not 1 <= args.links <= 200:
+        parser.error("--links must be 1..200")
+    print_machine()
+    tag = secrets.token_hex(2)
+    names = [f"nsmb{tag}-k1", f"nsmb{tag}-k2"]
+    fds: list[int] = []
+    try:
+        for name in names:
+            if run_quiet("ip", "netns", "add", name).returncode != 0:
+                raise SystemExit(f"cannot create netns {name}")
+            fds.append(os.open(f"/run/netns/{name}", os.O_RDONLY))
+        client_fd, endpoint_fd = fds
+        crosses = [CrossConnect(client_fd, f"eth{i + 1}", endpoint_fd, f"eth{i + 1}")
+                   for i in range(args.links)]
+        conns = [connection(i) for i in range(args.links)]
+
+        def session(ns_fd: int | None) -> Callable[[int], None]:
+            def open_close(i: int) -> None:
+                with netlink_in(ns_fd):
+                    pass
+
+            return open_close
+
+        def ensure(i: int) -> None:
+            asyncio.run(ensure_cross_connect(crosses[i], conns[i]))
+
+        def verify(i: int) -> None:
+            config = side_config(conns[i].context.ip_context, "client")
+            problems = verify_link(client_fd, crosses[i].client_ifname, list(config.addresses))
+            if problems:
+                raise SystemExit(f"link {i}: {problems}")
+
+        def remove(i: int) -> None:
+            if not asyncio.run(remove_cross_connect(crosses[i])):
+                raise SystemExit(f"link {i} was not there to remove")
+
+        baseline = timed(lambda i: asyncio.run(asyncio.sleep(0)), args.links)
+        rows = [
+            ("netlink session, own netns (open + close)", timed(session(None), args.links)),
+            ("netlink session, other netns (open + close)", timed(session(client_fd), args.links)),
+            ("forwarder ensure: veth pair + configure both ends", timed(ensure, args.links)),
+            ("sidecar check of one side (verify_link)", timed(verify, args.links)),
+            ("forwarder ensure again (a refresh: the pair exists)", timed(ensure, args.links)),
+            ("forwarder remove", timed(remove, args.links)),
+        ]
+        print(f"Per operation, {args.links} links (wall: median ms; CPU: mean ms of this process, all "
+              f"threads; asyncio.run overhead of ensure/remove, {baseline[0]:.2f} ms wall, not subtracted;"
+              " RSS growth of this process over the whole phase)")
+        print()
+        print(table(["operation", "wall ms", "CPU ms", "RSS growth KiB"],
+                    [[name, f"{w:.2f}", f"{c:.2f}", grew] for name, (w, c, grew) in rows]))
+    finally:
+        for fd in fds:
+            os.close(fd)
+        for name in names:
+            run_quiet("ip", "netns", "delete", name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
