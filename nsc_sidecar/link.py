@@ -266,9 +266,9 @@ class Link:
 
     async def _rename_if_needed(self, conn: Connection) -> None:
         wanted = self.spec.interface_name
+        if await asyncio.to_thread(_read_own_link, wanted):
+            return  # the usual case: one lookup, not a dump of every link in the namespace
         states = await asyncio.to_thread(_read_own_links)
-        if any(s.ifname == wanted for s in states):
-            return
         alias = f"server-{self.conn_id}"
         addresses = set(conn.context.ip_context.src_ip_addrs)
         candidate = next((s for s in states if s.alias == alias), None) or next(
