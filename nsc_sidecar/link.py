@@ -28,7 +28,6 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     State,
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk.agent.lifecycle import sleep_or_stop
 from nsm_sdk.agent.link_check import link_problems
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
@@ -116,9 +115,10 @@ class Link:
     async def _request(self, request: NetworkServiceRequest, stop: asyncio.Event) -> Connection | None:
         """Send until one succeeds; None only when stopping.
 
-        A failure is logged when it first happens or its reason changes, not on every retry. A refresh
-        pinned to an endpoint that keeps failing while our side of the link is gone turns into a reselect,
-        so a vanished endpoint never holds the link hostage.
+        A failure is logged when it first happens or its reason changes, not on every retry. While a
+        refresh pinned to an endpoint keeps failing, our side of the link is checked after every attempt
+        (and at once when the manager reports the connection down): once it is gone, we Close the old
+        connection and reselect, so a vanished endpoint never holds the link hostage (§5.4).
         """
         delays = RETRY.delays(random.Random())
         attempts, last_reason = 0, ""
@@ -133,18 +133,31 @@ class Link:
                     )
                     last_reason = exc.details
             if (
-                attempts % 3 == 0
-                and request.connection.network_service_endpoint_name
+                request.connection.network_service_endpoint_name
                 and self.conn is not None
                 and await self._data_plane_problems(self.conn)
             ):
-                self._log.warning(
-                    "heal.reselect", reason="the pinned endpoint keeps failing and our side is gone"
-                )
+                self._log.warning("heal.reselect", reason="the pinned endpoint fails and our side is gone")
+                self._on_ready(self.spec.interface_name, False)
+                self._verified = False
+                with contextlib.suppress(RpcFailed):
+                    await self.client.close(self.conn, self.request_timeout)
                 request = reselect_request(self.conn, self.preference)
-            if await sleep_or_stop(stop, next(delays)):
+                continue
+            if await self._pause(stop, next(delays)):
                 return None
         return None
+
+    async def _pause(self, stop: asyncio.Event, delay: float) -> bool:
+        """Sleep between retries; a monitor trigger ends the pause early. True when stopping."""
+        stopped = asyncio.create_task(stop.wait())
+        triggered = asyncio.create_task(self._triggers.get())
+        try:
+            await asyncio.wait({stopped, triggered}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            triggered.cancel()
+        return stop.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
         request = first_request(

@@ -142,14 +142,3 @@ def _links(env: Mapping[str, str]) -> tuple[str, tuple[LinkSpec, ...]]:
         "required: set NSM_NETWORK_SERVICES (kernel://service/ifname?k=v,...) "
         "or NS_NETWORKSERVICEMESH_IO (service/ifname?k=v,...)",
     )
-
-
-
-
-
-
-
-
-
-
-

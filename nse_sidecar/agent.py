@@ -107,8 +107,8 @@ class EndpointSides:
             self._cancel(conn_id)
         for ifname in names:
             try:
-                if await asyncio.to_thread(delete_link, None, ifname):
-                    self._log.info("link.removed", ifname=ifname)
+                found = await asyncio.to_thread(delete_link, None, ifname)
+                self._log.info("link.removed", ifname=ifname, found=found)
             except KernelError as exc:
                 self._log.warning("link.remove_failed", ifname=ifname, reason=str(exc))
 
@@ -176,7 +176,9 @@ async def _serve(
                     ready.set(False)
                     await registration
                     await registrar.unregister()
-            open_links = [sides.interface_of(c.id) for c in servicer.close_all()]
+            # Names first: closing forgets them (EndpointSides.closed), and we must still remove them.
+            open_links = [sides.interface_of(conn_id) for conn_id in list(hub.connections)]
+            servicer.close_all()
             await asyncio.sleep(0.1)  # let monitor streams deliver the DELETE events
             await sides.remove_all([name for name in open_links if name])
             hub.close()

@@ -22,3 +22,14 @@ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' || {
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
 echo "setup: done. Programs are in .venv/bin (nsm-local, nse-sidecar, nsc-sidecar)."
+
+# ---- optional: the interop harness (NSM's real Go control plane, tests/interop) --------------------------
+# Only if a Go toolchain is installed (on PATH or at /usr/local/go/bin/go, where the CI machines have it):
+# downloads the pinned Go modules and builds tests/interop/harness/bin/nsmharness. Without Go the interop
+# tests skip with a message on a developer machine (and fail in CI).
+if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
+    echo "setup: building the interop harness (Go modules download on first use)"
+    bash scripts/build-interop.sh
+else
+    echo "setup: no Go toolchain found; skipping the interop harness (tests/interop will skip)"
+fi

@@ -30,6 +30,9 @@ def test_sigterm_to_endpoint_takes_the_link_down_and_client_waits_for_it(lab: La
     assert nse.wait(20) == 0
     wait_until(lambda: lab.addresses(dev1) == {} and lab.addresses(dev2) == {}, 10, "both sides to go")
     assert nse.events("registration.removed")
+    # The endpoint removes its side itself. nsm-local also tears the link down on the endpoint's DELETE, but
+    # NSM's Go forwarder only relays that event (found by tests/interop): the sidecar must not rely on it.
+    assert [e["ifname"] for e in nse.events("link.removed")] == ["eth21"], nse.log
     wait_until(lambda: nsc.events("request.failed"), 10, "the client to keep trying")
     assert nsc.alive(), "retries must never end the client"
     lab.nse(
