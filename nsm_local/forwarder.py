@@ -22,11 +22,12 @@ from nsm_sdk.protocol.sides import Side, side_config
 
 @dataclass(frozen=True)
 class CrossConnect:
-    """The two ends of one connection's veth pair. The fds are the caller's (it owns and closes them)."""
+    """The two ends of one connection's veth pair. The fds are the caller's (it owns and closes them);
+    `endpoint_ns_fd` is only needed to create and configure the pair, and is None afterwards."""
 
     client_ns_fd: int
     client_ifname: str
-    endpoint_ns_fd: int
+    endpoint_ns_fd: int | None
     endpoint_ifname: str
 
 
@@ -59,6 +60,7 @@ def _configure(ns_fd: int, ifname: str, conn: Connection, side: Side, alias: str
 
 def _ensure(xc: CrossConnect, conn: Connection) -> None:
     conn_id = conn.path.path_segments[0].id
+    assert xc.endpoint_ns_fd is not None, "creating a pair needs both namespaces"
     ends = (End(xc.client_ns_fd, xc.client_ifname), End(xc.endpoint_ns_fd, xc.endpoint_ifname))
     try:
         create_veth_pair(*ends)
@@ -80,6 +82,8 @@ def _ensure(xc: CrossConnect, conn: Connection) -> None:
 def _remove(xc: CrossConnect) -> bool:
     """Delete the pair (one end takes the other with it); either namespace may already be gone."""
     for ns_fd, ifname in ((xc.client_ns_fd, xc.client_ifname), (xc.endpoint_ns_fd, xc.endpoint_ifname)):
+        if ns_fd is None:
+            continue
         try:
             if delete_link(ns_fd, ifname):
                 return True

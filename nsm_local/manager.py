@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import secrets
 import time
@@ -68,7 +69,7 @@ class Session:
     endpoint_name: str
     endpoint_key: str
     endpoint_conn: Connection  # the endpoint's reply (forwarder's view), re-sent on refresh and Close
-    xc: CrossConnect  # owns both netns fds
+    xc: CrossConnect  # owns the client's netns fd (the endpoint's is closed once the pair exists)
     expiry: asyncio.TimerHandle | None = None
     monitor: asyncio.Task[None] | None = None
     fds_closed: bool = field(default=False)
@@ -80,9 +81,8 @@ class Session:
     def close_fds(self) -> None:
         if not self.fds_closed:
             self.fds_closed = True
-            for fd in (self.xc.client_ns_fd, self.xc.endpoint_ns_fd):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+            with contextlib.suppress(OSError):
+                os.close(self.xc.client_ns_fd)
 
 
 def _kernel_mechanism(request: NetworkServiceRequest) -> Mechanism:
@@ -207,11 +207,15 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 await remove_cross_connect(session.xc)
             await ensure_cross_connect(xc, reply)
         except BaseException:
-            for fd in (client_ns_fd, endpoint_ns_fd):
-                os.close(fd)
+            os.close(client_ns_fd)
             with contextlib.suppress(RpcFailed):
                 await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
             raise
+        finally:
+            # Never keep the endpoint's namespace alive: when its pod goes, the veth must go with it, so the
+            # client sees its side vanish and reselects. The client's fd stays: it is how we remove the pair.
+            os.close(endpoint_ns_fd)
+        xc = dataclasses.replace(xc, endpoint_ns_fd=None)
 
         out = Connection()
         out.CopyFrom(reply)

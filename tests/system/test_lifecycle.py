@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from lab import Lab, wait_until
+from lab import Lab, run, wait_until
 from test_p2p_link import P2P, start_two_devices
 
 
@@ -114,4 +114,25 @@ def test_links_survive_many_token_lifetimes_and_registration_expiries(lab: Lab) 
     assert not manager.events("endpoint.expired"), "the endpoint refreshes its 2s registration in time"
     assert not manager.events("connection.closed"), "the connection never expired"
     assert len(nse.events("request.accepted")) == 1, "refreshes reuse the connection, no new ones"
+    assert lab.ping(dev1, "10.60.1.2")
+
+
+def test_client_reselects_a_new_endpoint_when_the_pinned_one_vanishes(lab: Lab) -> None:
+    dev1, dev2 = start_two_devices(lab)
+    nse, nsc = lab.processes[1], lab.processes[2]
+    nse.signal(signal.SIGKILL)
+    nse.wait(10)
+    run("ip", "netns", "delete", dev2)  # the endpoint's pod is gone, and our side of the link with it
+    lab.namespaces.remove(dev2)
+    dev3 = lab.netns("device-2b")
+    lab.nse(
+        dev3, ENDPOINT_NETWORK_SERVICE="p2p", ENDPOINT_LABELS="device=device-2", IP_ADDRESS="10.60.1.0/24"
+    )
+    wait_until(
+        lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30") and lab.link_up(dev3, "eth21", "10.60.1.2/30"),
+        30,
+        "the link to the replacement endpoint",
+    )
+    # found by tests/interop: the pinned refresh must not keep failing until the backoff runs out
+    assert nsc.events("heal.reselect"), nsc.log
     assert lab.ping(dev1, "10.60.1.2")
