@@ -16,11 +16,12 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from labtools import run, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS_BIN = REPO / "tests" / "interop" / "harness" / "bin" / "nsmharness"
@@ -41,22 +42,6 @@ NSC_ADDRESS = "169.254.0.1/32"
 
 def go_duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms"
-
-
-def run(*argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    """Poll until `predicate()` is truthy; fail with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass
