@@ -1,1 +1,1 @@
-"""TODO"""
+"""nsc-sidecar: requests every configured link from the NSM manager, verifies, refreshes, heals and closes it."""

@@ -1,1 +1,1 @@
-"""TODO"""
+"""nse-sidecar: registers an endpoint with the NSM manager and answers link requests (addresses, peerif naming)."""
