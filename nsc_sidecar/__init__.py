@@ -1,1 +1,1 @@
-"""nsc-sidecar: requests every configured link from the NSM manager, verifies, refreshes, heals and closes it."""
+"""nsc-sidecar: requests every configured link from the NSM manager, verifies, refreshes, heals, closes."""

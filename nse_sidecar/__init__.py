@@ -1,1 +1,1 @@
-"""nse-sidecar: registers an endpoint with the NSM manager and answers link requests (addresses, peerif naming)."""
+"""nse-sidecar: registers an endpoint with the NSM manager and answers link requests (addresses, naming)."""
