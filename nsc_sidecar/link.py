@@ -137,12 +137,7 @@ class Link:
                 and self.conn is not None
                 and await self._data_plane_problems(self.conn)
             ):
-                self._log.warning("heal.reselect", reason="the pinned endpoint fails and our side is gone")
-                self._on_ready(self.spec.interface_name, False)
-                self._verified = False
-                with contextlib.suppress(RpcFailed):
-                    await self.client.close(self.conn, self.request_timeout)
-                request = reselect_request(self.conn, self.preference)
+                request = await self._reselect(self.conn, "the pinned endpoint fails and our side is gone")
                 continue
             if await self._pause(stop, next(delays)):
                 return None
@@ -150,13 +145,7 @@ class Link:
 
     async def _pause(self, stop: asyncio.Event, delay: float) -> bool:
         """Sleep between retries; a monitor trigger ends the pause early. True when stopping."""
-        stopped = asyncio.create_task(stop.wait())
-        triggered = asyncio.create_task(self._triggers.get())
-        try:
-            await asyncio.wait({stopped, triggered}, timeout=delay, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            triggered.cancel()
+        await self._next_trigger(stop, delay)
         return stop.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -201,13 +190,18 @@ class Link:
         self._move(LinkState.HEALING, reason=trigger.value)
         if not await self._data_plane_problems(reply):
             return refresh_request(reply, self.preference)
-        self._log.warning("heal.reselect", reason="our side of the link is gone or down")
+        request = await self._reselect(reply, "our side of the link is gone or down")
+        self._move(LinkState.REQUESTING)
+        return request
+
+    async def _reselect(self, last: Connection, reason: str) -> NetworkServiceRequest:
+        """Close the old connection (errors ignored), then ask for another endpoint (§5.4)."""
+        self._log.warning("heal.reselect", reason=reason)
         self._on_ready(self.spec.interface_name, False)
         self._verified = False
         with contextlib.suppress(RpcFailed):
-            await self.client.close(reply, self.request_timeout)
-        self._move(LinkState.REQUESTING)
-        return reselect_request(reply, self.preference)
+            await self.client.close(last, self.request_timeout)
+        return reselect_request(last, self.preference)
 
     async def _next_trigger(self, stop: asyncio.Event, refresh_in: float) -> Trigger:
         stopped = asyncio.create_task(stop.wait())
