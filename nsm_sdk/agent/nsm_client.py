@@ -8,8 +8,8 @@ a manager restart until its deadline instead of failing fast. grpc errors are tr
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
-from typing import TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
@@ -77,12 +77,9 @@ class NsmClient:
         call = self._monitor.MonitorConnections(
             selector, metadata=self.tokens.metadata(), wait_for_ready=True
         )
-        try:
-            with translate_errors("MonitorConnection/MonitorConnections"):
-                async for event in call:
-                    yield event
-        finally:
-            call.cancel()
+        async with contextlib.aclosing(_drain("MonitorConnection/MonitorConnections", call)) as stream:
+            async for event in stream:
+                yield event
 
     async def _registry_write(
         self,
@@ -137,12 +134,9 @@ class NsmClient:
         call = self._nse_registry.Find(
             query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
         )
-        try:
-            with translate_errors("NetworkServiceEndpointRegistry/Find"):
-                async for response in call:
-                    yield response
-        finally:
-            call.cancel()
+        async with contextlib.aclosing(_drain("NetworkServiceEndpointRegistry/Find", call)) as stream:
+            async for response in stream:
+                yield response
 
     async def find_services(
         self, query: NetworkServiceQuery, timeout: float | None = None
@@ -150,9 +144,16 @@ class NsmClient:
         call = self._ns_registry.Find(
             query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
         )
-        try:
-            with translate_errors("NetworkServiceRegistry/Find"):
-                async for response in call:
-                    yield response
-        finally:
-            call.cancel()
+        async with contextlib.aclosing(_drain("NetworkServiceRegistry/Find", call)) as stream:
+            async for response in stream:
+                yield response
+
+
+async def _drain(method: str, call: grpc.aio.UnaryStreamCall[Any, ReplyT]) -> AsyncGenerator[ReplyT, None]:
+    """The messages of a server stream, with errors translated; the call is cancelled when we stop early."""
+    try:
+        with translate_errors(method):
+            async for message in call:
+                yield message
+    finally:
+        call.cancel()
