@@ -2,8 +2,9 @@
 
 Header `{"alg":"ES256","typ":"JWT"}` without `kid`; claims `sub` (own SPIFFE id), `aud` as a JSON array
 with the peer's SPIFFE id (omitted without a peer) and `exp` as integer seconds. No iat/nbf/iss.
-The key must be the EC P-256 key of the X.509-SVID presented on the same connection; without one a
-key is generated per signer (development use, e.g. nsm-local).
+The key must be the EC P-256 key of the X.509-SVID presented on the same connection
+(`TokenSigner.from_material`); only the insecure mode, which has no SVID, signs with a key generated per
+signer.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.errors import NsmError, ProtocolError
 
 ALGORITHM = "ES256"
@@ -41,6 +43,7 @@ class TokenSigner:
         *,
         spiffe_id: str | None = None,
         private_key: ec.EllipticCurvePrivateKey | None = None,
+        not_after: float | None = None,
     ) -> None:
         if private_key is None:
             private_key = ec.generate_private_key(ec.SECP256R1())
@@ -49,7 +52,16 @@ class TokenSigner:
         ):
             raise UnsupportedKeyError("ES256 path tokens need an EC P-256 private key")
         self.spiffe_id = spiffe_id if spiffe_id is not None else default_spiffe_id(name)
+        self.not_after = not_after
+        """The NotAfter of the certificate of our key (None without one); no token outlives it."""
         self._key = private_key
+
+    @classmethod
+    def from_material(cls, material: X509Material) -> TokenSigner:
+        """Sign as the SVID's SPIFFE id with its key, capped by its leaf's NotAfter (§3.3)."""
+        return cls(
+            spiffe_id=material.spiffe_id, private_key=material.private_key, not_after=material.not_after
+        )
 
     @property
     def public_key(self) -> ec.EllipticCurvePublicKey:
@@ -60,13 +72,14 @@ class TokenSigner:
     ) -> tuple[str, float]:
         """A token for `audience` (the peer's SPIFFE id, None without a TLS peer) valid for `lifetime`.
 
-        exp = floor(min(now + lifetime, not_after)) where `not_after` is the earliest certificate NotAfter
-        the caller knows (own and peer leaf). Returns (token, exp); send exp as `nsm-client-token-expires`
-        and as the path segment's `expires` so both agree with the claim.
+        exp = floor(min(now + lifetime, own NotAfter, not_after)) where `not_after` is the peer leaf's
+        NotAfter when there is a peer. Returns (token, exp); send exp as `nsm-client-token-expires` and as
+        the path segment's `expires` so both agree with the claim.
         """
         if lifetime <= 0:
             raise ValueError(f"token lifetime must be positive, got {lifetime}")
-        expiry = now + lifetime if not_after is None else min(now + lifetime, not_after)
+        caps = [cap for cap in (not_after, self.not_after) if cap is not None]
+        expiry = min([now + lifetime, *caps])
         exp = math.floor(expiry)
         claims: dict[str, Any] = {"sub": self.spiffe_id}
         if audience is not None:
@@ -94,6 +107,20 @@ def decode_header(token: str) -> dict[str, Any]:
     except jwt.PyJWTError as exc:
         raise TokenError(f"cannot decode token header: {exc}") from exc
     return header
+
+
+def signature_valid(token: str, public_key: ec.EllipticCurvePublicKey) -> bool:
+    """Whether `token` is an ES256 JWS made with the private key of `public_key` (OPA `verify_es256`)."""
+    try:
+        jwt.decode(
+            token,
+            public_key,
+            algorithms=[ALGORITHM],
+            options={"verify_exp": False, "verify_aud": False, "verify_iat": False, "verify_nbf": False},
+        )
+    except jwt.PyJWTError:
+        return False
+    return True
 
 
 def verify(

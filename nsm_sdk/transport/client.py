@@ -1,13 +1,16 @@
 """Client side: grpcio dials a private abstract socket, the relay dials the real target.
 
-Every new upstream connection sends the `send_on_connect` fds with its first bytes. grpcfd keeps
-received fds for the connection's lifetime (§6), so this is how an NSC's netns reaches nsmgr with
-whichever connection grpcio happens to use (§12 item 1).
+Every new upstream connection sends the `send_on_connect` fds with its first bytes after the server is
+authenticated (at once in plaintext). grpcfd keeps received fds for the connection's lifetime (§6), so
+this is how an NSC's netns reaches nsmgr with whichever connection grpcio happens to use (§12 item 1).
+`wait_peer` gives the authenticated server of a live connection, whose SPIFFE id is the `aud` of the
+tokens we send on it (§3.3).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -20,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.transport.errors import ConnectionClosedError, FdNotReceivedError
 from nsm_sdk.transport.fdpass import FdSocket
 from nsm_sdk.transport.fdstore import FdStore, InodeKey
@@ -87,11 +91,14 @@ class ClientRelay:
     ) -> None:
         self.target_url = target_url
         self._address = parse_dial_url(target_url)
-        self._security = security
+        self.security = security
         self.name = fresh_abstract_name("c")
         self.grpc_target = abstract_target(self.name)
         self._connections: set[RelayConnection] = set()
         self._arrivals: set[asyncio.Future[None]] = set()
+        self._changes: set[asyncio.Future[None]] = set()
+        self.last_failure: str | None = None
+        """Why the last broken upstream connection broke (e.g. a refused TLS handshake); for messages."""
         self._acceptor: Acceptor | None = None
         self._numbers = itertools.count()
         self._closed = False
@@ -131,6 +138,7 @@ class ClientRelay:
             self._acceptor = None
         self._close_own_fds()
         self._wake_waiters()
+        self._wake_changes()
 
     async def __aenter__(self) -> ClientRelay:
         await self.start()
@@ -140,6 +148,39 @@ class ClientRelay:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def current_connection(self) -> RelayConnection | None:
+        """The newest live connection whose peer is authenticated."""
+        for connection in reversed(list(self._connections)):
+            if connection.established and not connection.closed:
+                return connection
+        return None
+
+    async def wait_peer(self, timeout: float | None) -> PeerIdentity | None:
+        """The authenticated server of a live connection (None in plaintext), waiting up to `timeout`
+        for one; grpcio must be connecting meanwhile (e.g. `channel.channel_ready()`)."""
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(timeout):
+            while (connection := self.current_connection()) is None:
+                if self._closed:
+                    raise ConnectionClosedError(f"relay to {self.target_url} is closed")
+                change: asyncio.Future[None] = loop.create_future()
+                self._changes.add(change)
+                try:
+                    await change
+                finally:
+                    self._changes.discard(change)
+        return connection.peer
+
+    def _wake_changes(self) -> None:
+        for change in self._changes:
+            if not change.done():
+                change.set_result(None)
+
+    async def _announce_when_established(self, connection: RelayConnection) -> None:
+        with contextlib.suppress(ConnectionAbortedError):
+            await connection.wait_established()
+        self._wake_changes()
 
     async def wait_fd(self, dev: int, ino: int, timeout: float | None) -> int:
         """A dup of the fd with key (dev, ino) received on any live upstream connection."""
@@ -196,15 +237,19 @@ class ClientRelay:
             f"{self.name}/{next(self._numbers)}",
             local,
             FdSocket(upstream, FdStore(on_add=self._wake_waiters)),
-            self._security.new_session(server_side=False),
+            self.security.new_session(server_side=False),
         )
         self._connections.add(connection)
+        announce = asyncio.create_task(self._announce_when_established(connection))
         try:
             connection.queue_fds(self._send_on_connect)
             await connection.run()
         finally:
             connection.close()
             self._connections.discard(connection)
+            if connection.failure is not None:
+                self.last_failure = connection.failure
+            await announce
 
 
 @asynccontextmanager

@@ -4,6 +4,10 @@ A `RelayConnection` joins grpcio's plaintext socket (`local`) and the real peer 
 pumps. End of stream on one side is passed on as a half-close of the other; when both directions have
 ended, or either fails, both sockets close and with them every fd the connection received or still had
 queued.
+
+fds go only to an authenticated peer: those queued before the security session is `established` wait,
+and ride on the first bytes written after it (never on handshake records). A peer that has not finished
+the handshake within `HANDSHAKE_TIMEOUT` is dropped.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import socket
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
 from nsm_sdk.transport.fdstore import FdStore
+from nsm_sdk.transport.peercred import PeerCredentials
 from nsm_sdk.transport.security import SecureSession
 
 _log = logging.getLogger(__name__)
@@ -28,6 +34,7 @@ _Handler = Callable[[socket.socket], Coroutine[Any, Any, None]]
 # but may each run as pid 1.
 _PROCESS_TOKEN = secrets.token_hex(4)
 _names = itertools.count()
+HANDSHAKE_TIMEOUT = 10.0
 
 
 def fresh_abstract_name(role: str) -> str:
@@ -41,19 +48,37 @@ def abstract_address(name: str) -> str:
 
 
 class RelayConnection:
-    """One relayed connection; `received` holds the fds the peer sent, `queue_fds` sends ours."""
+    """One relayed connection; `received` holds the fds the peer sent, `queue_fds` sends ours.
 
-    def __init__(self, name: str, local: socket.socket, peer: FdSocket, session: SecureSession) -> None:
+    `peer` is the authenticated peer (None in plaintext), `credentials` who connected to our socket
+    (accepted unix connections only).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        local: socket.socket,
+        peer: FdSocket,
+        session: SecureSession,
+        credentials: PeerCredentials | None = None,
+    ) -> None:
         local.setblocking(False)
         self.name = name
+        self.credentials = credentials
         self._local = local
         self._peer = peer
         self._session = session
         self._closed = False
+        self._held_fds: list[int] = []
+        self.failure: str | None = None
+        """Why the connection broke, if it did (e.g. the TLS peer refused us)."""
+        self._established = asyncio.get_running_loop().create_future()
+        self._progress()
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else "open"
-        return f"<RelayConnection {self.name} {state} peer={self._peer!r}>"
+        state = "closed" if self._closed else "open" if self.established else "handshaking"
+        who = f" {self.peer.spiffe_id}" if self.peer else ""
+        return f"<RelayConnection {self.name} {state}{who} peer={self._peer!r}>"
 
     @property
     def received(self) -> FdStore:
@@ -63,9 +88,41 @@ class RelayConnection:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def established(self) -> bool:
+        return self._established.done() and not self._established.cancelled()
+
+    @property
+    def peer(self) -> PeerIdentity | None:
+        return self._session.peer
+
+    async def wait_established(self) -> PeerIdentity | None:
+        """The peer once the handshake is done; ConnectionAbortedError if the connection ends first."""
+        await asyncio.shield(self._established)
+        return self.peer
+
     def queue_fds(self, fds: Iterable[int]) -> None:
-        """Send dups of `fds` with the next bytes toward the peer (e.g. with an RPC's response)."""
-        self._peer.queue_fds(fds)
+        """Send dups of `fds` with the next bytes toward the peer (e.g. with an RPC's response); before
+        the peer is authenticated they are held back."""
+        if self._closed:
+            return
+        if self.established:
+            self._peer.queue_fds(fds)
+            return
+        for fd in fds:
+            self._held_fds.append(os.dup(fd))
+
+    def _progress(self) -> None:
+        """After the session moved: once established, release held fds and wake waiters."""
+        if self._established.done() or not self._session.established:
+            return
+        self._established.set_result(None)
+        self._peer.queue_fds(self._held_fds)
+        self._close_held_fds()
+
+    def _close_held_fds(self) -> None:
+        while self._held_fds:
+            os.close(self._held_fds.pop())
 
     async def run(self) -> None:
         """Relay until both directions end or one fails; always closes the connection."""
@@ -73,8 +130,20 @@ class RelayConnection:
             await self._flush_to_peer()  # a TLS client's ClientHello; nothing in plaintext
             async with asyncio.TaskGroup() as pumps:
                 pumps.create_task(self._pump_to_peer(), name=f"{self.name}:to-peer")
-                pumps.create_task(self._pump_from_peer(), name=f"{self.name}:from-peer")
+                from_peer = pumps.create_task(self._pump_from_peer(), name=f"{self.name}:from-peer")
+                if not self.established:
+                    await asyncio.wait(
+                        [self._established, from_peer],
+                        timeout=HANDSHAKE_TIMEOUT,
+                        return_when=asyncio.FIRST_COMPLETED,
+                    )
+                    if not self._established.done() and not from_peer.done():
+                        _log.warning("relay.handshake_timeout", extra={"fields": {"name": self.name}})
+                        raise ConnectionAbortedError(f"no TLS handshake within {HANDSHAKE_TIMEOUT}s")
         except* OSError as failed:
+            # the TLS verdict says more than the broken pipe it may have caused on the other pump
+            causes = sorted(failed.exceptions, key=lambda exc: not isinstance(exc, ConnectionAbortedError))
+            self.failure = str(causes[0]) or repr(causes[0])
             _log.debug(
                 "relay.connection_aborted",
                 extra={"fields": {"name": self.name, "error": repr(failed.exceptions[0])}},
@@ -87,6 +156,11 @@ class RelayConnection:
         if self._closed:
             return
         self._closed = True
+        if not self._established.done():
+            aborted = ConnectionAbortedError(f"{self.name} closed before the handshake")
+            self._established.set_exception(aborted)
+            self._established.exception()  # retrieved: nobody has to wait for it
+        self._close_held_fds()
         self._peer.close()
         self._local.close()
 
@@ -102,8 +176,14 @@ class RelayConnection:
     async def _pump_from_peer(self) -> None:
         loop = asyncio.get_running_loop()
         while data := await self._peer.recv():
-            plaintext = self._session.feed_wire(data)
-            await self._flush_to_peer()  # handshake answers, once TLS is in
+            try:
+                plaintext = self._session.feed_wire(data)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    await self._flush_to_peer()  # the TLS alert that tells the peer why
+                raise
+            self._progress()
+            await self._flush_to_peer()  # handshake answers
             if plaintext:
                 await loop.sock_sendall(self._local, plaintext)
         with contextlib.suppress(OSError):

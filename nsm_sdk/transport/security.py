@@ -1,16 +1,18 @@
 """The seam where TLS goes: a sans-IO byte transformation between grpcio's plaintext and the wire.
 
-fds ride on the raw socket (`FdSocket`), so whatever this layer emits (TLS records later, the same bytes
-today) is what the queued fds are attached to. A TLS implementation over `ssl.SSLObject` + `MemoryBIO`
-fits this interface directly: `feed_wire` writes the incoming BIO and reads plaintext, `feed_plaintext`
-writes the SSLObject, `wire_to_send` drains the outgoing BIO (handshake records included, so a client
-session has its ClientHello ready right after creation and the relay flushes it with the connection's
-fds). It will also expose the peer certificate for SPIFFE checks (§12 items 2-4).
+fds ride on the raw socket (`FdSocket`), so whatever this layer emits (TLS records, or the same bytes in
+plaintext) is what the queued fds are attached to. `tls.TlsSession` implements it over `ssl.SSLObject` +
+`MemoryBIO`: `feed_wire` writes the incoming BIO and reads plaintext, `feed_plaintext` writes the
+SSLObject, `wire_to_send` drains the outgoing BIO (handshake records included, so a client session has its
+ClientHello ready right after creation). `established` and `peer` tell the relay when the peer is
+authenticated and who it is: the relay sends no fd before that.
 """
 
 from __future__ import annotations
 
 from typing import Protocol
+
+from nsm_sdk.identity.peer import PeerIdentity
 
 
 class SecureSession(Protocol):
@@ -27,6 +29,14 @@ class SecureSession(Protocol):
 
     def close(self) -> None:
         """grpcio finished writing: prepare whatever ends the stream (e.g. close_notify)."""
+
+    @property
+    def established(self) -> bool:
+        """True once application data may flow and the peer is authenticated (at once in plaintext)."""
+
+    @property
+    def peer(self) -> PeerIdentity | None:
+        """The authenticated peer; None in plaintext or before the handshake completes."""
 
 
 class StreamSecurity(Protocol):
@@ -55,6 +65,9 @@ class PlaintextSession:
 
     def close(self) -> None:
         """Nothing ends a plaintext stream but the socket's half-close."""
+
+    established = True
+    peer = None
 
 
 class PlaintextSecurity:

@@ -3,7 +3,9 @@
 Each accepted connection gets its own backend connection to grpcio, bound to a unique abstract name
 before `connect`. grpcio then reports `context.peer()` as `unix-abstract:<that name>`, which is how a
 servicer finds the connection its call came in on: `connection_for_peer(context.peer())` gives the fds
-the peer sent (`.received`) and lets the servicer send its own with the response (`.queue_fds`).
+the peer sent (`.received`), the authenticated peer (`.peer`), who connected (`.credentials`), and lets
+the servicer send its own fds with the response (`.queue_fds`). Nothing is sent on accept: an fd goes out
+only with a reply that names it, like grpcfd.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nsm_sdk.transport.errors import ListenPathError
 from nsm_sdk.transport.fdpass import FdSocket
 from nsm_sdk.transport.fdstore import FdStore
 from nsm_sdk.transport.guard import RelayOnlyInterceptor
+from nsm_sdk.transport.peercred import peer_credentials
 from nsm_sdk.transport.relay import Acceptor, RelayConnection, abstract_address, fresh_abstract_name
 from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
 from nsm_sdk.transport.urls import abstract_target, path_to_unix_url
@@ -46,8 +49,8 @@ def remove_stale_socket(path: str) -> None:
 class ServerRelay:
     """Relays connections accepted on `listen_path` to the grpc.aio server at abstract `backend_name`.
 
-    `send_on_accept` fds (dup'ed now, owned until `aclose`) go with the first bytes of every accepted
-    connection, which is how an NSE hands its netns to the forwarder with every reply's connection.
+    The socket file gets `socket_mode` (Go's servers use 0777, §2.1; what needs protecting is behind
+    mTLS, but a control plane may want less).
     """
 
     def __init__(
@@ -55,22 +58,16 @@ class ServerRelay:
         listen_path: str,
         backend_name: str,
         *,
-        send_on_accept: Sequence[int] = (),
         security: StreamSecurity = PLAINTEXT,
+        socket_mode: int = 0o777,
     ) -> None:
         self.listen_path = listen_path
         self.backend_name = backend_name
         self._security = security
+        self._socket_mode = socket_mode
         self._by_peer: dict[str, RelayConnection] = {}
         self._acceptor: Acceptor | None = None
         self._inode: int | None = None
-        self._send_on_accept: list[int] = []
-        try:
-            for fd in send_on_accept:
-                self._send_on_accept.append(os.dup(fd))
-        except OSError:
-            self._close_own_fds()
-            raise
 
     def __repr__(self) -> str:
         return f"<ServerRelay {self.listen_path} -> {self.backend_name} {len(self._by_peer)} connections>"
@@ -90,14 +87,14 @@ class ServerRelay:
         """Bind the socket file and start accepting.
 
         Like Go (§2.1, `grpcutils.ListenAndServe`): a stale socket is removed, a missing directory is
-        created, and the socket is made mode 0777.
+        created, and the socket gets its mode (0777 unless the server asked for less).
         """
         remove_stale_socket(self.listen_path)
         os.makedirs(os.path.dirname(self.listen_path), exist_ok=True)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             listener.bind(self.listen_path)
-            os.chmod(self.listen_path, 0o777)
+            os.chmod(self.listen_path, self._socket_mode)
             listener.listen(128)
             self._inode = os.stat(self.listen_path).st_ino
         except OSError:
@@ -117,7 +114,6 @@ class ServerRelay:
             await self._acceptor.aclose()
             self._acceptor = None
         self._remove_own_socket_file()
-        self._close_own_fds()
 
     async def __aenter__(self) -> ServerRelay:
         await self.start()
@@ -139,10 +135,6 @@ class ServerRelay:
             pass
         self._inode = None
 
-    def _close_own_fds(self) -> None:
-        while self._send_on_accept:
-            os.close(self._send_on_accept.pop())
-
     async def _relay_one(self, accepted: socket.socket) -> None:
         try:
             backend = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -150,14 +142,18 @@ class ServerRelay:
             accepted.close()
             raise
         name = fresh_abstract_name("s")
-        connection = RelayConnection(
-            name, backend, FdSocket(accepted, FdStore()), self._security.new_session(server_side=True)
-        )
+        try:
+            credentials = peer_credentials(accepted)
+            session = self._security.new_session(server_side=True)
+        except BaseException:
+            accepted.close()
+            backend.close()
+            raise
+        connection = RelayConnection(name, backend, FdSocket(accepted, FdStore()), session, credentials)
         peer = abstract_target(name)
         self._by_peer[peer] = connection
         try:
             backend.bind(abstract_address(name))
-            connection.queue_fds(self._send_on_accept)
             await asyncio.get_running_loop().sock_connect(backend, abstract_address(self.backend_name))
             await connection.run()
         except OSError as exc:
@@ -190,8 +186,8 @@ async def serve(
     listen_path: str,
     register: Callable[[grpc.aio.Server], None],
     *,
-    send_on_accept: Sequence[int] = (),
     security: StreamSecurity = PLAINTEXT,
+    socket_mode: int = 0o777,
     options: Sequence[tuple[str, Any]] = (),
     relay_only: bool = True,
     stop_grace: float | None = None,
@@ -202,7 +198,7 @@ async def serve(
     On exit: stop accepting, stop the server (waiting `stop_grace` for running calls), close the relay.
     """
     backend_name = fresh_abstract_name("b")
-    relay = ServerRelay(listen_path, backend_name, send_on_accept=send_on_accept, security=security)
+    relay = ServerRelay(listen_path, backend_name, security=security, socket_mode=socket_mode)
     try:
         interceptors = [RelayOnlyInterceptor(relay.is_relayed)] if relay_only else []
         server = grpc.aio.server(interceptors=interceptors, options=list(options))
