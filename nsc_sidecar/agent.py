@@ -14,11 +14,10 @@ import grpc
 
 from nsc_sidecar.link import Link
 from nsc_sidecar.settings import NscSettings
-from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.lifecycle import ReadinessFile, readiness
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.agent.security import agent_identity
 from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd
 from nsm_sdk.transport.urls import inode_url_for_fd
@@ -61,17 +60,24 @@ async def run(settings: NscSettings, stop: asyncio.Event) -> None:
         log = EventLog("nsc_sidecar.agent", name=name)
         for warning in settings.warnings:
             log.warning("config.warning", detail=warning)
-        tokens = CallTokens(TokenSigner(name), settings.max_token_lifetime)
         log.info(
             "agent.start", connect_to=str(settings.connect_to), links=len(settings.links), netns=netns_url
         )
-        async with dial(str(settings.connect_to), send_fds=[netns_fd]) as (channel, _relay):
-            client = NsmClient(channel, tokens)
-            reachability = asyncio.create_task(_report_reachability(channel, settings.dial_timeout, log))
-            try:
-                await _run_links(settings, name, netns_url, client, log, stop)
-            finally:
-                reachability.cancel()
+        lifetime = settings.max_token_lifetime
+        async with agent_identity(settings.security, name, lifetime, log, stop) as identity:
+            if identity is None:  # stopped before the Workload API gave us an SVID
+                log.info("shutdown.done")
+                return
+            async with dial(str(settings.connect_to), send_fds=[netns_fd], security=identity.security) as (
+                channel,
+                relay,
+            ):
+                client = NsmClient(channel, identity.tokens, relay)
+                reachability = asyncio.create_task(_report_reachability(channel, settings.dial_timeout, log))
+                try:
+                    await _run_links(settings, name, netns_url, client, log, stop)
+                finally:
+                    reachability.cancel()
         log.info("shutdown.done")
     finally:
         os.close(netns_fd)

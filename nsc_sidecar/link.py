@@ -124,7 +124,7 @@ class Link:
         attempts, last_reason = 0, ""
         while not stop.is_set():
             try:
-                return await self.client.request(request, self.request_timeout)
+                return await self.client.request(request, self.request_timeout, check_reply=True)
             except RpcFailed as exc:
                 attempts += 1
                 if exc.details != last_reason:

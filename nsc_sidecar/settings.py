@@ -21,6 +21,8 @@ POD_NAME / NODE_NAME /   labels ``podName`` / ``nodeName`` /            not adde
 CLUSTER_NAME             ``clusterName`` (NSM clientinfo)
 NSM_READY_FILE           file touched once every link is verified       none
 NSM_LOG_LEVEL            TRACE, DEBUG, INFO, WARN(ING), ERROR           ``INFO``
+SPIFFE_ENDPOINT_SOCKET   SPIFFE Workload API (our X.509-SVID)           the SPIRE agent socket
+NSM_INSECURE             plaintext, no SPIFFE (experiments only)        ``false``
 ======================== ============================================== ===========================
 
 Labels are merged per link in this order, an earlier source winning on a key: the URL's query, then
@@ -33,10 +35,11 @@ v0 socket variables are not used; when set, they are reported in `NscSettings.wa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from nsm_sdk.protocol.envvalues import (
     LogLevel,
+    SecuritySettings,
     absolute_path,
     agent_name,
     duration,
@@ -87,6 +90,8 @@ class NscSettings:
     """Absolute path touched once all links are verified (for an exec readiness probe); None: no file."""
     log_level: LogLevel = "INFO"
     """Log level; ``WARN`` is stored as ``WARNING``, ``TRACE`` is left to the agent to map."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """SPIFFE mTLS from ``SPIFFE_ENDPOINT_SOCKET`` (default), or plaintext with ``NSM_INSECURE=true``."""
     warnings: tuple[str, ...] = ()
     """Messages about variables that were set but ignored; the agent logs them at start-up."""
 
@@ -114,6 +119,7 @@ class NscSettings:
             max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
             readiness_file=absolute_path(env, "NSM_READY_FILE"),
             log_level=log_level(env, "NSM_LOG_LEVEL"),
+            security=SecuritySettings.from_env(env),
             warnings=tuple(
                 f"{variable} is set but ignored: {why}"
                 for variable, why in _IGNORED_LEGACY.items()

@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 
@@ -21,19 +22,19 @@ from nse_sidecar.servicer import EndpointServicer
 from nse_sidecar.settings import NseSettings
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
-from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.lifecycle import readiness
 from nsm_sdk.agent.link_check import link_problems, wait_link
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.agent.security import AgentIdentity, agent_identity
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.links import delete_link
 from nsm_sdk.protocol.ipam import NsmP2PAllocator, P2PAllocator, SeedP2PAllocator
 from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd, open_socket_file_fd
-from nsm_sdk.transport.server import serve
+from nsm_sdk.transport.relay import RelayConnection
+from nsm_sdk.transport.server import ServerHandle, serve
 from nsm_sdk.transport.urls import inode_url_for_fd, inode_url_for_path
 
 
@@ -123,9 +124,13 @@ async def run(settings: NseSettings, stop: asyncio.Event) -> None:
         log = EventLog("nse_sidecar.agent", name=name)
         for warning in settings.warnings:
             log.warning("config.warning", detail=warning)
-        tokens = CallTokens(TokenSigner(name), settings.max_token_lifetime)
-        with listen_path(settings, name) as path:
-            await _serve(settings, name, stop, log, tokens, netns_fd, path)
+        lifetime = settings.max_token_lifetime
+        async with agent_identity(settings.security, name, lifetime, log, stop) as identity:
+            if identity is None:  # stopped before the Workload API gave us an SVID
+                log.info("shutdown.done")
+                return
+            with listen_path(settings, name) as path:
+                await _serve(settings, name, stop, log, identity, netns_fd, path)
     finally:
         os.close(netns_fd)
 
@@ -135,20 +140,26 @@ async def _serve(
     name: str,
     stop: asyncio.Event,
     log: EventLog,
-    tokens: CallTokens,
+    identity: AgentIdentity,
     netns_fd: int,
     path: str,
 ) -> None:
     hub = MonitorHub()
     sides = EndpointSides(settings.request_timeout, log)
-    core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), tokens.sign)
-    servicer = EndpointServicer(core, hub, sides.accepted, sides.closed, log)
+    core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), identity.tokens.sign)
+    served: list[ServerHandle] = []  # the handle, once the server runs
+
+    def connection_for(context: grpc.aio.ServicerContext[Any, Any]) -> RelayConnection | None:
+        return served[0].connection_for(context) if served else None
+
+    servicer = EndpointServicer(core, hub, sides.accepted, sides.closed, log, connection_for, netns_fd)
 
     def register(server: grpc.aio.Server) -> None:
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(servicer, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(hub), server)
 
-    async with serve(path, register, send_on_accept=[netns_fd], stop_grace=1.0):
+    async with serve(path, register, security=identity.security, stop_grace=1.0) as handle:
+        served.append(handle)
         socket_fd = open_socket_file_fd(path)
         try:
             record = endpoint_record(name, settings.services, settings.labels, inode_url_for_path(path))
@@ -158,8 +169,11 @@ async def _serve(
                 services=",".join(settings.services),
                 addressing=settings.addressing.mode,
             )
-            async with dial(str(settings.connect_to), send_fds=[socket_fd]) as (channel, _relay):
-                client = NsmClient(channel, tokens)
+            async with dial(str(settings.connect_to), send_fds=[socket_fd], security=identity.security) as (
+                channel,
+                relay,
+            ):
+                client = NsmClient(channel, identity.tokens, relay)
                 with readiness(settings.readiness_file) as ready:
                     registrar = Registrar(
                         client,

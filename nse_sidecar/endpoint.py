@@ -1,7 +1,8 @@
 """What the endpoint does with a Request or Close, free of gRPC (protocol doc §8.4).
 
 In order, like the Go endpoint chain: updatepath with our name; the caller's metadata token into its
-segment and our own signed token into ours; addresses from the allocator (idempotent per connection id,
+segment and our own signed token (addressed to the caller) into ours; NSM's server policies on the path up
+to our segment (`authorize_server`, §3.4); addresses from the allocator (idempotent per connection id,
 recovering what a refresh carries after we restarted); the KERNEL mechanism chosen from the caller's
 preferences with our netns as `inodeURL` and our side's name from the `peerif` label; path trimmed to our
 segment; reply with the caller's index and id.
@@ -10,12 +11,15 @@ segment; reply with the caller's index and id.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection, Mechanism, State
 from nsm_sdk._proto.networkservice.connectioncontext_pb2 import IPContext
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.agent.security import authorize_server
+from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
 from nsm_sdk.protocol.ipam import P2PAddresses, P2PAllocator, apply_to_ip_context
@@ -92,9 +96,10 @@ class EndpointCore:
         name: str,
         allocator: P2PAllocator,
         netns_url: str,
-        sign_token: Callable[[], tuple[str, float]],
+        sign_token: Callable[[PeerIdentity | None], tuple[str, float]],
         new_id: Callable[[], str] = new_uuid,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self.allocator = allocator
@@ -102,6 +107,7 @@ class EndpointCore:
         self._sign = sign_token
         self._new_id = new_id
         self._random_bytes = random_bytes
+        self._clock = clock
 
     def __repr__(self) -> str:
         return f"EndpointCore(name={self.name!r}, allocator={self.allocator!r})"
@@ -118,13 +124,29 @@ class EndpointCore:
             return current
         return generate_interface_name(conn.network_service, self._random_bytes)
 
-    def request(self, request: NetworkServiceRequest, token: str | None, expires: float | None) -> Accepted:
-        conn = Connection()
-        conn.CopyFrom(request.connection)
+    def _step_onto_path(
+        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None
+    ) -> int:
+        """updatepath, updatetoken, authorize (the Go endpoint chain's order); returns the caller's index."""
         caller_index = update_path(conn, self.name, self._new_id)
         copy_caller_token(conn, token, expires)
-        own_token, own_expires = self._sign()
+        own_token, own_expires = self._sign(peer)
         set_own_token(conn, own_token, own_expires)
+        authorize_server(conn, peer, self._clock())
+        return caller_index
+
+    def request(
+        self,
+        request: NetworkServiceRequest,
+        token: str | None,
+        expires: float | None,
+        peer: PeerIdentity | None = None,
+    ) -> Accepted:
+        """Serve a Request from `peer` (the authenticated caller; None in plaintext). Raises ProtocolError
+        or PermissionDenied without holding anything."""
+        conn = Connection()
+        conn.CopyFrom(request.connection)
+        caller_index = self._step_onto_path(conn, token, expires, peer)
         # Everything that can refuse the request comes before the allocation, so a refused request
         # never holds addresses (the caller retries with a new id each time) nor releases a live
         # connection's. The servicer needs the caller's expiry for its auto-close (Go `timeout`, §4.4).
@@ -154,11 +176,13 @@ class EndpointCore:
         restore_index(conn, caller_index)
         return Accepted(reply=conn, own_view=own_view, interface_name=name)
 
-    def close(self, conn: Connection, token: str | None, expires: float | None) -> Connection:
-        """Release what the connection holds; returns our view of it (our index and id)."""
+    def close(
+        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None = None
+    ) -> Connection:
+        """Release what the connection holds; returns our view of it (our index and id). The same policies
+        as a Request apply (Go runs the same chain on Close)."""
         mine = Connection()
         mine.CopyFrom(conn)
-        update_path(mine, self.name, self._new_id)
-        copy_caller_token(mine, token, expires)
+        self._step_onto_path(mine, token, expires, peer)
         self.allocator.release(mine.id)
         return mine

@@ -1,5 +1,10 @@
 """gRPC face of the endpoint: NetworkService (Request, Close) and MonitorConnection (protocol doc
-§8.4-§8.6)."""
+§8.4-§8.6).
+
+The caller is the TLS peer of the connection the call came in on (the forwarder); our netns fd goes back
+with the reply that names it (`inodeURL`), on that connection only, like grpcfd's sendfd server. A
+policy violation is PERMISSION_DENIED, any other refusal UNKNOWN (what the Go endpoint answers, §7).
+"""
 
 from __future__ import annotations
 
@@ -18,9 +23,11 @@ from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceReque
 from nsm_sdk.agent.credentials import caller_token
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
+from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.protocol.errors import NsmError, ProtocolError
 from nsm_sdk.protocol.path import prev_expires
 from nsm_sdk.protocol.timing import server_close_deadline
+from nsm_sdk.transport.relay import RelayConnection
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -36,7 +43,8 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     """Serialises work per connection id, arms the server-side expiry close, and feeds the monitor hub.
 
     `on_accepted(accepted)` runs after each successful Request (the agent verifies its interface there);
-    `on_closed(conn)` after each Close or expiry.
+    `on_closed(conn)` after each Close or expiry. `connection_for(context)` is the relay connection a call
+    came in on (its authenticated peer; where our `netns_fd` goes with the reply).
     """
 
     def __init__(
@@ -46,10 +54,14 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         on_accepted: Callable[[Accepted], None],
         on_closed: Callable[[Connection], None],
         log: EventLog,
+        connection_for: Callable[[Context], RelayConnection | None],
+        netns_fd: int,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.core = core
         self.hub = hub
+        self._connection_for = connection_for
+        self._netns_fd = netns_fd
         self._on_accepted = on_accepted
         self._on_closed = on_closed
         self._log = log
@@ -62,9 +74,11 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
+        connection = self._connection_for(context)
+        peer = connection.peer if connection is not None else None
         async with self._lock(request.connection.id):
             try:
-                accepted = self.core.request(request, token, expires)
+                accepted = self.core.request(request, token, expires, peer)
                 try:
                     remaining = context.time_remaining() or 0.0
                     deadline = server_close_deadline(prev_expires(accepted.own_view), remaining)
@@ -72,9 +86,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                     self.core.allocator.release(accepted.own_view.id)
                     raise
             except NsmError as exc:
-                self._log.warning("request.refused", conn=request.connection.id, reason=str(exc))
-                await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-                raise AssertionError("unreachable") from exc
+                await self._refuse(context, "request.refused", request.connection.id, exc)
         own = accepted.own_view
         known = own.id in self.hub.connections
         self.hub.update(own)
@@ -86,16 +98,26 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                        src=",".join(own.context.ip_context.src_ip_addrs),
                        dst=",".join(own.context.ip_context.dst_ip_addrs))
         self._on_accepted(accepted)
+        if connection is not None:
+            connection.queue_fds([self._netns_fd])  # rides with this reply, which names it
         return accepted.reply
+
+    async def _refuse(self, context: Context, event: str, conn_id: str, exc: NsmError) -> None:
+        denied = isinstance(exc, PermissionDenied)
+        self._log.warning(event, conn=conn_id, reason=str(exc))
+        code = grpc.StatusCode.PERMISSION_DENIED if denied else grpc.StatusCode.UNKNOWN
+        await context.abort(code, str(exc))
+        raise AssertionError("unreachable") from exc
 
     async def Close(self, conn: Connection, context: Context) -> Empty:
         token, expires = caller_token(context.invocation_metadata())
+        connection = self._connection_for(context)
+        peer = connection.peer if connection is not None else None
         async with self._lock(conn.id):
             try:
-                mine = self.core.close(conn, token, expires)
-            except ProtocolError as exc:
-                await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
-                raise AssertionError("unreachable") from exc
+                mine = self.core.close(conn, token, expires, peer)
+            except NsmError as exc:
+                await self._refuse(context, "close.refused", conn.id, exc)
         self._forget(mine)
         self._log.info("close.done", conn=mine.id)
         return Empty()

@@ -27,6 +27,8 @@ NSM_REQUEST_TIMEOUT                         deadline of each registry call      
 POD_NAME / NODE_NAME / CLUSTER_NAME         labels podName / nodeName / clusterName   not added
 NSM_READY_FILE                              file touched once registered              none
 NSM_LOG_LEVEL                               TRACE, DEBUG, INFO, WARN(ING), ERROR      INFO
+SPIFFE_ENDPOINT_SOCKET                      SPIFFE Workload API (our X.509-SVID)      the SPIRE agent socket
+NSM_INSECURE                                plaintext, no SPIFFE (experiments only)   false
 =========================================== ========================================= =====================
 
 Addressing: without ``IP_ADDRESS`` and ``NSM_CIDR_PREFIX`` we use NSM mode with cmd-nse's default
@@ -45,8 +47,10 @@ from typing import Literal
 
 from nsm_sdk.protocol.envvalues import (
     LogLevel,
+    SecuritySettings,
     absolute_path,
     agent_name,
+    boolean,
     duration,
     env_value,
     log_level,
@@ -68,7 +72,6 @@ Payload = Literal["ETHERNET", "IP"]
 #: cmd-nse-icmp-responder's default ``NSM_CIDR_PREFIX`` (nsm-v1-protocol.md §2.3).
 DEFAULT_NSM_POOL = ipaddress.IPv4Network("169.254.0.0/16")
 
-_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 _PAYLOADS: dict[str, Payload] = {"ETHERNET": "ETHERNET", "IP": "IP"}
 
 # Seed (NSM v0) variables that this agent does not use, with what to do instead.
@@ -121,6 +124,8 @@ class NseSettings:
     """Absolute path touched once the endpoint is registered (for an exec readiness probe); None: none."""
     log_level: LogLevel = "INFO"
     """Log level; ``WARN`` is stored as ``WARNING``, ``TRACE`` is left to the agent to map."""
+    security: SecuritySettings = field(default_factory=SecuritySettings)
+    """SPIFFE mTLS from ``SPIFFE_ENDPOINT_SOCKET`` (default), or plaintext with ``NSM_INSECURE=true``."""
     warnings: tuple[str, ...] = ()
     """Messages about variables that were set but ignored; the agent logs them at start-up."""
 
@@ -151,12 +156,13 @@ class NseSettings:
             name=agent_name(env),
             connect_to=socket_url(env, "NSM_CONNECT_TO"),
             listen_on=_listen_url(env, "NSM_LISTEN_ON"),
-            register_service=_bool(env, "NSM_REGISTER_SERVICE", default=True),
+            register_service=boolean(env, "NSM_REGISTER_SERVICE", default=True),
             payload=_payload(env, "NSM_PAYLOAD"),
             max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
             request_timeout=duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
             readiness_file=absolute_path(env, "NSM_READY_FILE"),
             log_level=log_level(env, "NSM_LOG_LEVEL"),
+            security=SecuritySettings.from_env(env),
             warnings=tuple(warnings),
         )
 
@@ -291,16 +297,6 @@ def _listen_url(env: Mapping[str, str], variable: str) -> SocketUrl | None:
     return None if value is None else parse_socket_url(variable, value, allow_tcp=False)
 
 
-
-
-def _bool(env: Mapping[str, str], variable: str, *, default: bool) -> bool:
-    value = env_value(env, variable)
-    if value is None:
-        return default
-    parsed = _BOOLEANS.get(value.strip().lower())
-    if parsed is None:
-        raise ConfigError(variable, value, "expected true/false, 1/0 or yes/no")
-    return parsed
 
 
 def _payload(env: Mapping[str, str], variable: str) -> Payload:

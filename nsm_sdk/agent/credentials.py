@@ -1,8 +1,9 @@
 """Per-call token metadata (protocol doc §1.4, §3.3).
 
 Every client call carries `nsm-client-token` (a JWT) and `nsm-client-token-expires` (Go RFC3339Nano);
-servers copy them into the caller's path segment. Without TLS there is no peer identity, so `aud` is
-omitted, exactly as Go does when the connection has no TLS peer.
+servers copy them into the caller's path segment. The token is addressed (`aud`) to the peer we
+authenticated on the connection the call goes out on, and expires no later than either certificate.
+Without TLS there is no peer identity, so `aud` is omitted, exactly as Go does without a TLS peer.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.protocol.gotime import format_rfc3339nano, parse_rfc3339nano
 
@@ -20,18 +22,41 @@ Metadata = tuple[tuple[str, str], ...]
 
 
 class CallTokens:
-    """Signs tokens for calls and for our own path segment, capped at `lifetime` seconds."""
+    """Signs tokens for calls and for our own path segment, capped at `lifetime` seconds.
 
-    def __init__(self, signer: TokenSigner, lifetime: float, clock: Callable[[], float] = time.time) -> None:
-        self.signer = signer
+    `signer` is a fixed signer, or a function giving the current one (the SVID rotates: new tokens use
+    the new key).
+    """
+
+    def __init__(
+        self,
+        signer: TokenSigner | Callable[[], TokenSigner],
+        lifetime: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._signer = signer
         self.lifetime = lifetime
         self._clock = clock
 
-    def sign(self, audience: str | None = None) -> tuple[str, float]:
-        return self.signer.sign(audience, self.lifetime, self._clock())
+    def __repr__(self) -> str:
+        return f"CallTokens({self.signer!r}, lifetime={self.lifetime})"
 
-    def metadata(self, audience: str | None = None, extra: Metadata = ()) -> Metadata:
-        token, expires = self.sign(audience)
+    @property
+    def signer(self) -> TokenSigner:
+        return self._signer if isinstance(self._signer, TokenSigner) else self._signer()
+
+    @property
+    def spiffe_id(self) -> str:
+        return self.signer.spiffe_id
+
+    def sign(self, peer: PeerIdentity | None = None) -> tuple[str, float]:
+        """A token for `peer` (aud = its SPIFFE id, exp capped by its certificate); no aud without one."""
+        if peer is None:
+            return self.signer.sign(None, self.lifetime, self._clock())
+        return self.signer.sign(peer.spiffe_id, self.lifetime, self._clock(), peer.not_after)
+
+    def metadata(self, peer: PeerIdentity | None = None, extra: Metadata = ()) -> Metadata:
+        token, expires = self.sign(peer)
         return ((TOKEN_KEY, token), (TOKEN_EXPIRES_KEY, format_rfc3339nano(expires)), *extra)
 
 

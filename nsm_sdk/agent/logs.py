@@ -56,6 +56,9 @@ def setup_logging(agent: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_LEVELS.get(level.upper(), logging.INFO))
+    # py-spiffe narrates at INFO ("Closing X.509 Source" on every retry); our identity.* events say what
+    # matters, so its own lines show only when they are warnings or worse
+    logging.getLogger("spiffe").setLevel(logging.WARNING)
 
 
 class EventLog:

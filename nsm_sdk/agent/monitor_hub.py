@@ -1,14 +1,15 @@
 """Server side of MonitorConnections (protocol doc §8.6): current connections plus live subscribers.
 
 Each subscriber first gets INITIAL_STATE_TRANSFER with every matching connection, then UPDATE/DELETE
-events filtered by its selector. Subscribers are plain asyncio queues, so a slow monitor never blocks a
+events filtered by its selector, and by a `visible` predicate when the server shows callers only their
+own connections (nsm-local). Subscribers are plain asyncio queues, so a slow monitor never blocks a
 Request; the stream ends when the client cancels or the hub is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
@@ -24,12 +25,19 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
 from nsm_sdk.protocol.monitor import build_event
 
 _CLOSED = None
+Visible = Callable[[Connection], bool]
+
+
+def _everything(_conn: Connection) -> bool:
+    return True
 
 
 class MonitorHub:
     def __init__(self) -> None:
         self._connections: dict[str, Connection] = {}
-        self._subscribers: dict[asyncio.Queue[ConnectionEvent | None], MonitorScopeSelector] = {}
+        self._subscribers: dict[
+            asyncio.Queue[ConnectionEvent | None], tuple[MonitorScopeSelector, Visible]
+        ] = {}
 
     def __repr__(self) -> str:
         return f"<MonitorHub connections={len(self._connections)} subscribers={len(self._subscribers)}>"
@@ -52,18 +60,24 @@ class MonitorHub:
         self._publish(ConnectionEventType.DELETE, stored)
 
     def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
-        for queue, selector in self._subscribers.items():
+        for queue, (selector, visible) in self._subscribers.items():
+            if not visible(conn):
+                continue
             event = build_event(kind, selector, [conn])
             if event is not None:
                 queue.put_nowait(event)
 
-    async def subscribe(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
+    async def subscribe(
+        self, selector: MonitorScopeSelector, visible: Visible = _everything
+    ) -> AsyncIterator[ConnectionEvent]:
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
         initial = build_event(
-            ConnectionEventType.INITIAL_STATE_TRANSFER, selector, self._connections.values()
+            ConnectionEventType.INITIAL_STATE_TRANSFER,
+            selector,
+            [conn for conn in self._connections.values() if visible(conn)],
         )
         assert initial is not None
-        self._subscribers[queue] = selector
+        self._subscribers[queue] = (selector, visible)
         try:
             yield initial
             while (event := await queue.get()) is not _CLOSED:

@@ -3,11 +3,19 @@
 Every call has a deadline and `wait_for_ready=True` like the Go clients (§12 item 6), so a call rides out
 a manager restart until its deadline instead of failing fast. grpc errors are translated here, once, into
 `RpcFailed`, which carries the status code and is always temporary: callers retry, they never exit.
+
+Tokens are signed per call for the server we authenticated on the relay's live connection (`aud`, and
+`exp` capped by its certificate, §3.3), so before the first call of a secure channel we wait (within the
+call's deadline) for grpcio to connect and the TLS handshake to finish. Like cmd-nsc, a Request's reply is
+checked with NSM's client policies (`check_reply`): a path that does not chain to the server we talk to
+is closed again and refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from typing import Any, TypeVar
 
@@ -26,9 +34,13 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
-from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.credentials import CallTokens, Metadata
+from nsm_sdk.identity.peer import PeerIdentity
+from nsm_sdk.identity.policies import PermissionDenied, check_client
 from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
+from nsm_sdk.transport.client import ClientRelay
+from nsm_sdk.transport.security import PlaintextSecurity
 
 RequestT = TypeVar("RequestT", bound=Message)
 ReplyT = TypeVar("ReplyT", bound=Message)
@@ -43,41 +55,101 @@ class RpcFailed(TemporaryError):
 
 
 @contextlib.contextmanager
-def translate_errors(method: str) -> Iterator[None]:
+def translate_errors(method: str, relay: ClientRelay | None = None) -> Iterator[None]:
     try:
         yield
     except grpc.aio.AioRpcError as exc:
-        raise RpcFailed(method, exc.code(), exc.details() or "") from exc
+        details = exc.details() or ""
+        failure = relay.last_failure if relay is not None else None
+        if failure and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            details += f" (last connection to {relay.target_url if relay else '?'} broke: {failure})"
+        raise RpcFailed(method, exc.code(), details) from exc
 
 
 class NsmClient:
-    def __init__(self, channel: grpc.aio.Channel, tokens: CallTokens) -> None:
+    def __init__(
+        self, channel: grpc.aio.Channel, tokens: CallTokens, relay: ClientRelay | None = None
+    ) -> None:
         self.channel = channel
         self.tokens = tokens
+        self.relay = relay
         self._ns = networkservice_pb2_grpc.NetworkServiceStub(channel)
         self._monitor = connection_pb2_grpc.MonitorConnectionStub(channel)
         self._nse_registry = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
         self._ns_registry = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
 
+    def __repr__(self) -> str:
+        return f"<NsmClient {self.relay!r} {self.tokens!r}>"
+
+    async def peer(self, method: str, timeout: float | None) -> PeerIdentity | None:
+        """The authenticated server of the channel (None in plaintext), connecting if need be."""
+        relay = self.relay
+        if relay is None or isinstance(relay.security, PlaintextSecurity):
+            return None
+        connection = relay.current_connection()
+        if connection is not None:
+            return connection.peer
+        connecting = asyncio.ensure_future(self.channel.channel_ready())
+        try:
+            return await relay.wait_peer(timeout)
+        except TimeoutError:
+            raise RpcFailed(
+                method,
+                grpc.StatusCode.UNAVAILABLE,
+                f"no authenticated connection to {relay.target_url} within {timeout:.1f}s "
+                "(is it up? a refused TLS handshake is logged as tls.handshake_failed)",
+            ) from None
+        finally:
+            connecting.cancel()
+
+    async def _metadata(
+        self, method: str, deadline: float | None, extra: Metadata = ()
+    ) -> tuple[Metadata, PeerIdentity | None]:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        peer = await self.peer(method, remaining)
+        return self.tokens.metadata(peer, extra), peer
+
     async def request(
-        self, request: NetworkServiceRequest, timeout: float, wait_for_ready: bool = True
+        self,
+        request: NetworkServiceRequest,
+        timeout: float,
+        wait_for_ready: bool = True,
+        check_reply: bool = False,
     ) -> Connection:
-        with translate_errors("NetworkService/Request"):
+        method = "NetworkService/Request"
+        deadline = time.monotonic() + timeout
+        metadata, peer = await self._metadata(method, deadline)
+        with translate_errors(method, self.relay):
             reply: Connection = await self._ns.Request(
-                request, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=wait_for_ready
+                request, timeout=_left(deadline), metadata=metadata, wait_for_ready=wait_for_ready
             )
+        if check_reply and peer is not None:
+            await self._check_reply(reply, peer, timeout)
         return reply
 
+    async def _check_reply(self, reply: Connection, peer: PeerIdentity, timeout: float) -> None:
+        """cmd-nsc's authorize client: the returned path must chain and its next token be the server's."""
+        tokens = [segment.token for segment in reply.path.path_segments]
+        try:
+            check_client(tokens, reply.path.index, peer.public_key, time.time())
+        except PermissionDenied as exc:
+            with contextlib.suppress(RpcFailed):
+                await self.close(reply, timeout)
+            raise RpcFailed("NetworkService/Request", grpc.StatusCode.PERMISSION_DENIED, str(exc)) from exc
+
     async def close(self, conn: Connection, timeout: float) -> None:
-        with translate_errors("NetworkService/Close"):
-            await self._ns.Close(conn, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True)
+        method = "NetworkService/Close"
+        deadline = time.monotonic() + timeout
+        metadata, _ = await self._metadata(method, deadline)
+        with translate_errors(method, self.relay):
+            await self._ns.Close(conn, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
 
     async def monitor(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         """Events until the stream ends; a broken stream raises RpcFailed (the heal trigger, §5.4)."""
-        call = self._monitor.MonitorConnections(
-            selector, metadata=self.tokens.metadata(), wait_for_ready=True
-        )
-        async with contextlib.aclosing(_drain("MonitorConnection/MonitorConnections", call)) as stream:
+        method = "MonitorConnection/MonitorConnections"
+        metadata, _ = await self._metadata(method, None)
+        call = self._monitor.MonitorConnections(selector, metadata=metadata, wait_for_ready=True)
+        async with contextlib.aclosing(_drain(method, call, self.relay)) as stream:
             async for event in stream:
                 yield event
 
@@ -89,9 +161,10 @@ class NsmClient:
         path: RegistryPath,
         timeout: float,
     ) -> tuple[ReplyT, RegistryPath]:
-        metadata = self.tokens.metadata(extra=((PATH_METADATA_KEY, path.to_json()),))
-        with translate_errors(method):
-            call = rpc(message, timeout=timeout, metadata=metadata, wait_for_ready=True)
+        deadline = time.monotonic() + timeout
+        metadata, _ = await self._metadata(method, deadline, ((PATH_METADATA_KEY, path.to_json()),))
+        with translate_errors(method, self.relay):
+            call = rpc(message, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
             reply = await call
             header = await call.initial_metadata()
         returned = path
@@ -131,28 +204,37 @@ class NsmClient:
     async def find_endpoints(
         self, query: NetworkServiceEndpointQuery, timeout: float | None = None
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
-        call = self._nse_registry.Find(
-            query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
-        )
-        async with contextlib.aclosing(_drain("NetworkServiceEndpointRegistry/Find", call)) as stream:
+        method = "NetworkServiceEndpointRegistry/Find"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        metadata, _ = await self._metadata(method, deadline)
+        call = self._nse_registry.Find(query, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
+        async with contextlib.aclosing(_drain(method, call, self.relay)) as stream:
             async for response in stream:
                 yield response
 
     async def find_services(
         self, query: NetworkServiceQuery, timeout: float | None = None
     ) -> AsyncIterator[NetworkServiceResponse]:
-        call = self._ns_registry.Find(
-            query, timeout=timeout, metadata=self.tokens.metadata(), wait_for_ready=True
-        )
-        async with contextlib.aclosing(_drain("NetworkServiceRegistry/Find", call)) as stream:
+        method = "NetworkServiceRegistry/Find"
+        deadline = None if timeout is None else time.monotonic() + timeout
+        metadata, _ = await self._metadata(method, deadline)
+        call = self._ns_registry.Find(query, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
+        async with contextlib.aclosing(_drain(method, call, self.relay)) as stream:
             async for response in stream:
                 yield response
 
 
-async def _drain(method: str, call: grpc.aio.UnaryStreamCall[Any, ReplyT]) -> AsyncGenerator[ReplyT, None]:
+def _left(deadline: float | None) -> float | None:
+    """Seconds left until a monotonic deadline (at least a sliver, so grpc reports DEADLINE_EXCEEDED)."""
+    return None if deadline is None else max(0.001, deadline - time.monotonic())
+
+
+async def _drain(
+    method: str, call: grpc.aio.UnaryStreamCall[Any, ReplyT], relay: ClientRelay | None
+) -> AsyncGenerator[ReplyT, None]:
     """The messages of a server stream, with errors translated; the call is cancelled when we stop early."""
     try:
-        with translate_errors(method):
+        with translate_errors(method, relay):
             async for message in call:
                 yield message
     finally:

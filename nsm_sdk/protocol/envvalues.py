@@ -6,6 +6,7 @@ Blank counts as unset everywhere, so `value: ""` in a manifest means "use the de
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Literal
 
 from nsm_sdk.protocol.durations import parse_positive_duration
@@ -13,6 +14,11 @@ from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, SocketUrl, parse_socket_url
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
+_BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+#: Where NSM's Kubernetes deployments put the SPIRE agent socket, and what we use when
+#: ``SPIFFE_ENDPOINT_SOCKET`` is unset (nsm-local serves its development Workload API there too).
+DEFAULT_SPIFFE_ENDPOINT = SocketUrl(path="/run/spire/sockets/agent.sock")
 
 _LOG_LEVELS: dict[str, LogLevel] = {
     "TRACE": "TRACE",
@@ -70,3 +76,31 @@ def log_level(env: Mapping[str, str], variable: str) -> LogLevel:
     if level is None:
         raise ConfigError(variable, value, "unknown log level; use TRACE, DEBUG, INFO, WARN(ING) or ERROR")
     return level
+
+
+def boolean(env: Mapping[str, str], variable: str, *, default: bool) -> bool:
+    value = env_value(env, variable)
+    if value is None:
+        return default
+    parsed = _BOOLEANS.get(value.strip().lower())
+    if parsed is None:
+        raise ConfigError(variable, value, "expected true/false, 1/0 or yes/no")
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class SecuritySettings:
+    """How an agent authenticates: SPIFFE mTLS and signed tokens (the default), or nothing at all."""
+
+    insecure: bool = False
+    """``NSM_INSECURE``: plaintext gRPC and unverifiable tokens, for experiments only (logged loudly)."""
+    spiffe_endpoint: SocketUrl = DEFAULT_SPIFFE_ENDPOINT
+    """``SPIFFE_ENDPOINT_SOCKET``: the Workload API that hands out our X.509-SVID."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> SecuritySettings:
+        value = env_value(env, "SPIFFE_ENDPOINT_SOCKET")
+        endpoint = (
+            DEFAULT_SPIFFE_ENDPOINT if value is None else parse_socket_url("SPIFFE_ENDPOINT_SOCKET", value)
+        )
+        return cls(insecure=boolean(env, "NSM_INSECURE", default=False), spiffe_endpoint=endpoint)
