@@ -1,8 +1,16 @@
-"""`nsm-local apply`, `delete` and `list`: talk to a running nsm-local over its own API."""
+"""`nsm-local apply`, `delete` and `list`: talk to a running nsm-local over its own API.
+
+The CLI is a workload like any other: it gets its SVID from the Workload API (nsm-local's own, by
+default) and talks mTLS. Run on the host as the user who started nsm-local, it is the operator: it may
+manage every NetworkService and `list` shows every connection.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import TextIO
 
 from nsm_sdk._proto.networkservice.connection_pb2 import MonitorScopeSelector, State
@@ -12,30 +20,55 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceEndpointQuery,
     NetworkServiceQuery,
 )
-from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.agent.security import agent_identity
+from nsm_sdk.protocol.envvalues import SecuritySettings
+from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.registry_path import RegistryPath
 from nsm_sdk.transport.client import dial
 
 TIMEOUT = 10.0
 
 
-def _tokens() -> CallTokens:
-    return CallTokens(TokenSigner("nsm-local-cli"), 600.0)
+class NoIdentity(TemporaryError):
+    """The Workload API gave no SVID in time."""
 
 
-async def apply(url: str, services: list[NetworkService], out: TextIO = sys.stdout) -> None:
-    async with dial(url) as (channel, _relay):
-        client = NsmClient(channel, _tokens())
+@asynccontextmanager
+async def connected(url: str, security: SecuritySettings) -> AsyncIterator[NsmClient]:
+    """A client of nsm-local at `url`, with an SVID from `security`'s Workload API (or insecure)."""
+    stop = asyncio.Event()
+    timer = asyncio.get_running_loop().call_later(TIMEOUT, stop.set)
+    log = EventLog("nsm_local.cli")
+    try:
+        async with agent_identity(security, "nsm-local-cli", 600.0, log, stop) as identity:
+            timer.cancel()
+            if identity is None:
+                raise NoIdentity(
+                    f"no X.509-SVID from the Workload API at {security.spiffe_endpoint} within "
+                    f"{TIMEOUT:.0f}s; is `nsm-local serve` running (it serves that socket), "
+                    "or is SPIFFE_ENDPOINT_SOCKET wrong?"
+                )
+            async with dial(url, security=identity.security) as (channel, relay):
+                yield NsmClient(channel, identity.tokens, relay)
+    finally:
+        timer.cancel()
+
+
+async def apply(
+    url: str, services: list[NetworkService], security: SecuritySettings, out: TextIO = sys.stdout
+) -> None:
+    async with connected(url, security) as client:
         for service in services:
             await client.register_service(service, RegistryPath(), TIMEOUT)
             print(f"networkservice/{service.name} applied ({len(service.matches)} matches)", file=out)
 
 
-async def delete(url: str, services: list[NetworkService], out: TextIO = sys.stdout) -> None:
-    async with dial(url) as (channel, _relay):
-        client = NsmClient(channel, _tokens())
+async def delete(
+    url: str, services: list[NetworkService], security: SecuritySettings, out: TextIO = sys.stdout
+) -> None:
+    async with connected(url, security) as client:
         for service in services:
             await client.unregister_service(NetworkService(name=service.name), RegistryPath(), TIMEOUT)
             print(f"networkservice/{service.name} deleted", file=out)
@@ -46,9 +79,8 @@ def _labels(labels: object) -> str:
     return ",".join(f"{k}={v}" for k, v in items) or "-"
 
 
-async def show(url: str, out: TextIO = sys.stdout) -> None:
-    async with dial(url) as (channel, _relay):
-        client = NsmClient(channel, _tokens())
+async def show(url: str, security: SecuritySettings, out: TextIO = sys.stdout) -> None:
+    async with connected(url, security) as client:
         services = [
             r.network_service
             async for r in client.find_services(

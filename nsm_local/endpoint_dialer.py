@@ -2,7 +2,7 @@
 
 Like the Go forwarder we dial the endpoint's socket file through the fd it registered with
 (/proc/<pid>/fd/N). Each channel has its own relay, so the endpoint's netns fd, which it sends with its
-reply, is found on that relay.
+reply, is found on that relay. We dial as the forwarder: its mTLS identity, its tokens.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from nsm_sdk.agent.credentials import CallTokens
+from nsm_local.identities import Role
 from nsm_sdk.agent.nsm_client import NsmClient
 from nsm_sdk.transport.client import ClientRelay, dial
 
@@ -26,8 +26,9 @@ class EndpointChannel:
 
 
 class EndpointDialer:
-    def __init__(self, tokens: CallTokens) -> None:
-        self.tokens = tokens
+    def __init__(self, role: Role) -> None:
+        self.role = role
+        self.tokens = role.tokens
         self._channels: dict[str, EndpointChannel] = {}
 
     def __repr__(self) -> str:
@@ -40,8 +41,9 @@ class EndpointDialer:
             return existing
         stack = contextlib.AsyncExitStack()
         channel: grpc.aio.Channel
-        channel, relay = await stack.enter_async_context(dial(dial_url))
-        made = EndpointChannel(key=key, client=NsmClient(channel, self.tokens), relay=relay, stack=stack)
+        channel, relay = await stack.enter_async_context(dial(dial_url, security=self.role.security))
+        client = NsmClient(channel, self.tokens, relay)
+        made = EndpointChannel(key=key, client=client, relay=relay, stack=stack)
         self._channels[key] = made
         return made
 

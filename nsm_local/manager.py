@@ -6,6 +6,10 @@ nsmgr we update the path and tokens and check the caller's expiry; as forwarder 
 then create the veth pair in both namespaces from the two netns fds (the client's from this connection,
 the endpoint's from its reply). Sessions are keyed by our (nsmgr) segment id, which a refresh keeps, so
 a refresh after a restart of nsm-local finds its veth again.
+
+Security (§3.4 and `ownership`): the caller is authenticated by mTLS; Request and Close pass nsmgr's
+default policies on the left side of the path; a connection belongs to the identity that opened it; the
+client's and the endpoint's namespaces must be their own; a link name in use is never taken over.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,11 +29,20 @@ from google.protobuf.empty_pb2 import Empty
 
 from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
 from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
+from nsm_local.identities import ControlPlaneIdentity
+from nsm_local.ownership import (
+    ConnectionOwners,
+    LinkEnd,
+    LinkNameInUse,
+    check_caller_subject,
+    check_own_namespace,
+)
 from nsm_local.registry import Registry, endpoint_view, service_view
 from nsm_local.registry_servicer import fd_wait
-from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
+from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import (
     Connection,
+    ConnectionEvent,
     ConnectionEventType,
     Mechanism,
     MonitorScopeSelector,
@@ -38,10 +51,13 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
-from nsm_sdk.agent.credentials import CallTokens, caller_token
+from nsm_sdk.agent.credentials import caller_token
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
 from nsm_sdk.agent.nsm_client import RpcFailed
+from nsm_sdk.agent.security import authorize_server
+from nsm_sdk.identity.peer import PeerIdentity
+from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.protocol.errors import NsmError, ProtocolError, TemporaryError
 from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
@@ -49,6 +65,7 @@ from nsm_sdk.protocol.matching import RoundRobin, select_endpoints
 from nsm_sdk.protocol.path import copy_caller_token, prev_expires, restore_index, set_own_token, update_path
 from nsm_sdk.protocol.timing import server_close_deadline
 from nsm_sdk.transport.errors import FdNotReceivedError
+from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
 
@@ -70,6 +87,8 @@ class Session:
     endpoint_key: str
     endpoint_conn: Connection  # the endpoint's reply (forwarder's view), re-sent on refresh and Close
     xc: CrossConnect  # owns the client's netns fd (the endpoint's is closed once the pair exists)
+    owner: str | None  # the identity that opened it
+    ends: tuple[LinkEnd, LinkEnd]  # (client, endpoint) interface names and their namespaces
     expiry: asyncio.TimerHandle | None = None
     monitor: asyncio.Task[None] | None = None
     fds_closed: bool = field(default=False)
@@ -115,13 +134,21 @@ def _inode_of(url: str, who: str) -> tuple[int, int]:
     return parse_inode_url(url)
 
 
+def _status_of(exc: NsmError | KernelError) -> grpc.StatusCode:
+    if isinstance(exc, PermissionDenied):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, LinkNameInUse):
+        return grpc.StatusCode.ALREADY_EXISTS
+    return grpc.StatusCode.UNKNOWN  # what nsmgr answers for a plain error (§7)
+
+
 class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def __init__(
         self,
         registry: Registry,
         dialer: EndpointDialer,
-        manager_tokens: CallTokens,
-        forwarder_tokens: CallTokens,
+        identity: ControlPlaneIdentity,
+        owners: ConnectionOwners,
         hub: MonitorHub,
         server: Callable[[], ServerHandle],
         log: EventLog,
@@ -129,8 +156,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     ) -> None:
         self.registry = registry
         self.dialer = dialer
-        self.manager_tokens = manager_tokens
-        self.forwarder_tokens = forwarder_tokens
+        self.identity = identity
+        self.manager_tokens = identity.manager.tokens
+        self.forwarder_tokens = identity.forwarder.tokens
+        self.owners = owners
         self.hub = hub
         self._server = server
         self._log = log
@@ -144,25 +173,47 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     # --- Request ----------------------------------------------------------------------------------------
 
+    def _caller(self, context: Context) -> tuple[RelayConnection | None, str | None]:
+        connection = self._server().connection_for(context)
+        return connection, self.identity.caller(connection)
+
+    def _step_onto_path(
+        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None,
+        caller: str | None,
+    ) -> int:
+        """updatepath, updatetoken, authorize (nsmgr's chain order, §3.4); returns the caller's index."""
+        caller_index = update_path(conn, MANAGER_NAME)
+        copy_caller_token(conn, token, expires)
+        own_token, own_expires = self.manager_tokens.sign(peer)
+        set_own_token(conn, own_token, own_expires)
+        authorize_server(conn, peer, self._clock())
+        if conn.path.index > 0:
+            check_caller_subject(conn.path.path_segments[conn.path.index - 1].token, caller, peer is not None)
+        return caller_index
+
     async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
+        connection, caller = self._caller(context)
+        peer = connection.peer if connection is not None else None
         conn = Connection()
         conn.CopyFrom(request.connection)
         try:
-            caller_index = update_path(conn, MANAGER_NAME)
-            copy_caller_token(conn, token, expires)
-            own_token, own_expires = self.manager_tokens.sign()
-            set_own_token(conn, own_token, own_expires)
+            caller_index = self._step_onto_path(conn, token, expires, peer, caller)
+            self.owners.check(conn.id, caller)
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
             async with self._locks.setdefault(conn.id, asyncio.Lock()):
                 reply = await self._request(
-                    request, conn, own_token, own_expires, caller_index, deadline, context
+                    request, conn, caller, connection, caller_index, deadline, context
                 )
         except (NsmError, KernelError) as exc:
             self._log.warning(
-                "request.failed", conn=request.connection.id, service=conn.network_service, reason=str(exc)
+                "request.failed" if not isinstance(exc, PermissionDenied) else "request.denied",
+                conn=request.connection.id,
+                service=conn.network_service,
+                caller=caller or "-",
+                reason=str(exc),
             )
-            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+            await context.abort(_status_of(exc), str(exc))
             raise AssertionError("unreachable") from exc
         return reply
 
@@ -170,8 +221,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self,
         request: NetworkServiceRequest,
         conn: Connection,
-        own_token: str,
-        own_expires: float,
+        caller: str | None,
+        connection: RelayConnection | None,
         caller_index: int,
         deadline: float,
         context: Context,
@@ -184,17 +235,29 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         if problem is not None:
             raise ProtocolError(f"mechanism parameter name={client_ifname!r}: {problem}")
         mechanism.parameters["name"] = client_ifname
-        client_ns_fd = await self._client_netns_fd(mechanism, context)
+        client_ns_fd, client_netns = await self._client_netns_fd(mechanism, connection, context)
         try:
+            client_end = LinkEnd(client_netns, client_ifname)
+            self._check_link_free(client_end, conn.id)
             session = self.sessions.get(conn.id)
             if session is not None and conn.state == State.RESELECT_REQUESTED:
                 await self._teardown(session, "reselect requested", call_endpoint=True)
                 session = None
-            forwarded = self._forwarder_hop(conn, own_token, own_expires, session)
+            forwarded = self._forwarder_hop(conn, session)
             endpoint_name, channel, reply = await self._call_endpoints(
                 request, conn, forwarded, session, context
             )
-            endpoint_ns_fd = await self._endpoint_netns_fd(reply, channel, context)
+            try:
+                endpoint_ns_fd, endpoint_netns = await self._endpoint_netns_fd(
+                    endpoint_name, reply, channel, context
+                )
+                endpoint_end = LinkEnd(endpoint_netns, reply.mechanism.parameters["name"])
+                self._check_link_free(endpoint_end, conn.id)
+            except BaseException:
+                if session is None or session.endpoint_name != endpoint_name:
+                    with contextlib.suppress(RpcFailed):
+                        await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
+                raise
         except BaseException:
             os.close(client_ns_fd)
             raise
@@ -226,7 +289,12 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         view = Connection()
         view.CopyFrom(out)
         restore_index(view, caller_index + 1)
-        self._store(Session(view, endpoint_name, channel.key, reply, xc), session, deadline, channel)
+        self._store(
+            Session(view, endpoint_name, channel.key, reply, xc, caller, (client_end, endpoint_end)),
+            session,
+            deadline,
+            channel,
+        )
         if session is not None and session.endpoint_name != endpoint_name:
             # Moved to another endpoint without a reselect (the old one vanished): let the old one release.
             await self._close_at_endpoint(session.endpoint_name, session.endpoint_conn)
@@ -243,24 +311,35 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         )
         return out
 
-    async def _client_netns_fd(self, mechanism: Mechanism, context: Context) -> int:
+    def _check_link_free(self, end: LinkEnd, conn_id: str) -> None:
+        """A name another live connection holds in that namespace is refused, never taken over."""
+        for other_id, other in self.sessions.items():
+            if other_id != conn_id and end in other.ends:
+                raise LinkNameInUse(f"interface {end} is in use by connection {other_id}")
+
+    async def _client_netns_fd(
+        self, mechanism: Mechanism, connection: RelayConnection | None, context: Context
+    ) -> tuple[int, int]:
         url = mechanism.parameters.get("inodeURL", "")
         dev, ino = _inode_of(url, "client")
-        connection = self._server().connection_for(context)
         if connection is None:
             raise ProtocolError("this connection cannot carry file descriptors")
+        credentials = connection.credentials
+        check_own_namespace("the client", ino, credentials.netns if credentials is not None else None)
         try:
-            return await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
+            fd = await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
         except FdNotReceivedError as exc:
             raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
+        return fd, ino
 
-    def _forwarder_hop(
-        self, conn: Connection, own_token: str, own_expires: float, session: Session | None
-    ) -> Connection:
+    def _forwarder_hop(self, conn: Connection, session: Session | None) -> Connection:
+        """The forwarder's step: nsmgr's token for the forwarder goes into nsmgr's segment (what the Go
+        forwarder copies from nsmgr's call metadata), then the forwarder's own segment."""
         forwarded = Connection()
         forwarded.CopyFrom(conn)
         update_path(forwarded, FORWARDER_NAME)
-        copy_caller_token(forwarded, own_token, own_expires)
+        token, expires = self.manager_tokens.sign(self.identity.forwarder_peer())
+        copy_caller_token(forwarded, token, expires)
         token, expires = self.forwarder_tokens.sign()
         set_own_token(forwarded, token, expires)
         forwarded.ClearField("mechanism")
@@ -328,13 +407,18 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             return name, channel, reply
         raise TemporaryError("all endpoints failed: " + "; ".join(failures))
 
-    async def _endpoint_netns_fd(self, reply: Connection, channel: EndpointChannel, context: Context) -> int:
+    async def _endpoint_netns_fd(
+        self, name: str, reply: Connection, channel: EndpointChannel, context: Context
+    ) -> tuple[int, int]:
         url = reply.mechanism.parameters.get("inodeURL", "")
         dev, ino = _inode_of(url, "endpoint")
+        entry = self.registry.endpoints.get(name)
+        check_own_namespace(f"endpoint {name}", ino, entry.netns if entry is not None else None)
         try:
-            return await channel.relay.wait_fd(dev, ino, min(5.0, context.time_remaining() or 5.0))
+            fd = await channel.relay.wait_fd(dev, ino, min(5.0, context.time_remaining() or 5.0))
         except FdNotReceivedError as exc:
             raise TemporaryError(f"timeout in recvfd waiting for the endpoint's {url}") from exc
+        return fd, ino
 
     def _store(self, new: Session, old: Session | None, deadline: float, channel: EndpointChannel) -> None:
         conn_id = new.manager_view.id
@@ -347,6 +431,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 new.monitor = None
             old.close_fds()
         self.sessions[conn_id] = new
+        self.owners.set(conn_id, new.owner)
         delay = max(0.0, deadline - self._clock())
         new.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
         if new.monitor is None:
@@ -404,7 +489,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             await self._close_at_endpoint(session.endpoint_name, session.endpoint_conn)
         removed = await remove_cross_connect(session.xc)
         session.close_fds()
-        self.hub.delete(conn_id)
+        self.hub.delete(conn_id)  # before forgetting the owner: the owner's monitors must see the DELETE
+        if conn_id not in self.sessions:
+            self.owners.forget(conn_id)
         self._log.info("connection.closed", conn=conn_id, reason=reason, link_removed=removed)
 
     async def _close_at_endpoint(self, endpoint_name: str, endpoint_conn: Connection) -> None:
@@ -420,18 +507,25 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     # --- Close ------------------------------------------------------------------------------------------
 
     async def Close(self, conn: Connection, context: Context) -> Empty:
+        token, expires = caller_token(context.invocation_metadata())
+        connection, caller = self._caller(context)
+        peer = connection.peer if connection is not None else None
         mine = Connection()
         mine.CopyFrom(conn)
         try:
-            update_path(mine, MANAGER_NAME)
-        except ProtocolError as exc:
-            await context.abort(grpc.StatusCode.UNKNOWN, str(exc))
+            self._step_onto_path(mine, token, expires, peer, caller)
+            self.owners.check(mine.id, caller)
+        except NsmError as exc:
+            self._log.warning("close.denied", conn=conn.id, caller=caller or "-", reason=str(exc))
+            await context.abort(_status_of(exc), str(exc))
+            raise AssertionError("unreachable") from exc
         async with self._locks.setdefault(mine.id, asyncio.Lock()):
             session = self.sessions.get(mine.id)
             if session is not None:
                 await self._teardown(session, "closed by client", call_endpoint=True)
-            elif len(mine.path.path_segments) > 3 and mine.network_service_endpoint_name:
-                # Unknown to us (we restarted): still let the endpoint release what it holds.
+            elif self.owners.owner(mine.id) is not None and mine.network_service_endpoint_name:
+                # Known to be the caller's but not live (we restarted): let the endpoint release it too.
+                self.owners.forget(mine.id)
                 forwarded = Connection()
                 forwarded.CopyFrom(mine)
                 update_path(forwarded, FORWARDER_NAME)
@@ -448,3 +542,23 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 session.monitor.cancel()
             session.close_fds()
         self.sessions.clear()
+
+
+class ManagerMonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
+    """MonitorConnections as nsmgr serves it, but each caller sees only the connections it opened (the
+    operator sees all): NSM's `monitor/service_connection` policy, which nsmgr leaves unwired."""
+
+    def __init__(self, manager: ManagerServicer) -> None:
+        self.manager = manager
+
+    async def MonitorConnections(
+        self, selector: MonitorScopeSelector, context: Context
+    ) -> AsyncIterator[ConnectionEvent]:
+        _, caller = self.manager._caller(context)
+        identity, owners = self.manager.identity, self.manager.owners
+
+        def visible(conn: Connection) -> bool:
+            return identity.is_operator(caller) or (caller is not None and owners.owner(conn.id) == caller)
+
+        async for event in self.manager.hub.subscribe(selector, visible):
+            yield event

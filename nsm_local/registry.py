@@ -38,6 +38,12 @@ class EndpointEntry:
     record: NetworkServiceEndpoint
     dial_url: str
     socket_fd: int | None = None  # our dup of the socket file fd it sent, closed when the entry goes
+    netns: int | None = None  # the namespace the endpoint runs in: the only one it may offer for links
+
+    @property
+    def owner(self) -> str | None:
+        """The identity that registered it (`path_ids[0]`, as NSM's registry records it)."""
+        return self.record.path_ids[0] if self.record.path_ids else None
 
     @property
     def expires(self) -> float | None:

@@ -4,6 +4,13 @@ On Register/Unregister: the `path` metadata is updated like nsmgr does and sent 
 header; an endpoint's `inode://` URL is resolved to the socket file fd that arrived on the same
 connection (we dial it later as /proc/self/fd/N, exactly like nsmgr); the expiry granted is at most the
 default expiration and never beyond the caller's token.
+
+Authorization, as nsmgr's registry chain with its default policies (§3.4, §3.5): the registry path must
+pass the server policies (valid, chained, unexpired tokens, the caller's signed with its TLS key), and a
+name belongs to the identity that registered it (`client_allowed`; recorded as `path_ids[0]`). nsm-local
+records the authenticated caller there (not just a token's claim), releases an endpoint's name when its
+registration expires, and lets the operator (`identities`) manage any NetworkService. Find is open, as in
+nsmgr.
 """
 
 from __future__ import annotations
@@ -12,11 +19,14 @@ import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_local.identities import ControlPlaneIdentity
+from nsm_local.ownership import check_caller_subject
 from nsm_local.registry import EndpointEntry, Registry
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
@@ -27,24 +37,18 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceQuery,
     NetworkServiceResponse,
 )
-from nsm_sdk.agent.credentials import CallTokens, caller_token, metadata_value
+from nsm_sdk.agent.credentials import caller_token, metadata_value
 from nsm_sdk.agent.logs import EventLog
-from nsm_sdk.identity.tokens import decode_unverified
+from nsm_sdk.identity.policies import PermissionDenied, check_owner, check_server
 from nsm_sdk.protocol.gotime import epoch_to_timestamp, format_rfc3339nano
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath, RegistrySegment
 from nsm_sdk.transport.errors import FdNotReceivedError
+from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
 
 Context = grpc.aio.ServicerContext[Any, Any]
 FD_WAIT_MARGIN = 0.5
-
-
-def _subject(token: str) -> str:
-    try:
-        return str(decode_unverified(token).get("sub", ""))
-    except Exception:
-        return ""
 
 
 def fd_wait(remaining: float | None) -> float | None:
@@ -55,17 +59,41 @@ def fd_wait(remaining: float | None) -> float | None:
     return max(0.0, remaining - min(FD_WAIT_MARGIN, remaining / 4))
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryCall:
+    """One authorized registry write: the updated path, the longest expiry it allows, and who called."""
+
+    path: RegistryPath
+    expiry: float | None
+    caller: str | None
+    connection: RelayConnection | None
+    own_id: str
+
+    @property
+    def path_ids(self) -> list[str]:
+        """`[caller, us]`: who registered it, as NSM's registry records it (§3.5)."""
+        return [self.caller or "", self.own_id]
+
+
 class RegistryPathKeeper:
-    """The registry-path part of every write (§3.5): update, answer in the header, report path ids."""
+    """The registry-path and authorization part of every write (§3.4, §3.5)."""
 
-    def __init__(self, name: str, tokens: CallTokens) -> None:
+    def __init__(
+        self, name: str, identity: ControlPlaneIdentity, server: Callable[[], ServerHandle]
+    ) -> None:
         self.name = name
-        self.tokens = tokens
+        self.identity = identity
+        self.tokens = identity.manager.tokens
+        self._server = server
 
-    async def update(self, context: Context) -> tuple[RegistryPath, float | None]:
+    async def update(self, context: Context) -> RegistryCall:
+        """Update the path, check the policies, answer the header. Aborts the call on a violation."""
         metadata = context.invocation_metadata()
         token, token_expires = caller_token(metadata)
-        own_token, own_expires = self.tokens.sign()
+        connection = self._server().connection_for(context)
+        peer = connection.peer if connection is not None else None
+        caller = self.identity.caller(connection)
+        own_token, own_expires = self.tokens.sign(peer)
         own = RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires))
         try:
             path = RegistryPath.from_json(metadata_value(metadata, PATH_METADATA_KEY) or "")
@@ -73,14 +101,22 @@ class RegistryPathKeeper:
         except ValueError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad registry path metadata: {exc}")
             raise AssertionError("unreachable") from exc
+        if peer is not None:
+            tokens = [segment.token for segment in updated.segments[: updated.index + 1]]
+            try:
+                check_server(tokens, updated.index, peer.public_key, time.time())
+                check_caller_subject(token or "", caller, secure=True)
+            except PermissionDenied as exc:
+                await deny(context, exc)
         header = updated.with_index(caller_index).to_json()
         await context.send_initial_metadata(((PATH_METADATA_KEY, header),))
         expiry = min(own_expires, token_expires) if token_expires is not None else own_expires
-        return updated, expiry
+        return RegistryCall(updated, expiry, caller, connection, self.tokens.spiffe_id)
 
-    @staticmethod
-    def path_ids(path: RegistryPath) -> list[str]:
-        return [_subject(segment.token) for segment in path.segments]
+
+async def deny(context: Context, exc: PermissionDenied) -> None:
+    await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"registry: {exc}")
+    raise AssertionError("unreachable") from exc
 
 
 class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
@@ -125,25 +161,34 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         if not nse.url:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint {nse.name}: url is required")
-        path, token_expiry = await self.paths.update(context)
+        call = await self.paths.update(context)
+        old = self.registry.endpoints.get(nse.name)
+        try:
+            check_owner("network service endpoint", nse.name, old.owner if old else None, call.caller or "")
+        except PermissionDenied as exc:
+            self._log.warning("endpoint.denied", name=nse.name, caller=call.caller or "-", reason=str(exc))
+            await deny(context, exc)
+        token_expiry = call.expiry
         dial_url, fd = await self._dial_target(nse, context)
         now = self._clock()
         record = NetworkServiceEndpoint()
         record.CopyFrom(nse)
         expiry = min(now + self.default_expiry, token_expiry if token_expiry is not None else math.inf)
         record.expiration_time.CopyFrom(epoch_to_timestamp(expiry))
-        old = self.registry.endpoints.get(nse.name)
         if old is not None and old.record.HasField("initial_registration_time"):
             record.initial_registration_time.CopyFrom(old.record.initial_registration_time)
         elif not record.HasField("initial_registration_time"):
             record.initial_registration_time.CopyFrom(epoch_to_timestamp(now))
         del record.path_ids[:]
-        record.path_ids.extend(self.paths.path_ids(path))
+        record.path_ids.extend(call.path_ids)
+        credentials = call.connection.credentials if call.connection is not None else None
         fresh = old is None or old.record.url != nse.url
         if old is not None and not fresh and old.socket_fd is not None and fd is not None:
             os.close(fd)  # same socket file as before: keep the fd (and the /proc path) we already dial
             dial_url, fd = old.dial_url, old.socket_fd
-        self.registry.register_endpoint(EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd))
+        netns = credentials.netns if credentials is not None else None
+        entry = EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd, netns=netns)
+        self.registry.register_endpoint(entry)
         if fresh:
             self._log.info("endpoint.registered", name=nse.name, services=",".join(nse.network_service_names),
                            url=nse.url, expires_in=round(expiry - now, 1))
@@ -158,7 +203,13 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
     async def Unregister(self, nse: NetworkServiceEndpoint, context: Context) -> Empty:
         if not nse.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
-        await self.paths.update(context)
+        call = await self.paths.update(context)
+        old = self.registry.endpoints.get(nse.name)
+        try:
+            check_owner("network service endpoint", nse.name, old.owner if old else None, call.caller or "")
+        except PermissionDenied as exc:
+            self._log.warning("endpoint.denied", name=nse.name, caller=call.caller or "-", reason=str(exc))
+            await deny(context, exc)
         if self.registry.unregister_endpoint(nse.name) is not None:
             self._log.info("endpoint.unregistered", name=nse.name)
         return Empty()
@@ -173,11 +224,12 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
     async def Register(self, service: NetworkService, context: Context) -> NetworkService:
         if not service.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is required")
-        path, _ = await self.paths.update(context)
+        call = await self.paths.update(context)
+        await self._check_owner(service.name, call, context)
         record = NetworkService()
         record.CopyFrom(service)
         del record.path_ids[:]
-        record.path_ids.extend(self.paths.path_ids(path))
+        record.path_ids.extend(call.path_ids)
         stored = self.registry.register_service(record)
         self._log.info("service.registered", name=service.name, payload=service.payload,
                        matches=len(service.matches))
@@ -189,8 +241,21 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
         async for response in self.registry.watch_services(query.network_service, query.watch):
             yield response
 
+    async def _check_owner(self, name: str, call: RegistryCall, context: Context) -> None:
+        """`client_allowed`, except for the operator, who manages services on behalf of everyone."""
+        old = self.registry.services.get(name)
+        owner = old.path_ids[0] if old is not None and old.path_ids and old.path_ids[0] else None
+        if self.paths.identity.is_operator(call.caller):
+            return
+        try:
+            check_owner("network service", name, owner, call.caller or "")
+        except PermissionDenied as exc:
+            self._log.warning("service.denied", name=name, caller=call.caller or "-", reason=str(exc))
+            await deny(context, exc)
+
     async def Unregister(self, service: NetworkService, context: Context) -> Empty:
-        await self.paths.update(context)
+        call = await self.paths.update(context)
+        await self._check_owner(service.name, call, context)
         self.registry.unregister_service(service.name)
         self._log.info("service.unregistered", name=service.name)
         return Empty()

@@ -1,27 +1,47 @@
-"""`nsm-local serve`: registry, manager and kernel forwarder on one unix socket."""
+"""`nsm-local serve`: registry, manager and kernel forwarder on one unix socket, secure by default.
+
+Secure (default): a development CA kept in the state directory, a SPIFFE Workload API for the host's
+workloads (at NSM's standard agent socket unless told otherwise), and mTLS plus nsmgr's policies on the
+manager socket, which only its owner and group may open (0660). `--insecure` serves plaintext without a
+Workload API, and says so loudly.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import time
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from nsm_local.dev_ca import DevCA
 from nsm_local.endpoint_dialer import EndpointDialer
-from nsm_local.manager import FORWARDER_NAME, MANAGER_NAME, ManagerServicer
+from nsm_local.identities import ControlPlaneIdentity
+from nsm_local.manager import MANAGER_NAME, ManagerMonitorServicer, ManagerServicer
+from nsm_local.ownership import ConnectionOwners
 from nsm_local.registry import Registry
 from nsm_local.registry_servicer import EndpointRegistryServicer, RegistryPathKeeper, ServiceRegistryServicer
+from nsm_local.workload_api import DEFAULT_SVID_TTL, serve_workload_api
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.registry import registry_pb2_grpc
-from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.lifecycle import sleep_or_stop
 from nsm_sdk.agent.logs import EventLog
-from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
-from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.agent.monitor_hub import MonitorHub
+from nsm_sdk.agent.security import INSECURE_WARNING
+from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT
+from nsm_sdk.protocol.errors import NsmError
 from nsm_sdk.transport.server import ServerHandle, serve
+
+MANAGER_SOCKET_MODE = 0o660
+
+
+class WorkloadApiInUse(NsmError):
+    """Another process already serves a Workload API where we would serve ours."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,16 +49,80 @@ class ServeSettings:
     socket_path: str = "/var/lib/networkservicemesh/nsm.io.sock"
     """Where clients and endpoints connect (NSM's standard nsmgr socket)."""
     state_dir: str | None = None
-    """Where applied NetworkServices are kept across restarts; None: beside the socket."""
+    """Where applied NetworkServices, connection owners and the CA are kept; None: beside the socket."""
     registration_expiry: float = 60.0
     """Longest registration an endpoint gets before it must refresh (nsmgr's default, §8.2)."""
     token_lifetime: float = 600.0
     """Lifetime of the tokens nsm-local signs (NSM_MAX_TOKEN_LIFETIME of the Go components)."""
+    insecure: bool = False
+    """Plaintext, no Workload API, no authentication (experiments only)."""
+    trust_domain: str = "nsm.local"
+    """The SPIFFE trust domain of the development CA."""
+    workload_api_path: str = DEFAULT_SPIFFE_ENDPOINT.path
+    """Where the development Workload API listens (what the sidecars' SPIFFE_ENDPOINT_SOCKET names)."""
+    svid_ttl: float = DEFAULT_SVID_TTL
+    """Lifetime of the X.509-SVIDs nsm-local issues (its own and the workloads'); rotated at half."""
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.state_dir) if self.state_dir else Path(self.socket_path).parent
 
     @property
     def state_file(self) -> Path:
-        directory = Path(self.state_dir) if self.state_dir else Path(self.socket_path).parent
-        return directory / "nsm-local-services.json"
+        return self.directory / "nsm-local-services.json"
+
+    @property
+    def owners_file(self) -> Path:
+        return self.directory / "nsm-local-connections.json"
+
+    @property
+    def ca_dir(self) -> Path:
+        return self.directory / "nsm-local-ca"
+
+
+def socket_in_use(path: str) -> bool:
+    """Whether something accepts connections on the unix socket `path` (a stale file does not)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(1.0)
+        probe.connect(path)
+    except OSError:
+        return False
+    finally:
+        probe.close()
+    return True
+
+
+@asynccontextmanager
+async def control_plane_identity(
+    settings: ServeSettings, log: EventLog
+) -> AsyncIterator[ControlPlaneIdentity]:
+    """Our own identities and, when secure, the Workload API for the host's workloads."""
+    if settings.insecure:
+        log.warning("security.insecure", detail=INSECURE_WARNING)
+        yield ControlPlaneIdentity.insecure(settings.trust_domain, settings.token_lifetime)
+        return
+    if socket_in_use(settings.workload_api_path):
+        raise WorkloadApiInUse(
+            f"a Workload API (a SPIRE agent, or another nsm-local) already listens at "
+            f"{settings.workload_api_path}; stop it, or give nsm-local another --workload-api and the "
+            "sidecars the same SPIFFE_ENDPOINT_SOCKET"
+        )
+    ca = await asyncio.to_thread(DevCA.load_or_create, settings.ca_dir, settings.trust_domain)
+    identity = ControlPlaneIdentity.secure_from(ca, settings.svid_ttl, settings.token_lifetime, log)
+    identity.start()
+    try:
+        async with serve_workload_api(settings.workload_api_path, ca, settings.svid_ttl):
+            log.info(
+                "workload_api.listening",
+                socket=f"unix://{settings.workload_api_path}",
+                trust_domain=ca.trust_domain,
+                ca=str(settings.ca_dir),
+                svid_ttl=f"{settings.svid_ttl:.0f}s",
+            )
+            yield identity
+    finally:
+        await identity.aclose()
 
 
 async def serve_control_plane(
@@ -46,9 +130,21 @@ async def serve_control_plane(
 ) -> None:
     log = EventLog("nsm_local.server")
     Path(settings.socket_path).parent.mkdir(parents=True, exist_ok=True)
+    async with AsyncExitStack() as stack:
+        identity = await stack.enter_async_context(control_plane_identity(settings, log))
+        await _serve(settings, identity, stop, ready, log)
+
+
+async def _serve(
+    settings: ServeSettings,
+    identity: ControlPlaneIdentity,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    log: EventLog,
+) -> None:
     registry = Registry(settings.state_file)
-    manager_tokens = CallTokens(TokenSigner(MANAGER_NAME), settings.token_lifetime)
-    dialer = EndpointDialer(CallTokens(TokenSigner(FORWARDER_NAME), settings.token_lifetime))
+    owners = ConnectionOwners(settings.owners_file)
+    dialer = EndpointDialer(identity.forwarder)
     hub = MonitorHub()
     handle: ServerHandle | None = None
 
@@ -56,12 +152,12 @@ async def serve_control_plane(
         assert handle is not None
         return handle
 
-    paths = RegistryPathKeeper(MANAGER_NAME, manager_tokens)
-    manager = ManagerServicer(registry, dialer, manager_tokens, dialer.tokens, hub, current, log)
+    paths = RegistryPathKeeper(MANAGER_NAME, identity, current)
+    manager = ManagerServicer(registry, dialer, identity, owners, hub, current, log)
 
     def register(server: grpc.aio.Server) -> None:
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(manager, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(hub), server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(ManagerMonitorServicer(manager), server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
             EndpointRegistryServicer(registry, paths, current, settings.registration_expiry, log), server
         )
@@ -70,15 +166,23 @@ async def serve_control_plane(
         )
 
     try:
-        async with serve(settings.socket_path, register, stop_grace=1.0) as handle:
+        async with serve(
+            settings.socket_path,
+            register,
+            security=identity.manager.security,
+            socket_mode=MANAGER_SOCKET_MODE,
+            stop_grace=1.0,
+        ) as handle:
             log.info(
                 "server.listening",
                 socket=f"unix://{settings.socket_path}",
+                security="mTLS (SPIFFE)" if identity.secure else "INSECURE",
                 services=len(registry.services),
                 state=str(settings.state_file),
             )
-            if registry.load_problem is not None:
-                log.warning("state.damaged", detail=registry.load_problem)
+            for problem in (registry.load_problem, owners.load_problem):
+                if problem is not None:
+                    log.warning("state.damaged", detail=problem)
             if ready is not None:
                 ready.set()
             while not await sleep_or_stop(stop, 1.0):

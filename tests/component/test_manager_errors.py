@@ -8,46 +8,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from aio_helpers import grpc_calls_settled
+from local_plane import control_plane
 
-from nsm_local.server import ServeSettings, serve_control_plane
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk._proto.registry.registry_pb2 import NetworkService
-from nsm_sdk.agent.credentials import TOKEN_EXPIRES_KEY, TOKEN_KEY, CallTokens
+from nsm_sdk.agent.credentials import TOKEN_EXPIRES_KEY, TOKEN_KEY
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
-from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.protocol.registry_path import RegistryPath
 from nsm_sdk.protocol.requests import first_request, kernel_preference
-from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd
 from nsm_sdk.transport.urls import inode_url_for_fd
 
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
-
-
-@contextlib.asynccontextmanager
-async def control_plane(sock_dir: Path) -> AsyncIterator[str]:
-    settings = ServeSettings(socket_path=str(sock_dir / "nsm.sock"))
-    stop, ready = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(serve_control_plane(settings, stop, ready))
-    started = asyncio.create_task(ready.wait())
-    await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
-    if not ready.is_set():
-        started.cancel()
-        await server
-    try:
-        yield f"unix://{settings.socket_path}"
-    finally:
-        stop.set()
-        await server
-        await grpc_calls_settled()
 
 
 @contextlib.contextmanager
@@ -82,8 +61,7 @@ def test_request_for_an_unknown_service_is_refused_as_not_found(
 ) -> None:
     async def main() -> None:
         with own_netns_fd() as netns:
-            async with control_plane(sock_dir) as url, dial(url, send_fds=[netns]) as (channel, _relay):
-                client = NsmClient(channel, CallTokens(TokenSigner("nsc"), 600.0))
+            async with control_plane(sock_dir) as plane, plane.client(send_fds=[netns]) as client:
                 error = await refused(client, request_for("nope", inode_url_for_fd(netns)))
                 assert error.code == grpc.StatusCode.UNKNOWN
                 assert "network service nope is not found" in error.details
@@ -96,8 +74,7 @@ def test_request_with_no_matching_endpoint_is_refused_as_candidates_not_found(
 ) -> None:
     async def main() -> None:
         with own_netns_fd() as netns:
-            async with control_plane(sock_dir) as url, dial(url, send_fds=[netns]) as (channel, _relay):
-                client = NsmClient(channel, CallTokens(TokenSigner("nsc"), 600.0))
+            async with control_plane(sock_dir) as plane, plane.client(send_fds=[netns]) as client:
                 service = NetworkService(name="p2p", payload="IP")
                 match = service.matches.add(source_selector={"link": "net-0"})
                 match.routes.add(destination_selector={"device": "device-2"})
@@ -111,8 +88,7 @@ def test_request_with_no_matching_endpoint_is_refused_as_candidates_not_found(
 
 def test_file_netns_url_is_refused_pointing_at_inode_urls(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def main() -> None:
-        async with control_plane(sock_dir) as url, dial(url) as (channel, _relay):
-            client = NsmClient(channel, CallTokens(TokenSigner("nsc"), 600.0))
+        async with control_plane(sock_dir) as plane, plane.client() as client:
             error = await refused(client, request_for("p2p", "file:///proc/thread-self/ns/net"))
             assert error.code == grpc.StatusCode.UNKNOWN
             assert "file:///proc/thread-self/ns/net" in error.details
@@ -121,25 +97,37 @@ def test_file_netns_url_is_refused_pointing_at_inode_urls(run_async: AsyncRunner
     run_async(bounded(main))
 
 
-def test_missing_token_expiry_is_refused_like_gos_timeout_server(
-    run_async: AsyncRunner, sock_dir: Path
+@pytest.mark.parametrize(
+    ("insecure", "code", "reason"),
+    [
+        # secure: without its expiry the caller's token is ignored (Go `token.FromContext`), so the path has
+        # an empty token and nsmgr's tokens_valid policy refuses it before anything else looks at it
+        (False, grpc.StatusCode.PERMISSION_DENIED, "policy tokens_valid"),
+        # insecure (no policies): Go's timeout server is what refuses it
+        (True, grpc.StatusCode.UNKNOWN, "expiration for the previous path segment cannot be nil"),
+    ],
+    ids=["secure", "insecure"],
+)
+def test_missing_token_expiry_is_refused_like_nsmgr(
+    run_async: AsyncRunner, sock_dir: Path, insecure: bool, code: grpc.StatusCode, reason: str
 ) -> None:
     async def main() -> None:
         with own_netns_fd() as netns:
-            async with control_plane(sock_dir) as url, dial(url, send_fds=[netns]) as (channel, _relay):
-                tokens = CallTokens(TokenSigner("nsc"), 600.0)
+            async with control_plane(sock_dir, insecure=insecure) as plane, \
+                    plane.client(send_fds=[netns]) as client:
                 request = request_for("p2p", inode_url_for_fd(netns))
-                stub = networkservice_pb2_grpc.NetworkServiceStub(channel)
-                without_expiry = tuple((k, v) for k, v in tokens.metadata() if k != TOKEN_EXPIRES_KEY)
+                stub = networkservice_pb2_grpc.NetworkServiceStub(client.channel)
+                peer = await client.peer("test", 5.0)
+                metadata = client.tokens.metadata(peer)
+                without_expiry = tuple((k, v) for k, v in metadata if k != TOKEN_EXPIRES_KEY)
                 assert [k for k, _ in without_expiry] == [TOKEN_KEY]
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Request(request, metadata=without_expiry, timeout=5.0)
-                assert caught.value.code() == grpc.StatusCode.UNKNOWN
-                details = caught.value.details() or ""
-                assert "expiration for the previous path segment cannot be nil" in details
+                assert caught.value.code() == code
+                assert reason in (caught.value.details() or "")
                 # With both keys the same request gets past that check (and fails later, on the service).
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
-                    await stub.Request(request, metadata=tokens.metadata(), timeout=5.0)
+                    await stub.Request(request, metadata=metadata, timeout=5.0)
                 assert "network service p2p is not found" in (caught.value.details() or "")
 
     run_async(bounded(main))

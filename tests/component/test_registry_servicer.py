@@ -12,16 +12,15 @@ import json
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from aio_helpers import grpc_calls_settled
+from local_plane import MANAGER_ID, control_plane, own_workload_id
 
 from nsm_local.manager import MANAGER_NAME
-from nsm_local.server import ServeSettings, serve_control_plane
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkService,
@@ -29,37 +28,15 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceEndpointQuery,
     NetworkServiceQuery,
 )
-from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
-from nsm_sdk.identity.tokens import TokenSigner, decode_unverified, default_spiffe_id
+from nsm_sdk.identity.tokens import decode_unverified
 from nsm_sdk.protocol.gotime import parse_rfc3339nano, timestamp_to_epoch
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
-from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_socket_file_fd
 from nsm_sdk.transport.urls import inode_url_for_path
 
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
-NSE_ID = default_spiffe_id("nse-a")
-MANAGER_ID = default_spiffe_id(MANAGER_NAME)
-
-
-@contextlib.asynccontextmanager
-async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[str]:
-    """`nsm-local serve` on `<sock_dir>/nsm.sock`; yields its unix:// URL, stops it on exit."""
-    settings = ServeSettings(socket_path=str(sock_dir / "nsm.sock"), **overrides)
-    stop, ready = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(serve_control_plane(settings, stop, ready))
-    started = asyncio.create_task(ready.wait())
-    await asyncio.wait([server, started], return_when=asyncio.FIRST_COMPLETED)
-    if not ready.is_set():
-        started.cancel()
-        await server  # raises what made it fail
-    try:
-        yield f"unix://{settings.socket_path}"
-    finally:
-        stop.set()
-        await server
-        await grpc_calls_settled()
+NSE_ID = own_workload_id()  # the registering process: this test, attested by nsm-local's Workload API
 
 
 @contextlib.contextmanager
@@ -82,8 +59,10 @@ def endpoint(url: str, name: str = "nse-a") -> NetworkServiceEndpoint:
     return record
 
 
-def tokens(name: str = "nse-a", lifetime: float = 600.0) -> CallTokens:
-    return CallTokens(TokenSigner(name), lifetime)
+async def metadata_for(client: NsmClient, path: str) -> tuple[tuple[str, str], ...]:
+    """Token metadata addressed to nsm-local (as NsmClient makes it) plus a raw `path` value."""
+    peer = await client.peer("test", 5.0)
+    return client.tokens.metadata(peer, extra=((PATH_METADATA_KEY, path),))
 
 
 def bounded(main: Callable[[], Awaitable[Any]], limit: float = 30.0) -> Callable[[], Awaitable[Any]]:
@@ -103,9 +82,8 @@ def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_conne
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
             url = inode_url_for_path(path)
-            async with control_plane(sock_dir, registration_expiry=30.0) as nsm_url, \
-                    dial(nsm_url, send_fds=[fd]) as (channel, _relay):
-                client = NsmClient(channel, tokens())
+            async with control_plane(sock_dir, registration_expiry=30.0) as plane, \
+                    plane.client(send_fds=[fd]) as client:
                 before = time.time()
                 reply, returned = await client.register_endpoint(endpoint(url), RegistryPath(), 5.0)
                 after = time.time()
@@ -135,13 +113,12 @@ def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_conne
 def test_granted_expiry_never_outlives_the_callers_token(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir, registration_expiry=60.0) as nsm_url, \
-                    dial(nsm_url, send_fds=[fd]) as (channel, _relay):
-                short = tokens(lifetime=5.0)
-                reply, _ = await NsmClient(channel, short).register_endpoint(
-                    endpoint(inode_url_for_path(path)), RegistryPath(), 5.0)
+            async with control_plane(sock_dir, registration_expiry=60.0) as plane, \
+                    plane.client(send_fds=[fd], lifetime=5.0) as short:
+                record = endpoint(inode_url_for_path(path))
+                reply, _ = await short.register_endpoint(record, RegistryPath(), 5.0)
                 # The token of that call expired at floor(sent + 5); a later token can only expire later.
-                _, later_token_expiry = short.sign()
+                _, later_token_expiry = short.tokens.sign(await short.peer("test", 5.0))
                 assert timestamp_to_epoch(reply.expiration_time) <= later_token_expiry
                 assert timestamp_to_epoch(reply.expiration_time) < time.time() + 6.0
 
@@ -153,11 +130,10 @@ def test_path_response_header_has_gos_json_shape_with_the_callers_index(
 ) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir) as nsm_url, dial(nsm_url, send_fds=[fd]) as (channel, _relay):
-                caller = tokens()
-                metadata = caller.metadata(extra=((PATH_METADATA_KEY, '{"Index":0,"PathSegments":null}'),))
+            async with control_plane(sock_dir) as plane, plane.client(send_fds=[fd]) as client:
+                metadata = await metadata_for(client, '{"Index":0,"PathSegments":null}')
                 sent_token = dict(metadata)["nsm-client-token"]
-                stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+                stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(client.channel)
                 call = stub.Register(endpoint(inode_url_for_path(path)), metadata=metadata, timeout=5.0)
                 await call
                 header = dict(await call.initial_metadata())
@@ -175,8 +151,7 @@ def test_path_response_header_has_gos_json_shape_with_the_callers_index(
 def test_refresh_with_the_returned_path_replaces_both_tokens(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir) as nsm_url, dial(nsm_url, send_fds=[fd]) as (channel, _relay):
-                client = NsmClient(channel, tokens())
+            async with control_plane(sock_dir) as plane, plane.client(send_fds=[fd]) as client:
                 record = endpoint(inode_url_for_path(path))
                 first, path_back = await client.register_endpoint(record, RegistryPath(), 5.0)
                 again, path_again = await client.register_endpoint(record, path_back, 5.0)
@@ -194,9 +169,9 @@ def test_register_without_the_socket_fd_fails_naming_the_missing_inode(
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, _fd):
             url = inode_url_for_path(path)
-            async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+            async with control_plane(sock_dir) as plane, plane.client() as client:
                 with pytest.raises(RpcFailed) as caught:
-                    await NsmClient(channel, tokens()).register_endpoint(endpoint(url), RegistryPath(), 3.0)
+                    await client.register_endpoint(endpoint(url), RegistryPath(), 3.0)
                 assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
                 assert f"timeout in recvfd waiting for {url}" in caught.value.details
 
@@ -217,9 +192,9 @@ def test_unusable_registrations_are_refused_with_the_reason(
     message: str,
 ) -> None:
     async def main() -> None:
-        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+        async with control_plane(sock_dir) as plane, plane.client() as client:
             with pytest.raises(RpcFailed) as caught:
-                await NsmClient(channel, tokens()).register_endpoint(record, RegistryPath(), 5.0)
+                await client.register_endpoint(record, RegistryPath(), 5.0)
             assert caught.value.code == code
             assert message in caught.value.details
 
@@ -230,10 +205,10 @@ def test_malformed_path_metadata_is_refused_as_invalid_argument(
     run_async: AsyncRunner, sock_dir: Path
 ) -> None:
     async def main() -> None:
-        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
-            stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(channel)
+        async with control_plane(sock_dir) as plane, plane.client() as client:
+            stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(client.channel)
             for bad in ('{"Index":3,"PathSegments":[{"token":"a"}]}', "[]", '{"PathSegments":[1]}'):
-                metadata = tokens().metadata(extra=((PATH_METADATA_KEY, bad),))
+                metadata = await metadata_for(client, bad)
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Register(endpoint("unix:///x"), metadata=metadata, timeout=5.0)
                 assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -247,14 +222,11 @@ def test_find_with_watch_streams_a_later_unregister_as_deleted(
 ) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir) as nsm_url, \
-                    dial(nsm_url, send_fds=[fd]) as (nse_channel, _r1), \
-                    dial(nsm_url) as (watch_channel, _r2):
-                nse_client = NsmClient(nse_channel, tokens())
+            async with control_plane(sock_dir) as plane, \
+                    plane.client(send_fds=[fd]) as nse_client, plane.client() as watcher:
                 record = endpoint(inode_url_for_path(path))
                 _, path_back = await nse_client.register_endpoint(record, RegistryPath(), 5.0)
 
-                watcher = NsmClient(watch_channel, tokens("watcher"))
                 query = NetworkServiceEndpointQuery(
                     network_service_endpoint=NetworkServiceEndpoint(name="nse-a"), watch=True)
                 stream = watcher.find_endpoints(query)
@@ -275,9 +247,7 @@ def test_find_with_watch_streams_a_later_unregister_as_deleted(
 
 def test_network_service_register_find_unregister(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def main() -> None:
-        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
-            caller = tokens()
-            client = NsmClient(channel, caller)
+        async with control_plane(sock_dir) as plane, plane.client() as client:
             service = NetworkService(name="p2p", payload="IP")
             match = service.matches.add(source_selector={"link": "net-0"})
             match.routes.add(destination_selector={"device": "d2"})
@@ -290,8 +260,8 @@ def test_network_service_register_find_unregister(run_async: AsyncRunner, sock_d
                 return [r.network_service.name async for r in client.find_services(query, timeout=5.0)]
 
             assert await names() == ["p2p"]
-            stub = registry_pb2_grpc.NetworkServiceRegistryStub(channel)
-            metadata = caller.metadata(extra=((PATH_METADATA_KEY, RegistryPath().to_json()),))
+            stub = registry_pb2_grpc.NetworkServiceRegistryStub(client.channel)
+            metadata = await metadata_for(client, RegistryPath().to_json())
             await stub.Unregister(NetworkService(name="p2p"), metadata=metadata, timeout=5.0)
             assert await names() == []
 
@@ -302,12 +272,11 @@ def test_registered_network_service_survives_a_control_plane_restart(
     run_async: AsyncRunner, sock_dir: Path
 ) -> None:
     async def main() -> None:
-        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
-            client = NsmClient(channel, tokens())
+        async with control_plane(sock_dir) as plane, plane.client() as client:
             await client.register_service(NetworkService(name="p2p"), RegistryPath(), 5.0)
-        async with control_plane(sock_dir) as nsm_url, dial(nsm_url) as (channel, _relay):
+        async with control_plane(sock_dir) as plane, plane.client() as client:
             query = NetworkServiceQuery(network_service=NetworkService(name="p2p"))
-            found = [r async for r in NsmClient(channel, tokens()).find_services(query, timeout=5.0)]
+            found = [r async for r in client.find_services(query, timeout=5.0)]
             assert [r.network_service.name for r in found] == ["p2p"]
 
     run_async(bounded(main))

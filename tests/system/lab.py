@@ -88,6 +88,11 @@ class Lab:
     def socket(self) -> str:
         return f"unix://{self.directory}/nsm.sock"
 
+    @property
+    def workload_api(self) -> str:
+        """nsm-local's development SPIFFE Workload API of this lab (the sidecars' SPIFFE_ENDPOINT_SOCKET)."""
+        return f"unix://{self.directory}/agent.sock"
+
     def netns(self, name: str) -> str:
         full = f"{name}-{self.tag}"
         run("ip", "netns", "add", full)
@@ -106,7 +111,12 @@ class Lab:
             argv = ["ip", "netns", "exec", netns, *argv]
         index = sum(1 for p in self.processes if p.name.startswith(program))
         log_path = self.directory / f"{program}-{index}.log"
-        full_env = {"PATH": os.environ.get("PATH", ""), "NSM_CONNECT_TO": self.socket, **(env or {})}
+        full_env = {
+            "PATH": os.environ.get("PATH", ""),
+            "NSM_CONNECT_TO": self.socket,
+            "SPIFFE_ENDPOINT_SOCKET": self.workload_api,
+            **(env or {}),
+        }
         with log_path.open("wb") as log:
             popen = subprocess.Popen(argv, env=full_env, stdout=log, stderr=subprocess.STDOUT)
         process = Process(program, popen, log_path)
@@ -115,7 +125,17 @@ class Lab:
 
     def nsm_local(self, *extra: str) -> Process:
         process = self.start(
-            "nsm-local", args=("serve", "--listen", self.socket, "--state-dir", str(self.directory), *extra)
+            "nsm-local",
+            args=(
+                "serve",
+                "--listen",
+                self.socket,
+                "--state-dir",
+                str(self.directory),
+                "--workload-api",
+                self.workload_api,
+                *extra,
+            ),
         )
         wait_until(
             lambda: Path(self.socket[len("unix://") :]).exists() or not process.alive(),
@@ -128,6 +148,7 @@ class Lab:
     def nsm_local_cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "nsm_local", *args, "--connect-to", self.socket],
+            env={**os.environ, "SPIFFE_ENDPOINT_SOCKET": self.workload_api},
             input=stdin,
             capture_output=True,
             text=True,

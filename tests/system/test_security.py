@@ -1,0 +1,148 @@
+"""Security of nsm-local as users run it (secure by default): a process in a namespace of its own gets an
+identity of its own, and every attempt to break a rule is refused with a clear status while the victim's
+link and every namespace stay exactly as they were.
+
+The intruder (`tests/intruder.py`) is a real NSM client that breaks one rule per run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from lab import Lab, run, wait_until
+from test_p2p_link import start_two_devices
+
+INTRUDER = str(Path(__file__).parent.parent / "intruder.py")
+
+
+def intruder(lab: Lab, netns: str | None, attack: str, *args: str) -> dict[str, str]:
+    argv = [sys.executable, INTRUDER, attack, "--url", lab.socket, "--label", "link=net-0", *args]
+    if netns is not None:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    env = {**os.environ, "SPIFFE_ENDPOINT_SOCKET": lab.workload_api}
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, str] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def links(netns: str) -> list[tuple[str, int, tuple[str, ...]]]:
+    """(name, ifindex, addresses) of every interface but lo: what must not change under attack."""
+    shown = json.loads(run("ip", "-n", netns, "-j", "addr", "show").stdout or "[]")
+    return sorted(
+        (link["ifname"], link["ifindex"], tuple(sorted(a["local"] for a in link.get("addr_info", [])
+                                                       if a.get("scope") == "global")))
+        for link in shown
+        if link["ifname"] != "lo"
+    )
+
+
+@pytest.fixture
+def victim(lab: Lab) -> tuple[str, str]:
+    return start_two_devices(lab)
+
+
+def operator_view(lab: Lab) -> dict[str, dict[str, object]]:
+    """Every connection, as the operator (this test, host netns and uid like nsm-local) sees them."""
+    shown = intruder(lab, None, "monitor")
+    assert shown["code"] == "OK", shown
+    connections: dict[str, dict[str, object]] = json.loads(shown["details"])
+    return connections
+
+
+ATTACKS = [
+    # TLS 1.3: the client's handshake is done before the server checks its certificate, so the client
+    # learns of the refusal from the server's alert, and its waiting call runs out
+    ("foreign-ca", ["--trust-domain", "nsm.local"], "DEADLINE_EXCEEDED", "TLSV1_ALERT_UNKNOWN_CA"),
+    ("foreign-ca", ["--trust-domain", "evil.test"], "DEADLINE_EXCEEDED", "TLSV1_ALERT_UNKNOWN_CA"),
+    ("wrong-key", [], "PERMISSION_DENIED", "prev_token_signed"),
+    ("expired", [], "PERMISSION_DENIED", "tokens_expired"),
+    ("aud-other", [], "PERMISSION_DENIED", "tokens_chained"),
+    ("broken-chain", [], "PERMISSION_DENIED", "tokens_chained"),
+]
+
+
+@pytest.mark.parametrize(
+    ("attack", "args", "code", "reason"),
+    ATTACKS,
+    ids=[f"{attack}-{args[1]}" if args else attack for attack, args, *_ in ATTACKS],
+)
+def test_requests_breaking_the_token_or_tls_rules_are_refused_and_change_nothing(
+    lab: Lab, victim: tuple[str, str], attack: str, args: list[str], code: str, reason: str
+) -> None:
+    dev1, dev2 = victim
+    before = links(dev1), links(dev2)
+    den = lab.netns("den")
+    result = intruder(lab, den, attack, *args)
+    assert (result["code"], reason in result["details"]) == (code, True), result
+    assert (links(dev1), links(dev2)) == before
+    assert links(den) == []
+    assert lab.ping(dev1, "10.60.1.2")
+
+
+def test_foreign_certificate_is_refused_in_the_handshake(lab: Lab, victim: tuple[str, str]) -> None:
+    den = lab.netns("den")
+    intruder(lab, den, "foreign-ca", "--trust-domain", "nsm.local")
+    manager = lab.processes[0]
+    failures = manager.events("tls.handshake_failed")
+    assert failures and "certificate_verify_failed" in failures[0]["reason"].lower(), manager.log
+
+
+def test_another_identity_can_neither_refresh_nor_close_nor_see_a_connection(
+    lab: Lab, victim: tuple[str, str]
+) -> None:
+    dev1, dev2 = victim
+    before = links(dev1), links(dev2)
+    connections = operator_view(lab)
+    assert len(connections) == 1
+    stolen = json.dumps(next(iter(connections.values())))
+    den = lab.netns("den")
+
+    refresh = intruder(lab, den, "refresh-other", "--victim", stolen)
+    assert refresh["code"] == "PERMISSION_DENIED" and "belongs to" in refresh["details"], refresh
+    close = intruder(lab, den, "close-other", "--victim", stolen)
+    assert close["code"] == "PERMISSION_DENIED" and "belongs to" in close["details"], close
+    watched = intruder(lab, den, "monitor")
+    assert (watched["code"], json.loads(watched["details"])) == ("OK", {})
+
+    assert (links(dev1), links(dev2), links(den)) == (*before, [])
+    assert list(operator_view(lab)) == list(connections)
+    assert lab.ping(dev1, "10.60.1.2")
+
+
+def test_a_link_cannot_be_put_into_another_process_namespace(lab: Lab, victim: tuple[str, str]) -> None:
+    dev1, dev2 = victim
+    before = links(dev1), links(dev2)
+    nsc = lab.processes[2]
+    den = lab.netns("den")
+    result = intruder(lab, den, "foreign-netns", "--netns-of", str(nsc.popen.pid), "--ifname", "evil0")
+    assert result["code"] == "PERMISSION_DENIED" and "own_namespace" in result["details"], result
+    assert (links(dev1), links(dev2), links(den)) == (*before, [])
+
+
+def test_an_endpoint_name_belongs_to_the_identity_that_registered_it(
+    lab: Lab, victim: tuple[str, str]
+) -> None:
+    nse = lab.processes[1]
+    name = nse.events("registration.done")[0]["name"]
+    den = lab.netns("den")
+    result = intruder(lab, den, "register-other", "--name", name)
+    assert result["code"] == "PERMISSION_DENIED" and "client_allowed" in result["details"], result
+    assert name in lab.nsm_local_cli("list").stdout
+
+
+def test_a_link_name_in_use_is_refused_and_never_taken_over(lab: Lab, victim: tuple[str, str]) -> None:
+    dev1, dev2 = victim
+    before = links(dev1), links(dev2)
+    second = lab.nsc(dev1, NSM_NAME="second", NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth99")
+    wait_until(lambda: second.events("request.failed"), 20, "the second client's refusal")
+    refusal = second.events("request.failed")[0]
+    assert refusal["code"] == "ALREADY_EXISTS", second.log
+    assert "interface eth12" in refusal["reason"] and "in use" in refusal["reason"]
+    assert (links(dev1), links(dev2)) == before
+    assert lab.ping(dev1, "10.60.1.2")
