@@ -20,6 +20,7 @@ from nsm_sdk._proto.networkservice.connectioncontext_pb2 import IPContext
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk.agent.security import authorize_server
 from nsm_sdk.identity.peer import PeerIdentity
+from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
 from nsm_sdk.protocol.ipam import P2PAddresses, P2PAllocator, apply_to_ip_context
@@ -96,7 +97,7 @@ class EndpointCore:
         name: str,
         allocator: P2PAllocator,
         netns_url: str,
-        sign_token: Callable[[PeerIdentity | None], tuple[str, float]],
+        sign_token: Callable[[PeerIdentity | None, X509Material | None], tuple[str, float]],
         new_id: Callable[[], str] = new_uuid,
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         clock: Callable[[], float] = time.time,
@@ -125,12 +126,18 @@ class EndpointCore:
         return generate_interface_name(conn.network_service, self._random_bytes)
 
     def _step_onto_path(
-        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None
+        self,
+        conn: Connection,
+        token: str | None,
+        expires: float | None,
+        peer: PeerIdentity | None,
+        own: X509Material | None,
     ) -> int:
-        """updatepath, updatetoken, authorize (the Go endpoint chain's order); returns the caller's index."""
+        """updatepath, updatetoken, authorize (the Go endpoint chain's order); returns the caller's index.
+        Our token is signed with the SVID we presented on the caller's connection (`own`)."""
         caller_index = update_path(conn, self.name, self._new_id)
         copy_caller_token(conn, token, expires)
-        own_token, own_expires = self._sign(peer)
+        own_token, own_expires = self._sign(peer, own)
         set_own_token(conn, own_token, own_expires)
         authorize_server(conn, peer, self._clock())
         return caller_index
@@ -141,12 +148,13 @@ class EndpointCore:
         token: str | None,
         expires: float | None,
         peer: PeerIdentity | None = None,
+        own: X509Material | None = None,
     ) -> Accepted:
         """Serve a Request from `peer` (the authenticated caller; None in plaintext). Raises ProtocolError
         or PermissionDenied without holding anything."""
         conn = Connection()
         conn.CopyFrom(request.connection)
-        caller_index = self._step_onto_path(conn, token, expires, peer)
+        caller_index = self._step_onto_path(conn, token, expires, peer, own)
         # Everything that can refuse the request comes before the allocation, so a refused request
         # never holds addresses (the caller retries with a new id each time) nor releases a live
         # connection's. The servicer needs the caller's expiry for its auto-close (Go `timeout`, §4.4).
@@ -177,12 +185,17 @@ class EndpointCore:
         return Accepted(reply=conn, own_view=own_view, interface_name=name)
 
     def close(
-        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None = None
+        self,
+        conn: Connection,
+        token: str | None,
+        expires: float | None,
+        peer: PeerIdentity | None = None,
+        own: X509Material | None = None,
     ) -> Connection:
         """Release what the connection holds; returns our view of it (our index and id). The same policies
         as a Request apply (Go runs the same chain on Close)."""
         mine = Connection()
         mine.CopyFrom(conn)
-        self._step_onto_path(mine, token, expires, peer)
+        self._step_onto_path(mine, token, expires, peer, own)
         self.allocator.release(mine.id)
         return mine

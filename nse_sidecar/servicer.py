@@ -76,9 +76,10 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         token, expires = caller_token(context.invocation_metadata())
         connection = self._connection_for(context)
         peer = connection.peer if connection is not None else None
+        presented = connection.presented if connection is not None else None
         async with self._lock(request.connection.id):
             try:
-                accepted = self.core.request(request, token, expires, peer)
+                accepted = self.core.request(request, token, expires, peer, presented)
                 try:
                     remaining = context.time_remaining() or 0.0
                     deadline = server_close_deadline(prev_expires(accepted.own_view), remaining)
@@ -113,9 +114,10 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         token, expires = caller_token(context.invocation_metadata())
         connection = self._connection_for(context)
         peer = connection.peer if connection is not None else None
+        presented = connection.presented if connection is not None else None
         async with self._lock(conn.id):
             try:
-                mine = self.core.close(conn, token, expires, peer)
+                mine = self.core.close(conn, token, expires, peer, presented)
             except NsmError as exc:
                 await self._refuse(context, "close.refused", conn.id, exc)
         self._forget(mine)

@@ -56,7 +56,6 @@ from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
 from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.agent.security import authorize_server
-from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.protocol.errors import NsmError, ProtocolError, TemporaryError
@@ -74,6 +73,19 @@ KERNEL = "KERNEL"
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
 ENDPOINT_CALL_TIMEOUT = 10.0
+
+
+ENDPOINT_MONITOR_RESUME = 3.0
+"""How long a (re-)opened monitor stream to an endpoint may take to deliver its first event."""
+
+
+class StreamBroke(TemporaryError):
+    """A monitor stream to an endpoint broke (`worked`: after delivering its first event)."""
+
+    def __init__(self, reason: str, worked: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.worked = worked
 
 
 class NotFound(TemporaryError):
@@ -178,13 +190,20 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         return connection, self.identity.caller(connection)
 
     def _step_onto_path(
-        self, conn: Connection, token: str | None, expires: float | None, peer: PeerIdentity | None,
+        self,
+        conn: Connection,
+        token: str | None,
+        expires: float | None,
+        connection: RelayConnection | None,
         caller: str | None,
     ) -> int:
-        """updatepath, updatetoken, authorize (nsmgr's chain order, §3.4); returns the caller's index."""
+        """updatepath, updatetoken, authorize (nsmgr's chain order, §3.4); returns the caller's index.
+        Our token is signed with the SVID presented on the caller's connection (the caller checks it so)."""
+        peer = connection.peer if connection is not None else None
+        own = connection.presented if connection is not None else None
         caller_index = update_path(conn, MANAGER_NAME)
         copy_caller_token(conn, token, expires)
-        own_token, own_expires = self.manager_tokens.sign(peer)
+        own_token, own_expires = self.manager_tokens.sign(peer, own)
         set_own_token(conn, own_token, own_expires)
         authorize_server(conn, peer, self._clock())
         if conn.path.index > 0:
@@ -194,11 +213,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
         connection, caller = self._caller(context)
-        peer = connection.peer if connection is not None else None
         conn = Connection()
         conn.CopyFrom(request.connection)
         try:
-            caller_index = self._step_onto_path(conn, token, expires, peer, caller)
+            caller_index = self._step_onto_path(conn, token, expires, connection, caller)
             self.owners.check(conn.id, caller)
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
             async with self._locks.setdefault(conn.id, asyncio.Lock()):
@@ -243,7 +261,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             if session is not None and conn.state == State.RESELECT_REQUESTED:
                 await self._teardown(session, "reselect requested", call_endpoint=True)
                 session = None
-            forwarded = self._forwarder_hop(conn, session)
+            forwarded = self._forwarder_hop(conn, session, connection)
             endpoint_name, channel, reply = await self._call_endpoints(
                 request, conn, forwarded, session, context
             )
@@ -332,13 +350,17 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
         return fd, ino
 
-    def _forwarder_hop(self, conn: Connection, session: Session | None) -> Connection:
+    def _forwarder_hop(
+        self, conn: Connection, session: Session | None, connection: RelayConnection | None
+    ) -> Connection:
         """The forwarder's step: nsmgr's token for the forwarder goes into nsmgr's segment (what the Go
-        forwarder copies from nsmgr's call metadata), then the forwarder's own segment."""
+        forwarder copies from nsmgr's call metadata), then the forwarder's own segment. nsmgr signs it with
+        the SVID the client saw on its connection: the client checks that token against that certificate."""
         forwarded = Connection()
         forwarded.CopyFrom(conn)
         update_path(forwarded, FORWARDER_NAME)
-        token, expires = self.manager_tokens.sign(self.identity.forwarder_peer())
+        presented = connection.presented if connection is not None else None
+        token, expires = self.manager_tokens.sign(self.identity.forwarder_peer(), presented)
         copy_caller_token(forwarded, token, expires)
         token, expires = self.forwarder_tokens.sign()
         set_own_token(forwarded, token, expires)
@@ -442,33 +464,70 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     async def _watch_endpoint(self, conn_id: str, channel: EndpointChannel) -> None:
         """DELETE from the endpoint tears the link down; a lost stream marks the connection DOWN so the
-        client heals (refresh if its side still works, else reselect), like NSM's monitor chain."""
+        client heals (refresh if its side still works, else reselect), like NSM's monitor chain.
+
+        A stream that breaks while the endpoint is fine (a connection retired after an SVID rotation, say)
+        is re-opened first: if the endpoint still lists the connection, nothing happened. One re-open per
+        break; a re-opened stream that worked earns the next one."""
         session = self.sessions.get(conn_id)
         if session is None:
             return
         forwarder_id = session.forwarder_id
         selector = MonitorScopeSelector(path_segments=[PathSegment(id=forwarder_id, name=FORWARDER_NAME)])
-        try:
-            async for event in channel.client.monitor(selector):
-                if event.type != ConnectionEventType.DELETE:
+        reopened = False
+        while True:
+            try:
+                deleted = await self._follow_endpoint(channel, selector, check_listed=reopened)
+            except StreamBroke as broke:
+                current = self.sessions.get(conn_id)
+                if current is None or current.forwarder_id != forwarder_id:
+                    return
+                if not reopened or broke.worked:
+                    reopened = True
+                    await asyncio.sleep(0.1)
                     continue
+                self._endpoint_lost(current, broke.reason)
+                return
+            if deleted:
                 current = self.sessions.get(conn_id)
                 if current is not None and current.forwarder_id == forwarder_id:
                     current.monitor = None
                     await self._teardown(current, "endpoint closed the connection", call_endpoint=False)
-                return
-        except RpcFailed as exc:
-            current = self.sessions.get(conn_id)
-            if current is None:
-                return
-            current.monitor = None
-            self._log.warning(
-                "endpoint.lost", conn=conn_id, endpoint=current.endpoint_name, reason=exc.details
-            )
-            down = Connection()
-            down.CopyFrom(current.manager_view)
-            down.state = State.DOWN
-            self.hub.update(down)
+            return
+
+    async def _follow_endpoint(
+        self, channel: EndpointChannel, selector: MonitorScopeSelector, check_listed: bool
+    ) -> bool:
+        """Events of one connection until it is deleted (True) or the stream ends (False); StreamBroke if
+        it breaks, or (`check_listed`) if the endpoint's first answer does not list the connection."""
+        stream = channel.client.monitor(selector)
+        worked = False
+        try:
+            async with contextlib.aclosing(stream):  # type: ignore[type-var]
+                async with asyncio.timeout(ENDPOINT_MONITOR_RESUME):
+                    first = await anext(stream)
+                if check_listed:
+                    if first.type == ConnectionEventType.INITIAL_STATE_TRANSFER and not first.connections:
+                        raise StreamBroke("the endpoint no longer knows the connection", worked=False)
+                    self._log.debug("endpoint.monitor_resumed", forwarder_id=selector.path_segments[0].id)
+                worked = True
+                if first.type == ConnectionEventType.DELETE:
+                    return True
+                async for event in stream:
+                    if event.type == ConnectionEventType.DELETE:
+                        return True
+        except (RpcFailed, TimeoutError) as exc:
+            raise StreamBroke(str(exc) or "no answer in time", worked=worked) from exc
+        return False
+
+    def _endpoint_lost(self, session: Session, reason: str) -> None:
+        session.monitor = None
+        self._log.warning("endpoint.lost", conn=session.manager_view.id, endpoint=session.endpoint_name,
+                          reason=reason)
+        down = Connection()
+        down.CopyFrom(session.manager_view)
+        down.state = State.DOWN
+        self.hub.update(down)
 
     def _expire(self, conn_id: str) -> None:
         session = self.sessions.get(conn_id)
@@ -509,11 +568,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     async def Close(self, conn: Connection, context: Context) -> Empty:
         token, expires = caller_token(context.invocation_metadata())
         connection, caller = self._caller(context)
-        peer = connection.peer if connection is not None else None
         mine = Connection()
         mine.CopyFrom(conn)
         try:
-            self._step_onto_path(mine, token, expires, peer, caller)
+            self._step_onto_path(mine, token, expires, connection, caller)
             self.owners.check(mine.id, caller)
         except NsmError as exc:
             self._log.warning("close.denied", conn=conn.id, caller=caller or "-", reason=str(exc))

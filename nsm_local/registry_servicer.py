@@ -93,7 +93,7 @@ class RegistryPathKeeper:
         connection = self._server().connection_for(context)
         peer = connection.peer if connection is not None else None
         caller = self.identity.caller(connection)
-        own_token, own_expires = self.tokens.sign(peer)
+        own_token, own_expires = self.tokens.sign(peer, connection.presented if connection else None)
         own = RegistrySegment(name=self.name, token=own_token, expires=format_rfc3339nano(own_expires))
         try:
             path = RegistryPath.from_json(metadata_value(metadata, PATH_METADATA_KEY) or "")

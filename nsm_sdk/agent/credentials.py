@@ -8,11 +8,13 @@ Without TLS there is no peer identity, so `aud` is omitted, exactly as Go does w
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterable
 
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.tokens import TokenSigner
+from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.gotime import format_rfc3339nano, parse_rfc3339nano
 
 TOKEN_KEY = "nsm-client-token"
@@ -49,15 +51,28 @@ class CallTokens:
     def spiffe_id(self) -> str:
         return self.signer.spiffe_id
 
-    def sign(self, peer: PeerIdentity | None = None) -> tuple[str, float]:
-        """A token for `peer` (aud = its SPIFFE id, exp capped by its certificate); no aud without one."""
-        if peer is None:
-            return self.signer.sign(None, self.lifetime, self._clock())
-        return self.signer.sign(peer.spiffe_id, self.lifetime, self._clock(), peer.not_after)
+    def sign(self, peer: PeerIdentity | None = None, own: X509Material | None = None) -> tuple[str, float]:
+        """A token for `peer` (aud = its SPIFFE id, exp capped by its certificate); no aud without one.
 
-    def metadata(self, peer: PeerIdentity | None = None, extra: Metadata = ()) -> Metadata:
-        token, expires = self.sign(peer)
+        `own`: the SVID we presented on the connection the token goes out on; the token is signed with its
+        key (the peer checks it against that certificate), else with the current signer's.
+        """
+        signer = self.signer if own is None else signer_for(own)
+        if peer is None:
+            return signer.sign(None, self.lifetime, self._clock())
+        return signer.sign(peer.spiffe_id, self.lifetime, self._clock(), peer.not_after)
+
+    def metadata(
+        self, peer: PeerIdentity | None = None, extra: Metadata = (), own: X509Material | None = None
+    ) -> Metadata:
+        token, expires = self.sign(peer, own)
         return ((TOKEN_KEY, token), (TOKEN_EXPIRES_KEY, format_rfc3339nano(expires)), *extra)
+
+
+@functools.lru_cache(maxsize=16)
+def signer_for(material: X509Material) -> TokenSigner:
+    """The signer of an SVID (materials compare by identity, so a rotated one gets its own)."""
+    return TokenSigner.from_material(material)
 
 
 def caller_token(metadata: Iterable[tuple[str, str | bytes]] | None) -> tuple[str | None, float | None]:

@@ -40,6 +40,7 @@ from nsm_sdk.identity.policies import PermissionDenied, check_client
 from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
 from nsm_sdk.transport.client import ClientRelay
+from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.security import PlaintextSecurity
 
 RequestT = TypeVar("RequestT", bound=Message)
@@ -60,7 +61,7 @@ def translate_errors(method: str, relay: ClientRelay | None = None) -> Iterator[
         yield
     except grpc.aio.AioRpcError as exc:
         details = exc.details() or ""
-        failure = relay.last_failure if relay is not None else None
+        failure = relay.recent_failure() if relay is not None else None
         if failure and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details += f" (last connection to {relay.target_url if relay else '?'} broke: {failure})"
         raise RpcFailed(method, exc.code(), details) from exc
@@ -81,33 +82,44 @@ class NsmClient:
     def __repr__(self) -> str:
         return f"<NsmClient {self.relay!r} {self.tokens!r}>"
 
-    async def peer(self, method: str, timeout: float | None) -> PeerIdentity | None:
-        """The authenticated server of the channel (None in plaintext), connecting if need be."""
+    async def connection(self, method: str, timeout: float | None) -> RelayConnection | None:
+        """The relay connection calls go out on, authenticated (None in plaintext), connecting if need be."""
         relay = self.relay
         if relay is None or isinstance(relay.security, PlaintextSecurity):
             return None
         connection = relay.current_connection()
         if connection is not None:
-            return connection.peer
+            return connection
         connecting = asyncio.ensure_future(self.channel.channel_ready())
         try:
-            return await relay.wait_peer(timeout)
+            await relay.wait_peer(timeout)
         except TimeoutError:
+            failure = f"; last attempt: {relay.recent_failure()}" if relay.recent_failure() else ""
             raise RpcFailed(
                 method,
                 grpc.StatusCode.UNAVAILABLE,
-                f"no authenticated connection to {relay.target_url} within {timeout:.1f}s "
-                "(is it up? a refused TLS handshake is logged as tls.handshake_failed)",
+                f"no authenticated connection to {relay.target_url} within {timeout:.1f}s{failure}",
             ) from None
         finally:
             connecting.cancel()
+        connection = relay.current_connection()
+        if connection is None:
+            raise RpcFailed(method, grpc.StatusCode.UNAVAILABLE, f"connection to {relay.target_url} lost")
+        return connection
+
+    async def peer(self, method: str, timeout: float | None) -> PeerIdentity | None:
+        """The authenticated server of the channel (None in plaintext)."""
+        connection = await self.connection(method, timeout)
+        return connection.peer if connection is not None else None
 
     async def _metadata(
         self, method: str, deadline: float | None, extra: Metadata = ()
     ) -> tuple[Metadata, PeerIdentity | None]:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        peer = await self.peer(method, remaining)
-        return self.tokens.metadata(peer, extra), peer
+        connection = await self.connection(method, remaining)
+        if connection is None:
+            return self.tokens.metadata(None, extra), None
+        return self.tokens.metadata(connection.peer, extra, connection.presented), connection.peer
 
     async def request(
         self,
@@ -118,23 +130,37 @@ class NsmClient:
     ) -> Connection:
         method = "NetworkService/Request"
         deadline = time.monotonic() + timeout
-        metadata, peer = await self._metadata(method, deadline)
+        remaining = max(0.0, deadline - time.monotonic())
+        connection = await self.connection(method, remaining)
+        peer = connection.peer if connection is not None else None
+        own = connection.presented if connection is not None else None
+        metadata = self.tokens.metadata(peer, (), own)
         with translate_errors(method, self.relay):
             reply: Connection = await self._ns.Request(
                 request, timeout=_left(deadline), metadata=metadata, wait_for_ready=wait_for_ready
             )
-        if check_reply and peer is not None:
-            await self._check_reply(reply, peer, timeout)
+        if check_reply and connection is not None and peer is not None:
+            first = len(request.connection.path.path_segments) <= 1
+            await self._check_reply(reply, connection, peer, timeout, first)
         return reply
 
-    async def _check_reply(self, reply: Connection, peer: PeerIdentity, timeout: float) -> None:
-        """cmd-nsc's authorize client: the returned path must chain and its next token be the server's."""
+    async def _check_reply(
+        self, reply: Connection, connection: RelayConnection, peer: PeerIdentity, timeout: float, first: bool
+    ) -> None:
+        """cmd-nsc's authorize client: the returned path must chain and its next token be the server's.
+
+        A first Request that fails is closed again (as Go does). A refresh that fails is not: the link
+        exists and is fine; the usual cause is a server that rotated its SVID after our connection was
+        made, so we drop the connection and the retry sees its new certificate.
+        """
         tokens = [segment.token for segment in reply.path.path_segments]
         try:
             check_client(tokens, reply.path.index, peer.public_key, time.time())
         except PermissionDenied as exc:
-            with contextlib.suppress(RpcFailed):
-                await self.close(reply, timeout)
+            connection.retire("the server's reply did not pass our checks")
+            if first:
+                with contextlib.suppress(RpcFailed):
+                    await self.close(reply, timeout)
             raise RpcFailed("NetworkService/Request", grpc.StatusCode.PERMISSION_DENIED, str(exc)) from exc
 
     async def close(self, conn: Connection, timeout: float) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import grpc
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
-from nsm_sdk.agent.credentials import CallTokens
+from nsm_sdk.agent.credentials import CallTokens, signer_for
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.policies import check_server
@@ -57,15 +57,7 @@ class AgentIdentity:
 
 def material_signer(current: Callable[[], X509Material]) -> Callable[[], TokenSigner]:
     """The signer of the current SVID, made once per SVID (a rotation gives a new material object)."""
-    cache: list[tuple[X509Material, TokenSigner]] = []
-
-    def signer() -> TokenSigner:
-        material = current()
-        if not cache or cache[0][0] is not material:
-            cache[:] = [(material, TokenSigner.from_material(material))]
-        return cache[0][1]
-
-    return signer
+    return lambda: signer_for(current())
 
 
 def secure_identity(

@@ -76,6 +76,16 @@ class X509Material:
         return not_after_of(self.leaf)
 
     @property
+    def not_before(self) -> float:
+        return self.leaf.not_valid_before_utc.timestamp()
+
+    @property
+    def retire_at(self) -> float:
+        """When connections that presented this SVID should make way for new ones (3/4 of its life):
+        after a rotation at half-life there is time to move, and tokens never outlive the old one."""
+        return self.not_before + 0.75 * (self.not_after - self.not_before)
+
+    @property
     def trust_domain(self) -> str:
         return trust_domain_of(self.spiffe_id)
 

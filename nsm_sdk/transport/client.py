@@ -16,6 +16,7 @@ import logging
 import os
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from types import TracebackType
@@ -99,6 +100,7 @@ class ClientRelay:
         self._changes: set[asyncio.Future[None]] = set()
         self.last_failure: str | None = None
         """Why the last broken upstream connection broke (e.g. a refused TLS handshake); for messages."""
+        self._last_failure_at = 0.0
         self._acceptor: Acceptor | None = None
         self._numbers = itertools.count()
         self._closed = False
@@ -148,6 +150,12 @@ class ClientRelay:
         self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.aclose()
+
+    def recent_failure(self, within: float = 30.0) -> str | None:
+        """`last_failure` if it happened within the last `within` seconds."""
+        if self.last_failure is None or time.monotonic() - self._last_failure_at > within:
+            return None
+        return self.last_failure
 
     def current_connection(self) -> RelayConnection | None:
         """The newest live connection whose peer is authenticated."""
@@ -238,6 +246,7 @@ class ClientRelay:
             local,
             FdSocket(upstream, FdStore(on_add=self._wake_waiters)),
             self.security.new_session(server_side=False),
+            is_current=self.security.is_current,
         )
         self._connections.add(connection)
         announce = asyncio.create_task(self._announce_when_established(connection))
@@ -249,6 +258,7 @@ class ClientRelay:
             self._connections.discard(connection)
             if connection.failure is not None:
                 self.last_failure = connection.failure
+                self._last_failure_at = time.monotonic()
             await announce
 
 

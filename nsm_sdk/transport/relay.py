@@ -8,6 +8,11 @@ queued.
 fds go only to an authenticated peer: those queued before the security session is `established` wait,
 and ride on the first bytes written after it (never on handshake records). A peer that has not finished
 the handshake within `HANDSHAKE_TIMEOUT` is dropped.
+
+Tokens used on a connection are signed with the SVID it presented (`presented`), so the peer can check
+them against the certificate it saw. After our SVID rotates, a connection that still presents the old one
+is closed once that certificate is 3/4 through its life (`X509Material.retire_at`): the peer reconnects,
+or grpcio does, with the new one, well before the old one expires.
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import logging
 import os
 import secrets
 import socket
+import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 from nsm_sdk.identity.peer import PeerIdentity
+from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
 from nsm_sdk.transport.fdstore import FdStore
 from nsm_sdk.transport.peercred import PeerCredentials
@@ -35,6 +42,11 @@ _Handler = Callable[[socket.socket], Coroutine[Any, Any, None]]
 _PROCESS_TOKEN = secrets.token_hex(4)
 _names = itertools.count()
 HANDSHAKE_TIMEOUT = 10.0
+RETIRE_POLL = 1.0
+
+
+class Retired(ConnectionAbortedError):
+    """Closed on purpose: the connection presented our previous SVID."""
 
 
 def fresh_abstract_name(role: str) -> str:
@@ -61,15 +73,19 @@ class RelayConnection:
         peer: FdSocket,
         session: SecureSession,
         credentials: PeerCredentials | None = None,
+        is_current: Callable[[X509Material], bool] | None = None,
     ) -> None:
         local.setblocking(False)
         self.name = name
         self.credentials = credentials
+        self._is_current = is_current
         self._local = local
         self._peer = peer
         self._session = session
         self._closed = False
         self._held_fds: list[int] = []
+        self._retire_now = asyncio.Event()
+        self._retire_reason: str | None = None
         self.failure: str | None = None
         """Why the connection broke, if it did (e.g. the TLS peer refused us)."""
         self._established = asyncio.get_running_loop().create_future()
@@ -95,6 +111,11 @@ class RelayConnection:
     @property
     def peer(self) -> PeerIdentity | None:
         return self._session.peer
+
+    @property
+    def presented(self) -> X509Material | None:
+        """The SVID we presented on this connection (None in plaintext)."""
+        return self._session.material
 
     async def wait_established(self) -> PeerIdentity | None:
         """The peer once the handshake is done; ConnectionAbortedError if the connection ends first."""
@@ -131,6 +152,9 @@ class RelayConnection:
             async with asyncio.TaskGroup() as pumps:
                 pumps.create_task(self._pump_to_peer(), name=f"{self.name}:to-peer")
                 from_peer = pumps.create_task(self._pump_from_peer(), name=f"{self.name}:from-peer")
+                if self._is_current is not None and self.presented is not None:
+                    retire = pumps.create_task(self._retire_when_stale(), name=f"{self.name}:retire")
+                    from_peer.add_done_callback(lambda _: retire.cancel())
                 if not self.established:
                     await asyncio.wait(
                         [self._established, from_peer],
@@ -143,13 +167,35 @@ class RelayConnection:
         except* OSError as failed:
             # the TLS verdict says more than the broken pipe it may have caused on the other pump
             causes = sorted(failed.exceptions, key=lambda exc: not isinstance(exc, ConnectionAbortedError))
-            self.failure = str(causes[0]) or repr(causes[0])
+            if not isinstance(causes[0], Retired):
+                self.failure = str(causes[0]) or repr(causes[0])
             _log.debug(
                 "relay.connection_aborted",
                 extra={"fields": {"name": self.name, "error": repr(failed.exceptions[0])}},
             )
         finally:
             self.close()
+
+    def retire(self, reason: str) -> None:
+        """Close this connection soon, on purpose (e.g. the peer rotated and we must see its new
+        certificate); calls in flight fail and are retried on a new connection."""
+        self._retire_reason = reason
+        self._retire_now.set()
+
+    async def _retire_when_stale(self) -> None:
+        presented, is_current = self.presented, self._is_current
+        assert presented is not None and is_current is not None
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(0.0, presented.retire_at - time.time())):
+                await self._retire_now.wait()
+        # Polled: rotations come from py-spiffe's thread or nsm-local's CA, with no event to wait on.
+        while not self._retire_now.is_set() and is_current(presented):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETIRE_POLL):
+                    await self._retire_now.wait()
+        reason = self._retire_reason or "our SVID rotated"
+        _log.info("relay.retired", extra={"fields": {"name": self.name, "reason": reason}})
+        raise Retired(f"retired: {reason}")
 
     def close(self) -> None:
         """Close both sockets and every fd of the connection. Idempotent."""

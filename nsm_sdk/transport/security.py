@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from nsm_sdk.identity.peer import PeerIdentity
+from nsm_sdk.identity.x509 import X509Material
 
 
 class SecureSession(Protocol):
@@ -38,12 +39,20 @@ class SecureSession(Protocol):
     def peer(self) -> PeerIdentity | None:
         """The authenticated peer; None in plaintext or before the handshake completes."""
 
+    @property
+    def material(self) -> X509Material | None:
+        """The SVID we present on this connection (None in plaintext): tokens used on the connection are
+        signed with its key, so that the peer can verify them against the certificate it saw."""
+
 
 class StreamSecurity(Protocol):
     """Makes one session per relayed connection."""
 
     def new_session(self, *, server_side: bool) -> SecureSession:
         """A session for a connection we accepted (`server_side`) or dialled."""
+
+    def is_current(self, material: X509Material) -> bool:
+        """Whether `material` is still the SVID new connections would present (False once rotated)."""
 
 
 class PlaintextSession:
@@ -68,6 +77,7 @@ class PlaintextSession:
 
     established = True
     peer = None
+    material = None
 
 
 class PlaintextSecurity:
@@ -75,6 +85,9 @@ class PlaintextSecurity:
 
     def new_session(self, *, server_side: bool) -> SecureSession:
         return PlaintextSession()
+
+    def is_current(self, material: X509Material) -> bool:
+        return True
 
 
 PLAINTEXT: StreamSecurity = PlaintextSecurity()

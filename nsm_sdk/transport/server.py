@@ -149,7 +149,9 @@ class ServerRelay:
             accepted.close()
             backend.close()
             raise
-        connection = RelayConnection(name, backend, FdSocket(accepted, FdStore()), session, credentials)
+        connection = RelayConnection(
+            name, backend, FdSocket(accepted, FdStore()), session, credentials, self._security.is_current
+        )
         peer = abstract_target(name)
         self._by_peer[peer] = connection
         try:

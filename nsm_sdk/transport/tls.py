@@ -75,6 +75,10 @@ def _verified_chain(obj: ssl.SSLObject) -> list[x509.Certificate]:
     return chain
 
 
+def material_bundles(material: X509Material | None) -> dict[str, tuple[x509.Certificate, ...]]:
+    return dict(material.bundles) if material is not None else {}
+
+
 class TlsSession:
     """One connection's TLS state; `established` once the peer is authenticated (then `peer` is set)."""
 
@@ -82,7 +86,7 @@ class TlsSession:
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._obj = context.wrap_bio(self._incoming, self._outgoing, server_side=server_side)
-        self._material = material
+        self.material: X509Material | None = material
         self._server_side = server_side
         self._plaintext_backlog: list[bytes] = []
         self._eof = False
@@ -109,7 +113,7 @@ class TlsSession:
         if self._obj.selected_alpn_protocol() != ALPN_H2:
             raise self._failed(f"peer did not negotiate ALPN {ALPN_H2!r}")
         try:
-            self.peer = verify_peer(_verified_chain(self._obj), self._material.bundles)
+            self.peer = verify_peer(_verified_chain(self._obj), material_bundles(self.material))
         except PeerRejected as exc:
             raise self._failed(str(exc)) from exc
         fields = {"peer": self.peer.spiffe_id, "version": self._obj.version(), "side": self._side}
@@ -190,6 +194,9 @@ class TlsSecurity:
                     make_context(material, server_side=True),
                 )
             return self._cached
+
+    def is_current(self, material: X509Material) -> bool:
+        return self._material() is material
 
     def new_session(self, *, server_side: bool) -> TlsSession:
         material, client, server = self._contexts()

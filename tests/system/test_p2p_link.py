@@ -22,8 +22,10 @@ spec:
 """
 
 
-def start_two_devices(lab: Lab, client_if: str = "eth12", endpoint_if: str = "eth21") -> tuple[str, str]:
-    lab.nsm_local()
+def start_two_devices(
+    lab: Lab, client_if: str = "eth12", endpoint_if: str = "eth21", nsm_local_args: tuple[str, ...] = ()
+) -> tuple[str, str]:
+    lab.nsm_local(*nsm_local_args)
     lab.apply(P2P)
     dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
     lab.nse(

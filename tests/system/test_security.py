@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from lab import Lab, run, wait_until
-from test_p2p_link import start_two_devices
+from test_p2p_link import P2P, start_two_devices
 
 INTRUDER = str(Path(__file__).parent.parent / "intruder.py")
 
@@ -146,3 +147,48 @@ def test_a_link_name_in_use_is_refused_and_never_taken_over(lab: Lab, victim: tu
     assert "interface eth12" in refusal["reason"] and "in use" in refusal["reason"]
     assert (links(dev1), links(dev2)) == before
     assert lab.ping(dev1, "10.60.1.2")
+
+
+def test_svids_rotate_under_a_live_link_and_refreshes_go_on(lab: Lab) -> None:
+    """Every SVID lives 24 s (rotated at 12 s; a connection still presenting the old one is retired at
+    18 s): the link stays exactly as it is while identities, connections and refreshes turn over.
+
+    Tokens never outlive the certificate they are signed with (§3.3), and a server closes a connection
+    at (caller's token expiry - request deadline) (§4.4), so the SVID lifetime must stay well above the
+    request timeout: 2 s here."""
+    lab.nsm_local("--svid-ttl", "24s")
+    lab.apply(P2P)
+    dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
+    nse = lab.nse(
+        dev2,
+        ENDPOINT_NETWORK_SERVICE="p2p",
+        ENDPOINT_LABELS="device=device-2",
+        IP_ADDRESS="10.60.1.0/24",
+        NSM_REQUEST_TIMEOUT="2s",
+    )
+    nsc = lab.nsc(
+        dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21", NSM_REQUEST_TIMEOUT="2s"
+    )
+    wait_until(
+        lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30") and lab.link_up(dev2, "eth21", "10.60.1.2/30"),
+        20,
+        "the link",
+    )
+    manager = lab.processes[0]
+    before = links(dev1), links(dev2)
+    deadline = time.monotonic() + 26
+    while time.monotonic() < deadline:
+        assert lab.ping(dev1, "10.60.1.2"), "the data plane never notices a rotation"
+        time.sleep(1)
+    assert nsc.events("identity.rotated") and nse.events("identity.rotated")
+    assert manager.events("relay.retired"), "connections presenting an old SVID make way for new ones"
+    first_rotation = nsc.events("identity.rotated")[0]["ts"]
+    refreshes = [e for e in nsc.events("link.refreshing") if e["ts"] > first_rotation]
+    assert refreshes, nsc.log
+    up = nsc.events("link.established")[0]["ts"]
+    assert not nsc.events("heal.reselect"), nsc.log
+    assert not [e for e in nsc.events("request.failed") if e["ts"] > up], nsc.log
+    assert not manager.events("endpoint.lost"), manager.log
+    assert not manager.events("request.denied") and not manager.events("tls.handshake_failed"), manager.log
+    assert not manager.events("connection.closed"), manager.log
+    assert (links(dev1), links(dev2)) == before

@@ -41,7 +41,7 @@ def make_core(allocator: P2PAllocator | None = None, ids: Callable[[], str] | No
         "nse-a",
         allocator if allocator is not None else NsmP2PAllocator([["169.254.0.0/16"]]),
         NETNS_URL,
-        lambda _peer: (OWN_TOKEN, OWN_EXPIRES),
+        lambda _peer, _own: (OWN_TOKEN, OWN_EXPIRES),
         new_id=ids if ids is not None else counter_ids(),
         random_bytes=random_bytes,
     )
