@@ -2,18 +2,20 @@
 
 Like the Go forwarder we dial the endpoint's socket file through the fd it registered with
 (/proc/<pid>/fd/N). Each channel has its own relay, so the endpoint's netns fd, which it sends with its
-reply, is found on that relay. We dial as the forwarder: its mTLS identity, its tokens.
+reply, is found on that relay. We dial as the forwarder: its mTLS identity, its tokens. `warm` connects
+as soon as an endpoint registers, so that the TLS handshake is not part of its first link's setup.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
 
 import grpc
 
 from nsm_local.identities import Role
-from nsm_sdk.agent.nsm_client import NsmClient
+from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.transport.client import ClientRelay, dial
 
 
@@ -30,6 +32,7 @@ class EndpointDialer:
         self.role = role
         self.tokens = role.tokens
         self._channels: dict[str, EndpointChannel] = {}
+        self._warming: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<EndpointDialer channels={len(self._channels)}>"
@@ -47,11 +50,25 @@ class EndpointDialer:
         self._channels[key] = made
         return made
 
+    def warm(self, key: str, dial_url: str, timeout: float = 5.0) -> None:
+        """Connect to a newly registered endpoint in the background (errors are left to the first call)."""
+        task = asyncio.create_task(self._warm(key, dial_url, timeout), name=f"warm {key}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _warm(self, key: str, dial_url: str, timeout: float) -> None:
+        made = await self.get(key, dial_url)
+        with contextlib.suppress(RpcFailed):
+            await made.client.connection("warm-up", timeout)
+
     async def drop(self, key: str) -> None:
         made = self._channels.pop(key, None)
         if made is not None:
             await made.stack.aclose()
 
     async def aclose(self) -> None:
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
         for key in list(self._channels):
             await self.drop(key)

@@ -27,7 +27,7 @@ from nsm_local.dev_ca import DevCA
 from nsm_local.workload_api import netns_uid_attestor
 from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.logs import EventLog
-from nsm_sdk.agent.security import secure_identity
+from nsm_sdk.agent.security import prepare, secure_identity
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.identity.x509 import X509Material
@@ -115,6 +115,8 @@ class ControlPlaneIdentity:
         return cls(trust_domain, role(MANAGER_PATH), role(FORWARDER_PATH))
 
     def start(self) -> None:
+        for role in (self.manager, self.forwarder):
+            prepare(role.security)
         self._rotations = [asyncio.create_task(svid.rotate_forever()) for svid in self._svids]
 
     async def aclose(self) -> None:

@@ -128,8 +128,10 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
         default_expiry: float,
         log: EventLog,
         clock: Callable[[], float] = time.time,
+        on_registered: Callable[[EndpointEntry], None] | None = None,
     ) -> None:
         self.registry = registry
+        self._on_registered = on_registered
         self.paths = paths
         self._server = server
         self.default_expiry = default_expiry
@@ -189,6 +191,8 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
         netns = credentials.netns if credentials is not None else None
         entry = EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd, netns=netns)
         self.registry.register_endpoint(entry)
+        if fresh and self._on_registered is not None:
+            self._on_registered(entry)
         if fresh:
             self._log.info("endpoint.registered", name=nse.name, services=",".join(nse.network_service_names),
                            url=nse.url, expires_in=round(expiry - now, 1))

@@ -159,7 +159,15 @@ async def _serve(
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(manager, server)
         connection_pb2_grpc.add_MonitorConnectionServicer_to_server(ManagerMonitorServicer(manager), server)
         registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-            EndpointRegistryServicer(registry, paths, current, settings.registration_expiry, log), server
+            EndpointRegistryServicer(
+                registry,
+                paths,
+                current,
+                settings.registration_expiry,
+                log,
+                on_registered=lambda entry: dialer.warm(entry.record.url, entry.dial_url),
+            ),
+            server,
         )
         registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
             ServiceRegistryServicer(registry, paths, log), server

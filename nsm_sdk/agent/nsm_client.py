@@ -43,6 +43,7 @@ from nsm_sdk.transport.client import ClientRelay
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.security import PlaintextSecurity
 
+CONNECT_POLL = 0.05
 RequestT = TypeVar("RequestT", bound=Message)
 ReplyT = TypeVar("ReplyT", bound=Message)
 
@@ -90,9 +91,13 @@ class NsmClient:
         connection = relay.current_connection()
         if connection is not None:
             return connection
-        connecting = asyncio.ensure_future(self.channel.channel_ready())
         try:
-            await relay.wait_peer(timeout)
+            async with asyncio.timeout(timeout):
+                while (connection := relay.current_connection()) is None:
+                    # grpcio connects lazily, and after a dropped connection only when asked again
+                    self.channel.get_state(try_to_connect=True)
+                    with contextlib.suppress(TimeoutError):
+                        await relay.wait_peer(CONNECT_POLL)
         except TimeoutError:
             failure = f"; last attempt: {relay.recent_failure()}" if relay.recent_failure() else ""
             raise RpcFailed(
@@ -100,11 +105,6 @@ class NsmClient:
                 grpc.StatusCode.UNAVAILABLE,
                 f"no authenticated connection to {relay.target_url} within {timeout:.1f}s{failure}",
             ) from None
-        finally:
-            connecting.cancel()
-        connection = relay.current_connection()
-        if connection is None:
-            raise RpcFailed(method, grpc.StatusCode.UNAVAILABLE, f"connection to {relay.target_url} lost")
         return connection
 
     async def peer(self, method: str, timeout: float | None) -> PeerIdentity | None:
@@ -128,40 +128,48 @@ class NsmClient:
         wait_for_ready: bool = True,
         check_reply: bool = False,
     ) -> Connection:
+        """Send a Request; with `check_reply`, apply cmd-nsc's client policies to the reply.
+
+        A reply whose next token is not signed by the certificate the server showed us usually means the
+        server rotated its SVID after our connection was made (Go clients dial anew for every Request and
+        never see this): we drop the connection and ask once more on a new one. Any other failed check, or
+        a second one, refuses the reply; a first Request is then Closed again, as Go's authorize client does.
+        """
         method = "NetworkService/Request"
         deadline = time.monotonic() + timeout
-        remaining = max(0.0, deadline - time.monotonic())
-        connection = await self.connection(method, remaining)
-        peer = connection.peer if connection is not None else None
-        own = connection.presented if connection is not None else None
-        metadata = self.tokens.metadata(peer, (), own)
-        with translate_errors(method, self.relay):
-            reply: Connection = await self._ns.Request(
-                request, timeout=_left(deadline), metadata=metadata, wait_for_ready=wait_for_ready
-            )
-        if check_reply and connection is not None and peer is not None:
-            first = len(request.connection.path.path_segments) <= 1
-            await self._check_reply(reply, connection, peer, timeout, first)
-        return reply
-
-    async def _check_reply(
-        self, reply: Connection, connection: RelayConnection, peer: PeerIdentity, timeout: float, first: bool
-    ) -> None:
-        """cmd-nsc's authorize client: the returned path must chain and its next token be the server's.
-
-        A first Request that fails is closed again (as Go does). A refresh that fails is not: the link
-        exists and is fine; the usual cause is a server that rotated its SVID after our connection was
-        made, so we drop the connection and the retry sees its new certificate.
-        """
-        tokens = [segment.token for segment in reply.path.path_segments]
-        try:
-            check_client(tokens, reply.path.index, peer.public_key, time.time())
-        except PermissionDenied as exc:
-            connection.retire("the server's reply did not pass our checks")
-            if first:
-                with contextlib.suppress(RpcFailed):
-                    await self.close(reply, timeout)
-            raise RpcFailed("NetworkService/Request", grpc.StatusCode.PERMISSION_DENIED, str(exc)) from exc
+        retried = False
+        while True:
+            connection = await self.connection(method, max(0.0, deadline - time.monotonic()))
+            peer = connection.peer if connection is not None else None
+            own = connection.presented if connection is not None else None
+            metadata = self.tokens.metadata(peer, (), own)
+            try:
+                with translate_errors(method, self.relay):
+                    reply: Connection = await self._ns.Request(
+                        request, timeout=_left(deadline), metadata=metadata, wait_for_ready=wait_for_ready
+                    )
+            except RpcFailed as exc:
+                # the call raced the retirement of the connection it went out on: once more, on the next
+                if retried and exc.code == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline:
+                    retried = False
+                    continue
+                raise
+            if not check_reply or connection is None or peer is None:
+                return reply
+            tokens = [segment.token for segment in reply.path.path_segments]
+            try:
+                check_client(tokens, reply.path.index, peer.public_key, time.time())
+            except PermissionDenied as exc:
+                connection.retire("the server's reply did not pass our checks")
+                if not retried and exc.policy == "next_token_signed" and self.relay is not None:
+                    retried = True
+                    await self.relay.wait_retired(connection, max(0.0, deadline - time.monotonic()))
+                    continue
+                if not request.connection.network_service_endpoint_name:  # not a refresh: undo it
+                    with contextlib.suppress(RpcFailed):
+                        await self.close(reply, max(0.1, deadline - time.monotonic()))
+                raise RpcFailed(method, grpc.StatusCode.PERMISSION_DENIED, str(exc)) from exc
+            return reply
 
     async def close(self, conn: Connection, timeout: float) -> None:
         method = "NetworkService/Close"

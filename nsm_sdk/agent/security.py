@@ -82,9 +82,17 @@ async def agent_identity(
             yield None
             return
         security, tokens = secure_identity(source.current, lifetime)
+        prepare(security)
         yield AgentIdentity(security, tokens, source)
     finally:
         await source.aclose()
+
+
+def prepare(security: StreamSecurity) -> None:
+    """Build the TLS contexts of the current SVID ahead of the first connection (a few ms each)."""
+    if isinstance(security, TlsSecurity):
+        security.prepare(server_side=False)
+        security.prepare(server_side=True)
 
 
 def call_peer(handle: ServerHandle, context: grpc.aio.ServicerContext[Any, Any]) -> PeerIdentity | None:

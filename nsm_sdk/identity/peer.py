@@ -74,6 +74,8 @@ def spiffe_id_of(certificate: x509.Certificate) -> str:
         spiffe_id = SpiffeId(uris[0])
     except Exception as exc:  # py-spiffe raises its own ArgumentError family
         raise PeerRejected(f"URI SAN {uris[0]!r} is not a valid SPIFFE id: {exc}") from None
+    if str(spiffe_id) != uris[0]:  # py-spiffe lower-cases what go-spiffe refuses outright
+        raise PeerRejected(f"URI SAN {uris[0]!r} is not a valid SPIFFE id (not in canonical form)")
     if not spiffe_id.path:
         raise PeerRejected(f"URI SAN {uris[0]!r} names a trust domain, not a workload")
     return str(spiffe_id)

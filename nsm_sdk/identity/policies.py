@@ -54,10 +54,14 @@ def _audiences(claims: Mapping[str, Any]) -> list[Any]:
 
 
 def tokens_chained(claims: Sequence[Mapping[str, Any]]) -> None:
-    """Each token is addressed to the next one's subject: `sub[i+1] in aud[i]`."""
+    """Each token is addressed to the next one's subject, and to no one else.
+
+    The Rego's `pair_valid` is `p1.aud[_] == p2.sub`: with an audience besides the next subject it yields
+    both true and false, OPA stops with a conflict error, and Go refuses the call; so do we."""
     for index in range(len(claims) - 1):
         subject = claims[index + 1].get("sub")
-        if subject is None or subject not in _audiences(claims[index]):
+        audiences = _audiences(claims[index])
+        if subject is None or not audiences or any(aud != subject for aud in audiences):
             raise PermissionDenied(
                 "tokens_chained",
                 f"token {index} is for {_audiences(claims[index])}, token {index + 1} is from {subject!r}",

@@ -1,18 +1,24 @@
 """Our X.509-SVID from the SPIFFE Workload API, kept current (protocol doc §3.1).
 
-py-spiffe's `X509Source` does the Workload API work: the `workload.spiffe.io` header, the streaming
-`FetchX509SVID` call, reconnecting with backoff when the agent restarts, parsing chains and bundles.
-It is thread-based (sync grpcio), which suits us: the relay only needs a snapshot of the current
-material at each handshake and token, and rotations arrive as callbacks that we hand to the event loop.
+The stream runs on the agent's own event loop with grpc.aio: `FetchX509SVID` with the `workload.spiffe.io`
+header, one message now and one after every rotation, reconnecting with backoff when the agent goes away
+or has no identity for us yet. py-spiffe does the SPIFFE part: the generated Workload API messages, and
+parsing and validating the SVID chain, its key and the bundles (`X509Svid.parse_raw`,
+`X509Bundle.parse_raw`).
 
-What this wrapper adds:
+Why not py-spiffe's own `X509Source`: it runs the same stream on a synchronous grpcio channel in a thread
+of its own, which costs each process about 3 ms of CPU per second while idle (its channel's polling, on
+top of the agent's asyncio channel) and about 30 ms to the first SVID; with two sidecars per router and
+hundreds of routers on one host that adds up. Measured in docs/performance.md.
 
-* an asyncio start that waits for the first SVID without blocking the loop, can be interrupted by a stop
-  signal, and says once (then every `WAIT_REPORT_EVERY` seconds) that it is still waiting;
-* `current()`, an immutable `X509Material` replaced on every rotation (new handshakes and new tokens use
+What this adds:
+
+* `start` waits for the first SVID without blocking the loop, can be interrupted by a stop signal, and says
+  (then every `WAIT_REPORT_EVERY` seconds) that it is still waiting and why;
+* `current()` is an immutable `X509Material` replaced on every rotation (new handshakes and new tokens use
   the new SVID, live connections keep theirs);
-* recovery when py-spiffe gives up (it closes the source after a non-retryable error): a new source is
-  made and the last good material is used until it arrives.
+* an SVID the NSM components cannot use (not EC P-256) is reported and the old one kept until a usable one
+  arrives.
 """
 
 from __future__ import annotations
@@ -20,18 +26,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import random
 import time
 
-from spiffe import WorkloadApiClient, X509Source
+import grpc
+from cryptography.hazmat.primitives.asymmetric import ec
+from spiffe import TrustDomain, X509Bundle, X509Svid
+from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from nsm_sdk.identity.x509 import X509Material
+from nsm_sdk.identity.x509 import UnusableSvidError, X509Material
 from nsm_sdk.protocol.errors import TemporaryError
+from nsm_sdk.protocol.timing import Backoff
 
 _log = logging.getLogger(__name__)
-FIRST_FETCH_SLICE = 2.0
-"""Each blocking attempt to get the first SVID lasts this long, so a stop signal is seen promptly."""
 WAIT_REPORT_EVERY = 30.0
-WATCH_EVERY = 1.0
+RECONNECT = Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.1)
+HEADER = (("workload.spiffe.io", "true"),)
 
 
 class IdentityUnavailable(TemporaryError):
@@ -42,17 +53,44 @@ def _log_event(level: int, event: str, **fields: object) -> None:
     _log.log(level, event, extra={"fields": fields})
 
 
+def grpc_target(socket_url: str) -> str:
+    """`unix:///path` as it is, `tcp://host:port` as `host:port` (go-spiffe's address forms)."""
+    return socket_url.removeprefix("tcp://")
+
+
+def material_from(response: object) -> X509Material:
+    """The first (default) SVID of an X509SVIDResponse, with its own and the federated bundles."""
+    svids = getattr(response, "svids", ())
+    if not svids:
+        raise UnusableSvidError("the Workload API answered with no SVID")
+    first = svids[0]
+    try:
+        svid = X509Svid.parse_raw(first.x509_svid, first.x509_svid_key)
+        own_domain = svid.spiffe_id.trust_domain
+        bundles = {own_domain.name: tuple(X509Bundle.parse_raw(own_domain, first.bundle).x509_authorities)}
+        for domain, der in getattr(response, "federated_bundles", {}).items():
+            federated = TrustDomain(domain)
+            bundles[federated.name] = tuple(X509Bundle.parse_raw(federated, der).x509_authorities)
+    except Exception as exc:  # py-spiffe's parse errors have no common root we could name
+        raise UnusableSvidError(f"cannot use the SVID the Workload API sent: {exc}") from exc
+    key = svid.private_key
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise UnusableSvidError(
+            f"SVID {svid.spiffe_id}: {type(key).__name__} key; NSM path tokens need EC P-256 (ES256)"
+        )
+    return X509Material(str(svid.spiffe_id), tuple(svid.cert_chain), key, bundles)
+
+
 class WorkloadApiSource:
     """The current X.509 material of this workload, from the Workload API at `socket_url`."""
 
     def __init__(self, socket_url: str) -> None:
         self.socket_url = socket_url
-        self._client: WorkloadApiClient | None = None
-        self._source: X509Source | None = None
         self._material: X509Material | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._first = asyncio.Event()
+        self._channel: grpc.aio.Channel | None = None
         self._watch: asyncio.Task[None] | None = None
-        self._closed = False
+        self._problem = "no answer yet"
 
     def __repr__(self) -> str:
         return f"<WorkloadApiSource {self.socket_url} {self._material!r}>"
@@ -64,10 +102,31 @@ class WorkloadApiSource:
 
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Wait for the first SVID; False if `stop` was set first. Then follow rotations until `aclose`."""
-        self._loop = asyncio.get_running_loop()
-        self._client = await asyncio.to_thread(WorkloadApiClient, self.socket_url)
-        if not await self._open_source(stop):
-            return False
+        self._channel = grpc.aio.insecure_channel(grpc_target(self.socket_url))
+        self._watch = asyncio.create_task(self._watch_forever(), name="workload-api-watch")
+        started = time.monotonic()
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stopping = asyncio.ensure_future(stop.wait()) if stop is not None else never
+        try:
+            while not self._first.is_set():
+                first = asyncio.ensure_future(self._first.wait())
+                await asyncio.wait(
+                    [first, stopping], timeout=WAIT_REPORT_EVERY, return_when=asyncio.FIRST_COMPLETED
+                )
+                first.cancel()
+                if stopping.done():
+                    return False
+                if not self._first.is_set():
+                    _log_event(
+                        logging.WARNING,
+                        "identity.waiting",
+                        workload_api=self.socket_url,
+                        waited=f"{time.monotonic() - started:.0f}s",
+                        reason=self._why_waiting(),
+                        hint="is the SPIFFE agent (or nsm-local) running, and SPIFFE_ENDPOINT_SOCKET right?",
+                    )
+        finally:
+            stopping.cancel()
         assert self._material is not None
         _log_event(
             logging.INFO,
@@ -76,87 +135,62 @@ class WorkloadApiSource:
             expires_in=f"{self._material.not_after - time.time():.0f}s",
             workload_api=self.socket_url,
         )
-        self._watch = asyncio.create_task(self._watch_source(), name="workload-api-watch")
         return True
 
-    async def _open_source(self, stop: asyncio.Event | None) -> bool:
-        """Make an X509Source, retrying in short blocking slices until it has an SVID or `stop` is set."""
-        started = time.monotonic()
-        reported = -WAIT_REPORT_EVERY
-        while stop is None or not stop.is_set():
+    def _why_waiting(self) -> str:
+        path = self.socket_url.removeprefix("unix://")
+        if self.socket_url.startswith("unix://") and not os.path.exists(path):
+            return f"no socket at {path}"
+        return self._problem
+
+    async def _watch_forever(self) -> None:
+        assert self._channel is not None
+        stub = workload_pb2_grpc.SpiffeWorkloadAPIStub(self._channel)
+        delays = RECONNECT.delays(random.Random())
+        while True:
+            call = stub.FetchX509SVID(workload_pb2.X509SVIDRequest(), metadata=HEADER, wait_for_ready=True)
             try:
-                source = await asyncio.to_thread(X509Source, self._client, None, FIRST_FETCH_SLICE)
-            except Exception as exc:  # py-spiffe: X509SourceError on timeout or a fatal stream error
-                waited = time.monotonic() - started
-                if waited - reported >= WAIT_REPORT_EVERY:
-                    reported = waited
-                    _log_event(
-                        logging.WARNING,
-                        "identity.waiting",
-                        workload_api=self.socket_url,
-                        waited=f"{waited:.0f}s",
-                        reason=str(exc),
-                        hint="is the SPIFFE agent (or nsm-local) running, and SPIFFE_ENDPOINT_SOCKET right?",
-                    )
-                continue
-            self._source = source
-            self._take(source)
-            source.subscribe_for_updates(self._updated_from_thread)
-            return True
-        return False
+                async for response in call:
+                    self._take(response)
+                    delays = RECONNECT.delays(random.Random())
+                self._note("the Workload API ended the stream")
+            except grpc.aio.AioRpcError as exc:
+                self._note(f"{exc.code().name}: {exc.details() or ''}")
+            finally:
+                call.cancel()
+            await asyncio.sleep(next(delays))
 
-    def _updated_from_thread(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):  # the loop is closing
-                loop.call_soon_threadsafe(self._updated)
+    def _note(self, problem: str) -> None:
+        """A broken stream: retried at once (with backoff); said once per new reason after the first SVID."""
+        if problem != self._problem and self._material is not None:
+            _log_event(logging.WARNING, "identity.stream_lost", workload_api=self.socket_url, reason=problem)
+        self._problem = problem
 
-    def _updated(self) -> None:
-        source = self._source
-        if source is None or self._closed:
-            return
-        previous = self._material
+    def _take(self, response: object) -> None:
         try:
-            self._take(source)
-        except Exception as exc:  # a closed source or unusable SVID: keep the last good one
-            _log_event(logging.WARNING, "identity.update_failed", reason=str(exc))
+            material = material_from(response)
+        except UnusableSvidError as exc:
+            self._problem = str(exc)
+            _log_event(logging.ERROR, "identity.unusable", workload_api=self.socket_url, reason=str(exc))
             return
-        if previous is not None and self._material is not previous:
-            assert self._material is not None
+        previous, self._material = self._material, material
+        self._problem = "no answer yet"
+        if not self._first.is_set():
+            self._first.set()
+        elif previous is None or material.leaf != previous.leaf:
             _log_event(
                 logging.INFO,
                 "identity.rotated",
-                spiffe_id=self._material.spiffe_id,
-                expires_in=f"{self._material.not_after - time.time():.0f}s",
+                spiffe_id=material.spiffe_id,
+                expires_in=f"{material.not_after - time.time():.0f}s",
             )
 
-    def _take(self, source: X509Source) -> None:
-        material = X509Material.from_context(source.get_x509_context())
-        if self._material is None or material.leaf != self._material.leaf or (
-            dict(material.bundles) != dict(self._material.bundles)
-        ):
-            self._material = material
-
-    async def _watch_source(self) -> None:
-        """py-spiffe closes its source for good after a non-retryable error: make a new one."""
-        while not self._closed:
-            await asyncio.sleep(WATCH_EVERY)
-            source = self._source
-            if source is None or not source.is_closed() or self._closed:
-                continue
-            _log_event(logging.WARNING, "identity.source_lost", workload_api=self.socket_url)
-            self._source = None
-            await self._open_source(None)
-
     async def aclose(self) -> None:
-        self._closed = True
         if self._watch is not None:
             self._watch.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
-        source, client = self._source, self._client
-        self._source = self._client = None
-        if source is not None:
-            await asyncio.to_thread(source.close)
-        if client is not None:
-            await asyncio.to_thread(client.close)
+            self._watch = None
+        if self._channel is not None:
+            await self._channel.close(None)
+            self._channel = None

@@ -21,12 +21,14 @@ How fds ride (`fdpass.FdSocket`, `fdstore.FdStore`)
     waiters get a dup, and everything closes with the connection. The peer may therefore send an fd
     at any time before (or with) the message that names it as `inode://dev/ino` (`urls`).
 
-    * Client (`ClientRelay`, `dial`): `send_on_connect` fds go with the first bytes of EVERY new
-      upstream connection; grpcfd keeps them for the connection's lifetime, so the NSC's netns is
-      known to nsmgr whichever connection grpcio uses, including after reconnects.
-    * Server (`ServerRelay`, `serve`): `send_on_accept` fds go with the first bytes of every accepted
-      connection (how an NSE returns its netns); a servicer can also `queue_fds` so they ride with its
-      response.
+    * fds go only to an authenticated peer: those queued before the TLS handshake is done are held
+      back and ride on the first bytes after it (with TLS 1.3 that can be our last handshake flight,
+      after we have verified the server; in plaintext, at once).
+    * Client (`ClientRelay`, `dial`): `send_on_connect` fds go on EVERY new upstream connection; grpcfd
+      keeps them for the connection's lifetime, so the NSC's netns is known to nsmgr whichever
+      connection grpcio uses, including after reconnects.
+    * Server (`ServerRelay`, `serve`): nothing is sent on accept; a servicer `queue_fds` so they ride with
+      the response that names them (how an NSE returns its netns).
 
 How peers map
     The server relay binds each backend connection to a unique abstract name before connecting, and
@@ -36,9 +38,11 @@ How peers map
 
 Where TLS goes
     `security.StreamSecurity` is a sans-IO seam between grpcio's plaintext and the `FdSocket`: fds ride
-    on the raw socket, the bytes they ride on are whatever the seam emits. Today it passes bytes
-    through; the TLS implementation (`ssl.SSLObject` + `MemoryBIO`, ALPN h2, SPIFFE verification, §3.2,
-    §12 items 2-4) slots in there without touching fd passing.
+    on the raw socket, the bytes they ride on are whatever the seam emits. `tls.TlsSecurity` is the mTLS
+    implementation (`ssl.SSLObject` + `MemoryBIO`, ALPN h2, SPIFFE verification, §3.2, §12 items 2-4);
+    `PLAINTEXT` passes bytes through (the insecure mode). Each `RelayConnection` tells who the peer is
+    (`peer`), which SVID we presented on it (`presented`: tokens on it are signed with that one) and, for
+    accepted unix connections, the kernel's credentials of the caller (`credentials`).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from nsm_sdk.transport.fdstore import FdStore, InodeKey, inode_key_of
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.security import PLAINTEXT, PlaintextSecurity, SecureSession, StreamSecurity
 from nsm_sdk.transport.server import ServerHandle, ServerRelay, serve
+from nsm_sdk.transport.tls import TlsSecurity
 from nsm_sdk.transport.urls import (
     TcpAddress,
     UnixAddress,
@@ -82,6 +87,7 @@ __all__ = [
     "ServerRelay",
     "StreamSecurity",
     "TcpAddress",
+    "TlsSecurity",
     "UnixAddress",
     "UrlError",
     "dial",

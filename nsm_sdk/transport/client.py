@@ -160,9 +160,22 @@ class ClientRelay:
     def current_connection(self) -> RelayConnection | None:
         """The newest live connection whose peer is authenticated."""
         for connection in reversed(list(self._connections)):
-            if connection.established and not connection.closed:
+            if connection.established and not connection.closed and not connection.retiring:
                 return connection
         return None
+
+    async def wait_retired(self, connection: RelayConnection, timeout: float) -> None:
+        """Wait (at most `timeout`) until a retiring connection is gone, so the next call takes a new one."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while connection in self._connections:
+                    change: asyncio.Future[None] = loop.create_future()
+                    self._changes.add(change)
+                    try:
+                        await change
+                    finally:
+                        self._changes.discard(change)
 
     async def wait_peer(self, timeout: float | None) -> PeerIdentity | None:
         """The authenticated server of a live connection (None in plaintext), waiting up to `timeout`
@@ -259,6 +272,7 @@ class ClientRelay:
             if connection.failure is not None:
                 self.last_failure = connection.failure
                 self._last_failure_at = time.monotonic()
+            self._wake_changes()
             await announce
 
 

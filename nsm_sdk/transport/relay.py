@@ -6,7 +6,8 @@ ended, or either fails, both sockets close and with them every fd the connection
 queued.
 
 fds go only to an authenticated peer: those queued before the security session is `established` wait,
-and ride on the first bytes written after it (never on handshake records). A peer that has not finished
+and ride on the first bytes written after it (with TLS 1.3 a client's may ride on its last handshake
+flight: the server is verified by then). A peer that has not finished
 the handshake within `HANDSHAKE_TIMEOUT` is dropped.
 
 Tokens used on a connection are signed with the SVID it presented (`presented`), so the peer can check
@@ -175,6 +176,10 @@ class RelayConnection:
             )
         finally:
             self.close()
+
+    @property
+    def retiring(self) -> bool:
+        return self._retire_now.is_set()
 
     def retire(self, reason: str) -> None:
         """Close this connection soon, on purpose (e.g. the peer rotated and we must see its new

@@ -174,30 +174,35 @@ class TlsSession:
 
 
 class TlsSecurity:
-    """`StreamSecurity` for the relay: one TlsSession per connection, with the current SVID."""
+    """`StreamSecurity` for the relay: one TlsSession per connection, with the current SVID.
+
+    An SSL context per SVID and side, made when first needed (or ahead, by `prepare`, so that building it
+    is not part of the first link's setup)."""
 
     def __init__(self, material: Callable[[], X509Material]) -> None:
         self._material = material
         self._lock = threading.Lock()
-        self._cached: tuple[X509Material, ssl.SSLContext, ssl.SSLContext] | None = None
+        self._contexts: dict[bool, tuple[X509Material, ssl.SSLContext]] = {}
 
     def __repr__(self) -> str:
         return f"<TlsSecurity {self._material()!r}>"
 
-    def _contexts(self) -> tuple[X509Material, ssl.SSLContext, ssl.SSLContext]:
+    def _context(self, server_side: bool) -> tuple[X509Material, ssl.SSLContext]:
         material = self._material()
         with self._lock:
-            if self._cached is None or self._cached[0] is not material:
-                self._cached = (
-                    material,
-                    make_context(material, server_side=False),
-                    make_context(material, server_side=True),
-                )
-            return self._cached
+            cached = self._contexts.get(server_side)
+            if cached is None or cached[0] is not material:
+                cached = (material, make_context(material, server_side=server_side))
+                self._contexts[server_side] = cached
+            return cached
+
+    def prepare(self, *, server_side: bool) -> None:
+        """Build the context for the current SVID now."""
+        self._context(server_side)
 
     def is_current(self, material: X509Material) -> bool:
         return self._material() is material
 
     def new_session(self, *, server_side: bool) -> TlsSession:
-        material, client, server = self._contexts()
-        return TlsSession(server if server_side else client, material, server_side=server_side)
+        material, context = self._context(server_side)
+        return TlsSession(context, material, server_side=server_side)

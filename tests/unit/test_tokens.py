@@ -9,6 +9,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from nsm_local.dev_ca import DevCA
+from nsm_sdk.agent.credentials import TOKEN_KEY, CallTokens, caller_token
+from nsm_sdk.agent.security import material_signer
+from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.tokens import (
     TokenError,
     TokenSigner,
@@ -17,6 +21,7 @@ from nsm_sdk.identity.tokens import (
     decode_unverified,
     verify,
 )
+from nsm_sdk.identity.x509 import X509Material
 
 NOW = 1_775_557_454.75
 PEER = "spiffe://example.org/ns/nsm-system/sa/nsmgr"
@@ -114,3 +119,87 @@ def test_non_positive_lifetime_is_refused() -> None:
 def test_decode_unverified_rejects_garbage() -> None:
     with pytest.raises(TokenError):
         decode_unverified("not.a.jwt")
+
+
+# --- tokens of an X.509-SVID (§3.3): its key, its id, capped by both certificates ----------------------
+
+TD = "nsm.local"
+NSC_ID = f"spiffe://{TD}/ns/default/pod/nsc"
+NSMGR_ID = f"spiffe://{TD}/ns/nsm-system/pod/nsmgr"
+
+
+@pytest.fixture(scope="module")
+def ca() -> DevCA:
+    return DevCA.generate(TD, now=NOW - 60)
+
+
+def peer_of(material: X509Material) -> PeerIdentity:
+    return PeerIdentity(material.spiffe_id, material.leaf)
+
+
+def test_svid_signer_signs_as_the_svid_with_its_key(ca: DevCA) -> None:
+    svid = ca.issue(NSC_ID, 3600.0, now=NOW)
+    token, _ = TokenSigner.from_material(svid).sign(NSMGR_ID, 600, NOW)
+    claims = verify(token, svid.private_key.public_key(), audience=NSMGR_ID, now=NOW)
+    assert claims == {"sub": NSC_ID, "aud": [NSMGR_ID], "exp": int(NOW + 600)}
+
+
+def test_svid_signer_caps_expiry_at_its_own_not_after(ca: DevCA) -> None:
+    svid = ca.issue(NSC_ID, 100.5, now=NOW)
+    signer = TokenSigner.from_material(svid)
+    assert signer.not_after == svid.not_after == svid.leaf.not_valid_after_utc.timestamp()
+    token, exp = signer.sign(NSMGR_ID, 600, NOW)
+    assert exp == svid.not_after
+    assert decode_unverified(token)["exp"] == int(svid.not_after)
+
+
+def test_svid_signer_caps_expiry_at_the_peers_not_after_when_that_comes_first(ca: DevCA) -> None:
+    own = ca.issue(NSC_ID, 3600.0, now=NOW)
+    peer = peer_of(ca.issue(NSMGR_ID, 50.0, now=NOW))
+    _, exp = TokenSigner.from_material(own).sign(peer.spiffe_id, 600, NOW, not_after=peer.not_after)
+    assert exp == peer.not_after
+    _, exp = TokenSigner.from_material(own).sign(peer.spiffe_id, 20, NOW, not_after=peer.not_after)
+    assert exp == int(NOW + 20)
+
+
+def test_call_tokens_address_the_peer_and_expire_with_the_earliest_certificate(ca: DevCA) -> None:
+    own = ca.issue(NSC_ID, 3600.0, now=NOW)
+    peer = peer_of(ca.issue(NSMGR_ID, 30.0, now=NOW))
+    tokens = CallTokens(TokenSigner.from_material(own), 600.0, clock=lambda: NOW)
+    token, exp = tokens.sign(peer)
+    assert verify(token, own.private_key.public_key(), audience=NSMGR_ID) == {
+        "sub": NSC_ID,
+        "aud": [NSMGR_ID],
+        "exp": int(peer.not_after),
+    }
+    assert exp == peer.not_after
+    assert "aud" not in decode_unverified(tokens.sign(None)[0])
+    metadata = tokens.metadata(peer)
+    read_back, expires = caller_token(metadata)  # what the server reads back
+    assert read_back is not None and read_back == dict(metadata)[TOKEN_KEY]
+    assert (decode_unverified(read_back)["aud"], expires) == ([NSMGR_ID], exp)
+
+
+def test_call_tokens_sign_with_the_current_svid_after_a_rotation(ca: DevCA) -> None:
+    svids = [ca.issue(NSC_ID, 3600.0, now=NOW)]
+    tokens = CallTokens(material_signer(lambda: svids[-1]), 600.0, clock=lambda: NOW)
+    first, _ = tokens.sign()
+    assert tokens.signer is tokens.signer  # one signer per SVID, not one per token
+    svids.append(ca.issue(NSC_ID, 3600.0, now=NOW + 1800))
+    second, _ = tokens.sign()
+    verify(first, svids[0].private_key.public_key())
+    verify(second, svids[1].private_key.public_key())
+    with pytest.raises(TokenError):
+        verify(second, svids[0].private_key.public_key())
+
+
+def test_call_tokens_sign_with_the_svid_a_connection_presented_even_after_a_rotation(ca: DevCA) -> None:
+    # The peer verifies our token against the certificate it saw on the connection, not our newest one.
+    svids = [ca.issue(NSC_ID, 3600.0, now=NOW)]
+    tokens = CallTokens(material_signer(lambda: svids[-1]), 600.0, clock=lambda: NOW)
+    peer = peer_of(ca.issue(NSMGR_ID, 3600.0, now=NOW))
+    svids.append(ca.issue(NSC_ID, 3600.0, now=NOW + 1800))
+    token, _ = tokens.sign(peer, svids[0])
+    assert verify(token, svids[0].private_key.public_key(), audience=NSMGR_ID)["sub"] == NSC_ID
+    with pytest.raises(TokenError):
+        verify(token, svids[1].private_key.public_key())
