@@ -1,159 +1,52 @@
 """gRPC through ClientRelay and ServerRelay with real grpc.aio, real unix sockets and real fds (§6, §12).
 
-The servicer uses generic handlers with raw bytes, so these tests need no generated protobufs.
+The test service and the fd census are in relay_helpers (shared with the mTLS tests).
 """
 
 from __future__ import annotations
 
 import asyncio
-import gc
-import json
 import os
 import socket
 import stat
 import subprocess
 import sys
-from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractAsyncContextManager, contextmanager, suppress
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import Any
 
 import grpc
 import pytest
+from relay_helpers import (
+    CALL_TIMEOUT,
+    SERVICE,
+    Servicer,
+    as_keys,
+    call,
+    eventually,
+    fd_census,
+    no_leaks_since,
+    pipe_read_ends,
+    serving,
+)
 
 from nsm_sdk.transport import (
     ClientRelay,
     FdNotReceivedError,
     InodeKey,
     ListenPathError,
-    RelayConnection,
-    ServerHandle,
     dial,
     inode_key_of,
     inode_url_for_fd,
     open_netns_fd,
     parse_inode_url,
     path_to_unix_url,
-    serve,
 )
 from nsm_sdk.transport.urls import abstract_target
 
-if TYPE_CHECKING:
-    Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
-SERVICE = "nsmtest.Relay"
-CALL_TIMEOUT = 20.0
 # Fast reconnects keep the restart test short; nothing asserts on time.
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200))
-
-
-@contextmanager
-def pipe_read_ends(count: int) -> Iterator[list[int]]:
-    opened = [os.pipe() for _ in range(count)]
-    try:
-        yield [read_end for read_end, _ in opened]
-    finally:
-        for read_end, write_end in opened:
-            os.close(read_end)
-            os.close(write_end)
-
-
-class Servicer:
-    """Test service; every call looks up the relay connection it arrived on."""
-
-    def __init__(self, give_fd: int | None = None) -> None:
-        self.handle: ServerHandle | None = None
-        self.give_fd = give_fd
-        self.connections: list[RelayConnection] = []
-
-    def register(self, server: grpc.aio.Server) -> None:
-        handlers = {
-            "Keys": grpc.unary_unary_rpc_method_handler(self.keys),
-            "SendBack": grpc.unary_unary_rpc_method_handler(self.send_back),
-            "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
-            "Count": grpc.unary_stream_rpc_method_handler(self.count),
-        }
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-
-    def connection(self, context: Context) -> RelayConnection:
-        assert self.handle is not None
-        connection = self.handle.connection_for(context)
-        assert connection is not None, f"no relay connection for peer {context.peer()}"
-        self.connections.append(connection)
-        return connection
-
-    async def keys(self, request: bytes, context: Context) -> bytes:
-        """Wait for the fd named in the request, then list every key the connection holds."""
-        connection = self.connection(context)
-        dev, ino = parse_inode_url(request.decode())
-        fd = await connection.received.wait(dev, ino, timeout=CALL_TIMEOUT)
-        os.close(fd)
-        return json.dumps(sorted(connection.received.keys())).encode()
-
-    async def send_back(self, request: bytes, context: Context) -> bytes:
-        assert self.give_fd is not None
-        self.connection(context).queue_fds([self.give_fd])
-        return inode_url_for_fd(self.give_fd).encode()
-
-    async def echo(self, request: bytes, context: Context) -> bytes:
-        return request
-
-    async def count(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
-        for number in range(int(request)):
-            yield str(number).encode() * 1000
-
-
-def serving(path: Path, servicer: Servicer, **kwargs: Any) -> AbstractAsyncContextManager[ServerHandle]:
-    return serve(str(path), servicer.register, **kwargs)
-
-
-async def call(channel: grpc.aio.Channel, method: str, request: bytes) -> bytes:
-    multicallable = channel.unary_unary(f"/{SERVICE}/{method}", None, None)
-    response: bytes = await multicallable(request, timeout=CALL_TIMEOUT, wait_for_ready=True)
-    return response
-
-
-def as_keys(response: bytes) -> list[InodeKey]:
-    return [InodeKey(dev, ino) for dev, ino in json.loads(response)]
-
-
-@dataclass(frozen=True)
-class FdCensus:
-    passed: int  # pipes and namespaces: the kinds of fds these tests pass around
-    sockets: int
-
-
-def fd_census() -> FdCensus:
-    gc.collect()
-    kinds: Counter[str] = Counter()
-    for name in os.listdir("/proc/self/fd"):
-        with suppress(FileNotFoundError):
-            kinds[os.readlink(f"/proc/self/fd/{name}").split(":")[0]] += 1
-    return FdCensus(passed=kinds["pipe"] + kinds["net"], sockets=kinds["socket"])
-
-
-def relay_socket_names() -> list[str]:
-    """Abstract names of this process's relay sockets still open (listeners and bound connections)."""
-    prefix = f"@nsmrelay-{os.getpid()}-"
-    lines = Path("/proc/net/unix").read_text().splitlines()[1:]
-    return [line.split()[-1] for line in lines if line.split()[-1].startswith(prefix)]
-
-
-async def no_leaks_since(before: FdCensus) -> None:
-    """Every passed fd and relay socket is closed; grpcio closes its own sockets asynchronously."""
-    assert fd_census().passed == before.passed
-    assert relay_socket_names() == []
-    await eventually(lambda: fd_census().sockets <= before.sockets)
-
-
-async def eventually(condition: Callable[[], bool]) -> None:
-    """Let the loop run until `condition` holds (pytest-timeout guards against forever)."""
-    while True:
-        if condition():
-            return
-        await asyncio.sleep(0.01)
 
 
 def test_client_netns_fd_arrives_with_first_bytes_and_servicer_finds_it(
@@ -190,18 +83,22 @@ def test_server_queued_fd_rides_back_with_the_response(run_async: AsyncRunner, s
     run_async(main)
 
 
-def test_send_on_accept_fds_reach_the_client_unasked(run_async: AsyncRunner, sock_dir: Path) -> None:
+def test_server_fds_go_only_with_the_reply_that_queues_them_never_on_accept(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
     async def main() -> None:
-        with pipe_read_ends(1) as (nse_netns,):
-            servicer = Servicer()
-            async with serving(sock_dir / "nse.sock", servicer, send_on_accept=[nse_netns]) as handle:
+        with pipe_read_ends(1) as (give,):
+            servicer = Servicer(give_fd=give)
+            async with serving(sock_dir / "nse.sock", servicer) as handle:
                 servicer.handle = handle
                 async with dial(handle.url) as (channel, relay):
+                    # The server's SETTINGS and a whole reply have come in: nothing rode on them.
                     assert await call(channel, "Echo", b"ping") == b"ping"
-                    key = inode_key_of(nse_netns)
-                    received = await relay.wait_fd(key.dev, key.ino, timeout=CALL_TIMEOUT)
-                    assert inode_key_of(received) == key
-                    os.close(received)
+                    (connection,) = relay.connections
+                    assert connection.received.keys() == []
+                    url = (await call(channel, "SendBack", b"")).decode()
+                    assert url == inode_url_for_fd(give)
+                    assert connection.received.keys() == [inode_key_of(give)]
 
     run_async(main)
 
@@ -317,7 +214,7 @@ def test_connections_and_their_fds_close_when_the_client_goes(run_async: AsyncRu
 def test_no_fds_or_tasks_leak_across_a_full_session(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def session(path: Path, netns: int, give: int) -> None:
         servicer = Servicer(give_fd=give)
-        async with serving(path, servicer, send_on_accept=[give]) as handle:
+        async with serving(path, servicer) as handle:
             servicer.handle = handle
             async with dial(handle.url, send_fds=[netns]) as (channel, relay):
                 await call(channel, "Keys", inode_url_for_fd(netns).encode())
