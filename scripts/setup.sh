@@ -30,6 +30,10 @@ echo "setup: done. Programs are in .venv/bin (nsm-local, nse-sidecar, nsc-sideca
 if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
     echo "setup: building the interop harness (Go modules download on first use)"
     bash scripts/build-interop.sh
+    # SPIRE (server + agent, pinned in tests/interop/spire) for the interop tests' secure mode; skipped when
+    # tests/interop/spire/bin is up to date (a cold build takes about 9 min on 2 cores)
+    echo "setup: building SPIRE for the secure interop tests (cached in tests/interop/spire/bin)"
+    bash scripts/build-spire.sh
 else
     echo "setup: no Go toolchain found; skipping the interop harness (tests/interop will skip)"
 fi

@@ -7,6 +7,10 @@ skipped with the reason shown; in CI (CI=true) tests/conftest.py turns any skip 
 
 A failing test gets every log of its lab (control plane, agents, the control plane's event log) attached
 to its report.
+
+Secure mode (`secure_lab`, `secure_link`): a real SPIRE server + agent (tests/interop/spire, built by
+`scripts/build-spire.sh`, which scripts/setup.sh runs) is started once per session, on first use, and
+the lab's processes get their identities from it by gid (spire_lab.py).
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
-from interop_lab import BUILD_SCRIPT, HARNESS_BIN, PAIRS, Lab, Link, establish, pair_id
+import spire_lab
+from interop_lab import BUILD_SCRIPT, HARNESS_BIN, PAIRS, SECURE_PAIRS, Lab, Link, establish, pair_id
+from spire_lab import SpireLab
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -79,6 +85,50 @@ def link(harness: Path, request: pytest.FixtureRequest) -> Iterator[Link]:
     """One client-endpoint pair of the matrix ({go,py} x {go,py}), linked, with its own control plane; shared
     by the tests of a class, which check it step by step."""
     lab = Lab()
+    try:
+        lab.control_plane(strict=True)
+        yield establish(lab, *request.param)
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="session")
+def spire() -> Iterator[SpireLab]:
+    """One SPIRE server + agent for the whole session, with the default identities (spire_lab.IDENTITIES)."""
+    if not spire_lab.binaries_built():
+        pytest.skip(
+            "secure interop tests need SPIRE: run scripts/build-spire.sh "
+            "(scripts/setup.sh does; about 9 min cold)"
+        )
+    # up to date: a no-op; stale (go.mod/go.sum changed): rebuilt, usually just a link
+    result = subprocess.run(
+        ["bash", str(spire_lab.BUILD_SCRIPT)], capture_output=True, text=True, timeout=900, check=False
+    )
+    if result.returncode != 0:
+        pytest.fail(f"building SPIRE failed:\n{result.stdout}\n{result.stderr}", pytrace=False)
+    lab = SpireLab()
+    lab.start()
+    try:
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture
+def secure_lab(harness: Path, spire: SpireLab) -> Iterator[Lab]:
+    """A fresh lab secured by SPIFFE (mTLS, ES256 tokens, default policies), strict fd passing on."""
+    lab = Lab(spire=spire)
+    try:
+        lab.control_plane(strict=True)
+        yield lab
+    finally:
+        lab.close()
+
+
+@pytest.fixture(scope="class", params=SECURE_PAIRS, ids=pair_id)
+def secure_link(harness: Path, spire: SpireLab, request: pytest.FixtureRequest) -> Iterator[Link]:
+    """Like `link`, in a secure lab, for the pairs of SECURE_PAIRS."""
+    lab = Lab(spire=spire)
     try:
         lab.control_plane(strict=True)
         yield establish(lab, *request.param)

@@ -4,6 +4,11 @@ and the clients and endpoints under test, Go or Python, run in their own network
 
 Everything is torn down at the end, also on failure: processes get SIGTERM (then SIGKILL), namespaces are
 deleted, and the directory is removed.
+
+Security: a lab is insecure (cleartext, HS256 test tokens, authorize.Any(); the Python sidecars get
+NSM_INSECURE=true) unless it is given a running SpireLab (`Lab(spire=...)`). Then every Go process runs with
+`-spiffe`, every process (Go or Python) gets SPIFFE_ENDPOINT_SOCKET, and each runs with the gid of its role
+(`gids`: control plane, nsc, nse; spire_lab.IDENTITIES says which SPIFFE id a gid gets).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from labtools import run, wait_until
+from spire_lab import CONTROL_PLANE_GID, NSC_GID, NSE_GID, SpireLab, popen
 
 REPO = Path(__file__).resolve().parents[2]
 HARNESS_BIN = REPO / "tests" / "interop" / "harness" / "bin" / "nsmharness"
@@ -38,6 +44,10 @@ REQUEST_TIMEOUT = 1.5
 # What a link gets from point-to-point IPAM in 169.254.0.0/16 (both NSEs' default): NSE first, then NSC.
 NSE_ADDRESS = "169.254.0.0/32"
 NSC_ADDRESS = "169.254.0.1/32"
+
+
+# role -> effective gid in a secure lab; helpers (find-nse, register-ns) act as a client or an endpoint
+DEFAULT_GIDS: dict[str, int] = {"control-plane": CONTROL_PLANE_GID, "nsc": NSC_GID, "nse": NSE_GID}
 
 
 def go_duration(seconds: float) -> str:
@@ -79,6 +89,28 @@ class Lab:
     namespaces: list[str] = field(default_factory=list)
     processes: list[Process] = field(default_factory=list)
     ready: dict[str, Any] = field(default_factory=dict)
+    spire: SpireLab | None = None  # secure when set (shared: the lab never stops it)
+    gids: dict[str, int] = field(default_factory=lambda: dict(DEFAULT_GIDS))
+
+    # ----- security -----
+
+    @property
+    def secure(self) -> bool:
+        return self.spire is not None
+
+    def go_security(self) -> list[str]:
+        """The flag every nsmharness subcommand gets."""
+        return ["-spiffe"] if self.secure else []
+
+    def security_env(self) -> dict[str, str]:
+        """SPIFFE_ENDPOINT_SOCKET in a secure lab; in an insecure one, what makes a sidecar plaintext."""
+        if self.spire is not None:
+            return self.spire.env()
+        return {"NSM_INSECURE": "true"}
+
+    def gid(self, role: str) -> int | None:
+        """The gid a process of that role runs with (None: unchanged, in an insecure lab)."""
+        return self.gids[role] if self.secure else None
 
     # ----- namespaces and processes -----
 
@@ -95,18 +127,50 @@ class Lab:
         argv: list[str],
         env: Mapping[str, str] | None = None,
         netns: str | None = None,
+        gid_role: str | None = None,
     ) -> Process:
+        """Start a process of a role (nsc, nse, control-plane), with the gid of `gid_role` (default: role)."""
         if netns is not None:
             argv = ["ip", "netns", "exec", netns, *argv]
         log_path = self.directory / f"{name}.log"
         full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **(env or {})}
+        if self.spire is not None:
+            full_env.update(self.spire.env())
         with log_path.open("ab") as log:
-            popen = subprocess.Popen(
-                argv, env=full_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            child = popen(
+                argv, self.gid(gid_role or role), env=full_env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT
             )
-        process = Process(name, popen, log_path, role)
+        process = Process(name, child, log_path, role)
         self.processes.append(process)
         return process
+
+    def helper(
+        self,
+        *args: str,
+        role: str = "nsc",
+        gid: int | None = None,
+        spiffe: bool | None = None,
+        netns: str | None = None,
+        timeout: float = 30,
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a short nsmharness subcommand (find-nse, register-ns, foreign) as a workload of `role` (or
+        with `gid`), in `netns` if given. spiffe=False runs it insecure even in a secure lab."""
+        secure = self.secure if spiffe is None else spiffe
+        argv = [str(HARNESS_BIN), args[0], *(["-spiffe"] if secure else []), *args[1:]]
+        if netns is not None:
+            argv = ["ip", "netns", "exec", netns, *argv]
+        env = {**os.environ, **(self.spire.env() if self.spire is not None else {})}
+        if gid is None:
+            gid = self.gid(role)
+        child = popen(argv, gid, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO)
+        try:
+            out, err = child.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+        return subprocess.CompletedProcess(
+            argv, child.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+        )
 
     @property
     def nsmgr_url(self) -> str:
@@ -128,6 +192,7 @@ class Lab:
                 "-request-timeout",
                 go_duration(REQUEST_TIMEOUT),
                 f"-strict={'true' if strict else 'false'}",
+                *self.go_security(),
                 # HX_LOG_LEVEL=trace shows every chain element's input and output, for debugging
                 "-log-level",
                 os.environ.get("HX_LOG_LEVEL", "info"),
@@ -162,6 +227,7 @@ class Lab:
                 go_duration(TOKEN_LIFETIME),
                 "-request-timeout",
                 go_duration(REQUEST_TIMEOUT),
+                *self.go_security(),
                 *extra,
             ],
             netns=netns,
@@ -178,6 +244,7 @@ class Lab:
                 "NSM_LISTEN_ON": f"unix://{self.directory}/{name}.sock",
                 "NSM_MAX_TOKEN_LIFETIME": go_duration(TOKEN_LIFETIME),
                 "NSM_REQUEST_TIMEOUT": go_duration(REQUEST_TIMEOUT),
+                **self.security_env(),
                 **env,
             },
             netns=netns,
@@ -204,6 +271,7 @@ class Lab:
                 go_duration(TOKEN_LIFETIME),
                 "-request-timeout",
                 go_duration(REQUEST_TIMEOUT),
+                *self.go_security(),
                 *extra,
             ],
             netns=netns,
@@ -219,6 +287,7 @@ class Lab:
                 "NSM_NAME": name,
                 "NSM_MAX_TOKEN_LIFETIME": go_duration(TOKEN_LIFETIME),
                 "NSM_REQUEST_TIMEOUT": go_duration(REQUEST_TIMEOUT),
+                **self.security_env(),
                 **env,
             },
             netns=netns,
@@ -258,16 +327,8 @@ class Lab:
         return found
 
     def find_nse(self, service: str) -> list[dict[str, Any]]:
-        result = run(
-            str(HARNESS_BIN),
-            "find-nse",
-            "-connect-to",
-            self.nsmgr_url,
-            "-service",
-            service,
-            "-log-level",
-            "error",
-            check=False,
+        result = self.helper(
+            "find-nse", "-connect-to", self.nsmgr_url, "-service", service, "-log-level", "error", role="nsc"
         )
         return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -279,9 +340,10 @@ class Lab:
             interval=0.3,
         )
 
-    def register_ns(self, service: Mapping[str, Any]) -> None:
-        result = run(
-            str(HARNESS_BIN),
+    def register_ns(self, service: Mapping[str, Any], role: str = "nse") -> None:
+        """Register a NetworkService, as an endpoint by default: in a secure lab the nsmgr's registry
+        (client_allowed) lets only the SPIFFE id that registered a service name first register it again."""
+        result = self.helper(
             "register-ns",
             "-connect-to",
             self.nsmgr_url,
@@ -289,7 +351,7 @@ class Lab:
             json.dumps(service),
             "-log-level",
             "error",
-            check=False,
+            role=role,
         )
         assert result.returncode == 0, result.stderr
 
@@ -320,11 +382,13 @@ class Lab:
     # ----- teardown -----
 
     def report(self) -> str:
-        """Every log, for a failed test's report."""
+        """Every log, for a failed test's report (and the end of SPIRE's, in a secure lab)."""
         parts = []
         for path in sorted(self.directory.glob("*.log")) + sorted(self.directory.glob("events.jsonl")):
             text = path.read_text(errors="replace")
             parts.append(f"----- {path.name} (last 150 lines) -----\n" + "\n".join(text.splitlines()[-150:]))
+        if self.spire is not None:
+            parts.append(self.spire.report())
         return "\n".join(parts)
 
     def close(self) -> None:
@@ -340,6 +404,8 @@ class Lab:
 # ----- one link between a client and an endpoint, the unit of the test matrix -----
 
 PAIRS = [("go", "go"), ("go", "py"), ("py", "go"), ("py", "py")]
+# the pairs the secure matrix runs (Go <-> Go is the baseline; Python pairs join once the sidecars speak TLS)
+SECURE_PAIRS = PAIRS
 SERVICE, IFNAME = "icmp", "nsm-1"
 NSC_NAME, NSE_NAME = "nsc-1", "nse-1"
 CONN_ID = f"{NSC_NAME}-0"  # both clients name their first connection <name>-0, like cmd-nsc

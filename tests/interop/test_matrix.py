@@ -113,3 +113,14 @@ class TestLink:
         assert link.lab.events("endpoint.close")  # the Close went all the way to the endpoint
         assert IFNAME not in link.lab.links(link.nsc_ns)
         assert endpoint_if not in link.lab.links(link.nse_ns)
+
+
+class TestSecureLink(TestLink):
+    """The same steps with SPIFFE security as the cmd-* apps run it (spire_lab: a real SPIRE server and
+    agent): mTLS on every hop, ES256 path tokens signed with the SVID keys, the sdk's default policies in
+    the nsmgr, registry, forwarder, reference NSE and NSC. Pairs: interop_lab.SECURE_PAIRS."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def link(cls, secure_link: Link) -> Link:
+        return secure_link

@@ -13,12 +13,10 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/edwarnicke/grpcfd"
 	"github.com/golang-jwt/jwt/v4"
 	"github.com/sirupsen/logrus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
@@ -45,23 +43,9 @@ type insecurePerRPC struct{ credentials.PerRPCCredentials }
 
 func (insecurePerRPC) RequireTransportSecurity() bool { return false }
 
-// dialOptions are what every Go component uses to dial: grpcfd over cleartext (fds ride on unix
-// sockets), the path token as per-RPC metadata, and WaitForReady like cmd-nsc.
-func dialOptions(gen token.GeneratorFunc) []grpc.DialOption {
-	return []grpc.DialOption{
-		grpc.WithTransportCredentials(grpcfd.TransportCredentials(insecure.NewCredentials())),
-		grpc.WithDefaultCallOptions(
-			grpc.WaitForReady(true),
-			grpc.PerRPCCredentials(insecurePerRPC{token.NewPerRPCCredentials(gen)}),
-		),
-		grpcfd.WithChainStreamInterceptor(),
-		grpcfd.WithChainUnaryInterceptor(),
-	}
-}
-
-// serve starts a grpc server with grpcfd transport credentials on a unix URL.
-func serve(ctx context.Context, u *url.URL, register func(*grpc.Server)) error {
-	server := grpc.NewServer(grpc.Creds(grpcfd.TransportCredentials(insecure.NewCredentials())))
+// serve starts a grpc server with grpcfd transport credentials (over mTLS when secure) on a unix URL.
+func serve(ctx context.Context, u *url.URL, sec *security, register func(*grpc.Server)) error {
+	server := grpc.NewServer(sec.serverCreds())
 	register(server)
 	errCh := grpcutils.ListenAndServe(ctx, u, server)
 	select {
@@ -79,11 +63,21 @@ func serve(ctx context.Context, u *url.URL, register func(*grpc.Server)) error {
 
 // commonFlags are shared by all subcommands.
 type commonFlags struct {
-	logLevel string
+	logLevel      string
+	spiffe        bool
+	spiffeTimeout time.Duration
 }
 
 func (c *commonFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "logrus level; 'trace' also turns on the sdk's chain tracing")
+	fs.BoolVar(&c.spiffe, "spiffe", false, "secure mode as in the cmd-* apps: X.509-SVID from the Workload API at "+
+		"SPIFFE_ENDPOINT_SOCKET, mTLS, ES256 path tokens, the sdk's default authorization policies")
+	fs.DurationVar(&c.spiffeTimeout, "spiffe-timeout", 30*time.Second, "how long to wait for the first X.509-SVID")
+}
+
+// security sets up one component's security (see newSecurity).
+func (c *commonFlags) security(ctx context.Context, component string, lifetime time.Duration) (*security, error) {
+	return newSecurity(ctx, c.spiffe, component, lifetime, c.spiffeTimeout)
 }
 
 // setup returns a context cancelled on SIGTERM/SIGINT that carries a logrus logger for the sdk.

@@ -9,18 +9,23 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/edwarnicke/genericsync"
 	"github.com/sirupsen/logrus"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
 	"github.com/networkservicemesh/api/pkg/api/registry"
 
 	"github.com/networkservicemesh/sdk/pkg/networkservice/chains/nsmgr"
+	"github.com/networkservicemesh/sdk/pkg/networkservice/common/authorize"
 	registryclient "github.com/networkservicemesh/sdk/pkg/registry/chains/client"
 	"github.com/networkservicemesh/sdk/pkg/registry/chains/memory"
+	registryauthorize "github.com/networkservicemesh/sdk/pkg/registry/common/authorize"
 	"github.com/networkservicemesh/sdk/pkg/registry/common/retry"
 	registrysendfd "github.com/networkservicemesh/sdk/pkg/registry/common/sendfd"
 	"github.com/networkservicemesh/sdk/pkg/tools/grpcutils"
+	authmonitor "github.com/networkservicemesh/sdk/pkg/tools/monitorconnection/authorize"
 )
 
 // readyInfo is written to <dir>/ready.json once every server listens and the forwarder is registered.
@@ -33,6 +38,8 @@ type readyInfo struct {
 	Forwarder    string `json:"forwarder_name"`
 	Events       string `json:"events"`
 	Strict       bool   `json:"strict"`
+	// SPIFFE ids of the registry, the nsmgr and the forwarder (empty when insecure)
+	SpiffeIDs map[string]string `json:"spiffe_ids"`
 }
 
 // runControlPlane serves, each on its own unix socket under -dir: the sdk's memory registry chain, the
@@ -67,26 +74,66 @@ func runControlPlane(args []string) error {
 	registryURL, nsmgrURL, forwarderURL := sock("registry.sock"), sock("nsm.sock"), sock("fwd.sock")
 	const nsmgrName, forwarderName = "nsmgr-harness", "forwarder-harness"
 
+	// one identity per component, as in a cluster (each picks its own SVID if the Workload API offers several)
+	regSec, err := common.security(ctx, "registry", *tokenLifetime)
+	if err != nil {
+		return err
+	}
+	mgrSec, err := common.security(ctx, "nsmgr", *tokenLifetime)
+	if err != nil {
+		return err
+	}
+	fwdSec, err := common.security(ctx, "forwarder", *tokenLifetime)
+	if err != nil {
+		return err
+	}
+	if !mgrSec.secure() { // the test tokens' subjects, as before
+		regSec.subject, mgrSec.subject, fwdSec.subject = "registry", nsmgrName, forwarderName
+	}
+
 	// registry: what cmd-registry-memory runs
-	reg := memory.NewServer(ctx, tokenGenerator("registry", *tokenLifetime),
+	regOpts := []memory.Option{
 		memory.WithDefaultExpiration(*expiry),
-		memory.WithDialOptions(dialOptions(tokenGenerator("registry", *tokenLifetime))...))
-	if err = serve(ctx, registryURL, reg.Register); err != nil {
+		memory.WithDialOptions(regSec.dialOptions()...),
+	}
+	if regSec.secure() {
+		regOpts = append(regOpts,
+			memory.WithAuthorizeNSERegistryServer(registryauthorize.NewNetworkServiceEndpointRegistryServer(registryauthorize.WithPolicies(registryServerPolicies...))),
+			memory.WithAuthorizeNSERegistryClient(registryauthorize.NewNetworkServiceEndpointRegistryClient(registryauthorize.WithPolicies(registryClientPolicies...))),
+			memory.WithAuthorizeNSRegistryServer(registryauthorize.NewNetworkServiceRegistryServer(registryauthorize.WithPolicies(registryServerPolicies...))),
+			memory.WithAuthorizeNSRegistryClient(registryauthorize.NewNetworkServiceRegistryClient(registryauthorize.WithPolicies(registryClientPolicies...))))
+	}
+	reg := memory.NewServer(ctx, regSec.tokenGenerator(), regOpts...)
+	if err = serve(ctx, registryURL, regSec, reg.Register); err != nil {
 		return err
 	}
 
 	// nsmgr: what cmd-nsmgr runs, with its public URL being the local socket
-	mgrGen := tokenGenerator(nsmgrName, *tokenLifetime)
-	mgr := nsmgr.NewServer(ctx, mgrGen,
+	mgrOpts := []nsmgr.Option{
 		nsmgr.WithName(nsmgrName),
 		nsmgr.WithURL(nsmgrURL.String()),
 		nsmgr.WithRegistry(registryURL),
 		nsmgr.WithDefaultExpiration(*expiry),
 		nsmgr.WithDialTimeout(*dialTimeout),
-		nsmgr.WithDialOptions(dialOptions(mgrGen)...))
+		nsmgr.WithDialOptions(mgrSec.dialOptions()...),
+	}
+	if mgrSec.secure() {
+		// cmd-nsmgr's internal/manager: the default NetworkService policies (common + server), the monitor
+		// authorizer sharing the spiffe id -> connections map (it has no policy by default), and the
+		// registry policies of NSM_REGISTRY_SERVER_POLICIES / NSM_REGISTRY_CLIENT_POLICIES
+		spiffeIDConnMap := genericsync.Map[spiffeid.ID, *genericsync.Map[string, struct{}]]{}
+		mgrOpts = append(mgrOpts,
+			nsmgr.WithAuthorizeServer(authorize.NewServer(authorize.WithSpiffeIDConnectionMap(&spiffeIDConnMap))),
+			nsmgr.WithAuthorizeMonitorConnectionServer(authmonitor.NewMonitorConnectionServer(authmonitor.WithSpiffeIDConnectionMap(&spiffeIDConnMap))),
+			nsmgr.WithAuthorizeNSERegistryServer(registryauthorize.NewNetworkServiceEndpointRegistryServer(registryauthorize.WithPolicies(registryServerPolicies...))),
+			nsmgr.WithAuthorizeNSERegistryClient(registryauthorize.NewNetworkServiceEndpointRegistryClient(registryauthorize.WithPolicies(registryClientPolicies...))),
+			nsmgr.WithAuthorizeNSRegistryServer(registryauthorize.NewNetworkServiceRegistryServer(registryauthorize.WithPolicies(registryServerPolicies...))),
+			nsmgr.WithAuthorizeNSRegistryClient(registryauthorize.NewNetworkServiceRegistryClient(registryauthorize.WithPolicies(registryClientPolicies...))))
+	}
+	mgr := nsmgr.NewServer(ctx, mgrSec.tokenGenerator(), mgrOpts...)
 	front := &frontServer{nsmgr: mgr, strict: *strict, events: events}
 	frontRegistry := &frontNSERegistry{NetworkServiceEndpointRegistryServer: mgr.NetworkServiceEndpointRegistryServer(), strict: *strict, events: events}
-	err = serve(ctx, nsmgrURL, func(s *grpc.Server) {
+	err = serve(ctx, nsmgrURL, mgrSec, func(s *grpc.Server) {
 		grpcutils.RegisterHealthServices(s, mgr, mgr.NetworkServiceEndpointRegistryServer(), mgr.NetworkServiceRegistryServer())
 		networkservice.RegisterNetworkServiceServer(s, front)
 		networkservice.RegisterMonitorConnectionServer(s, mgr)
@@ -98,16 +145,21 @@ func runControlPlane(args []string) error {
 	}
 
 	// forwarder, registered through the nsmgr like cmd-forwarder-vpp (its socket travels as an fd)
-	fwdGen := tokenGenerator(forwarderName, *tokenLifetime)
-	fwd := newForwarder(ctx, forwarderName, fwdGen, nsmgrURL, *dialTimeout, *strict, events)
-	if err = serve(ctx, forwarderURL, fwd.Register); err != nil {
+	fwd := newForwarder(ctx, forwarderName, fwdSec, nsmgrURL, *dialTimeout, *strict, events)
+	if err = serve(ctx, forwarderURL, fwdSec, fwd.Register); err != nil {
 		return err
 	}
-	fwdRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx,
+	fwdRegistryOpts := []registryclient.Option{
 		registryclient.WithClientURL(nsmgrURL),
-		registryclient.WithDialOptions(dialOptions(fwdGen)...),
+		registryclient.WithDialOptions(fwdSec.dialOptions()...),
 		registryclient.WithNSERetryClient(retry.NewNetworkServiceEndpointRegistryClient(ctx, retry.WithTryTimeout(*requestTimeout))),
-		registryclient.WithNSEAdditionalFunctionality(registrysendfd.NewNetworkServiceEndpointRegistryClient()))
+		registryclient.WithNSEAdditionalFunctionality(registrysendfd.NewNetworkServiceEndpointRegistryClient()),
+	}
+	if fwdSec.secure() {
+		fwdRegistryOpts = append(fwdRegistryOpts, registryclient.WithAuthorizeNSERegistryClient(
+			registryauthorize.NewNetworkServiceEndpointRegistryClient(registryauthorize.WithPolicies(registryClientPolicies...))))
+	}
+	fwdRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx, fwdRegistryOpts...)
 	_, err = fwdRegistry.Register(ctx, &registry.NetworkServiceEndpoint{
 		Name:                forwarderName,
 		NetworkServiceNames: []string{"forwarder"},
@@ -124,6 +176,7 @@ func runControlPlane(args []string) error {
 		Pid: os.Getpid(), RegistryURL: registryURL.String(), NsmgrURL: nsmgrURL.String(),
 		ForwarderURL: forwarderURL.String(), NsmgrName: nsmgrName, Forwarder: forwarderName,
 		Events: events.file.Name(), Strict: *strict,
+		SpiffeIDs: map[string]string{"registry": regSec.spiffeID(), "nsmgr": mgrSec.spiffeID(), "forwarder": fwdSec.spiffeID()},
 	})
 	if err = writeFileAtomic(filepath.Join(*dir, "ready.json"), info); err != nil {
 		return err

@@ -5,7 +5,9 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/edwarnicke/genericsync"
 	"github.com/golang/protobuf/ptypes/empty"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 
 	"github.com/networkservicemesh/api/pkg/api/networkservice"
@@ -16,6 +18,7 @@ import (
 
 	"github.com/networkservicemesh/sdk/pkg/networkservice/chains/client"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/chains/endpoint"
+	"github.com/networkservicemesh/sdk/pkg/networkservice/common/authorize"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/connect"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/discover"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms"
@@ -27,7 +30,7 @@ import (
 	"github.com/networkservicemesh/sdk/pkg/networkservice/core/next"
 	registryclient "github.com/networkservicemesh/sdk/pkg/registry/chains/client"
 	registryrecvfd "github.com/networkservicemesh/sdk/pkg/registry/common/recvfd"
-	"github.com/networkservicemesh/sdk/pkg/tools/token"
+	authmonitor "github.com/networkservicemesh/sdk/pkg/tools/monitorconnection/authorize"
 )
 
 // newForwarder composes a kernel-only forwarder from sdk and sdk-kernel elements plus the project's veth
@@ -37,9 +40,13 @@ import (
 // client's mechanism; then (server chain) connectioncontextkernel.NewServer addresses the client side
 // before the reply goes back to the nsmgr. vethReleaseServer, first of our elements, deletes the pair on
 // Close.
-func newForwarder(ctx context.Context, name string, gen token.GeneratorFunc, nsmgrURL *url.URL,
+//
+// Secure, it authorizes like cmd-forwarder-vpp's main: the sdk's default NetworkService policies (common +
+// server; xconnectns's own default, authorize.Any(), is overridden there) and the monitor authorizer
+// sharing the spiffe id -> connections map.
+func newForwarder(ctx context.Context, name string, sec *security, nsmgrURL *url.URL,
 	dialTimeout time.Duration, strict bool, events *eventLog) endpoint.Endpoint {
-	opts := dialOptions(gen)
+	opts := sec.dialOptions()
 	nsClient := registryclient.NewNetworkServiceRegistryClient(ctx,
 		registryclient.WithClientURL(nsmgrURL),
 		registryclient.WithDialOptions(opts...))
@@ -53,8 +60,14 @@ func newForwarder(ctx context.Context, name string, gen token.GeneratorFunc, nsm
 	if strict {
 		replyCheck = &strictReplyClient{events: events}
 	}
-	return endpoint.NewServer(ctx, gen,
-		endpoint.WithName(name),
+	endpointOpts := []endpoint.Option{endpoint.WithName(name)}
+	if sec.secure() {
+		spiffeIDConnMap := genericsync.Map[spiffeid.ID, *genericsync.Map[string, struct{}]]{}
+		endpointOpts = append(endpointOpts,
+			endpoint.WithAuthorizeServer(authorize.NewServer(authorize.WithSpiffeIDConnectionMap(&spiffeIDConnMap))),
+			endpoint.WithAuthorizeMonitorConnectionServer(authmonitor.NewMonitorConnectionServer(authmonitor.WithSpiffeIDConnectionMap(&spiffeIDConnMap))))
+	}
+	return endpoint.NewServer(ctx, sec.tokenGenerator(), append(endpointOpts,
 		endpoint.WithAdditionalFunctionality(
 			newVethReleaseServer(events),
 			recvfd.NewServer(),
@@ -80,7 +93,7 @@ func newForwarder(ctx context.Context, name string, gen token.GeneratorFunc, nsm
 					&observeClient{events: events},
 				),
 			)),
-		),
+		))...,
 	)
 }
 

@@ -8,9 +8,12 @@
 //	nse            a Go endpoint built from the sdk's endpoint chain (KERNEL, point-to-point IPAM)
 //	register-ns    registers a NetworkService (e.g. one with matches) through the nsmgr
 //	find-nse       prints the endpoints the nsmgr's registry knows for a service (one JSON line each)
+//	foreign        Close or refresh someone else's connection (ownership checks, secure mode)
 //
-// Everything runs insecure for now (grpcfd over cleartext, HS256 test tokens, authorize.Any()), as the
-// sdk's own sandbox does; SPIFFE/mTLS is later work.
+// By default everything runs insecure (grpcfd over cleartext, HS256 test tokens, authorize.Any()), as the
+// sdk's own sandbox does. With -spiffe, every subcommand is secured as the cmd-* apps are: an X.509-SVID
+// from the Workload API at SPIFFE_ENDPOINT_SOCKET, grpcfd over mTLS, ES256 path tokens (spiffejwt), and the
+// sdk's default authorization policies (security.go).
 package main
 
 import (
@@ -25,9 +28,10 @@ func main() {
 		"nse":           runNSE,
 		"register-ns":   runRegisterNS,
 		"find-nse":      runFindNSE,
+		"foreign":       runForeign,
 	}
 	if len(os.Args) < 2 || commands[os.Args[1]] == nil {
-		fmt.Fprintln(os.Stderr, "usage: nsmharness control-plane|nsc|nse|register-ns|find-nse [flags]")
+		fmt.Fprintln(os.Stderr, "usage: nsmharness control-plane|nsc|nse|register-ns|find-nse|foreign [flags]")
 		os.Exit(2)
 	}
 	if err := commands[os.Args[1]](os.Args[2:]); err != nil {

@@ -19,6 +19,7 @@ import (
 	kernelheal "github.com/networkservicemesh/sdk-kernel/pkg/kernel/tools/heal"
 
 	"github.com/networkservicemesh/sdk/pkg/networkservice/chains/client"
+	"github.com/networkservicemesh/sdk/pkg/networkservice/common/authorize"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/heal"
 	kernelmech "github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms/kernel"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms/sendfd"
@@ -71,17 +72,27 @@ func runNSC(args []string) error {
 	if *withoutFD {
 		netnsSender = &fileNetNSClient{url: fmt.Sprintf("file:///proc/%d/ns/net", os.Getpid())}
 	}
-	nsc := client.NewClient(ctx,
+	sec, err := common.security(ctx, *name, *tokenLifetime)
+	if err != nil {
+		return err
+	}
+	clientOpts := []client.Option{
 		client.WithName(*name),
 		client.WithClientURL(nsmgrURL),
-		client.WithDialOptions(dialOptions(tokenGenerator(*name, *tokenLifetime))...),
+		client.WithDialOptions(sec.dialOptions()...),
 		client.WithDialTimeout(*dialTimeout),
 		client.WithHealClient(heal.NewClient(ctx, heal.WithLivenessCheck(kernelheal.KernelLivenessCheck))),
 		client.WithAdditionalFunctionality(
 			upstreamrefresh.NewClient(ctx),
 			kernelmech.NewClient(kernelmech.WithInterfaceName(*ifname)),
 			netnsSender,
-		))
+		),
+	}
+	if sec.secure() {
+		// cmd-nsc: the default client policies (common + next_token_signed) over the returned path
+		clientOpts = append(clientOpts, client.WithAuthorizeClient(authorize.NewClient()))
+	}
+	nsc := client.NewClient(ctx, clientOpts...)
 	request := &networkservice.NetworkServiceRequest{
 		Connection: &networkservice.Connection{
 			Id:             *name + "-0",

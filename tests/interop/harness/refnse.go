@@ -19,6 +19,7 @@ import (
 	"github.com/networkservicemesh/api/pkg/api/registry"
 
 	"github.com/networkservicemesh/sdk/pkg/networkservice/chains/endpoint"
+	"github.com/networkservicemesh/sdk/pkg/networkservice/common/authorize"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms"
 	kernelmech "github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms/kernel"
 	"github.com/networkservicemesh/sdk/pkg/networkservice/common/mechanisms/sendfd"
@@ -27,7 +28,6 @@ import (
 	registryclient "github.com/networkservicemesh/sdk/pkg/registry/chains/client"
 	"github.com/networkservicemesh/sdk/pkg/registry/common/retry"
 	registrysendfd "github.com/networkservicemesh/sdk/pkg/registry/common/sendfd"
-	"github.com/networkservicemesh/sdk/pkg/tools/token"
 )
 
 // runNSE is a reference endpoint modelled on cmd-nse-icmp-responder: the sdk's endpoint chain with
@@ -90,23 +90,31 @@ func runNSE(args []string) error {
 	ctx, cancelChains := context.WithCancel(context.WithoutCancel(signalCtx))
 	defer cancelChains()
 
-	gen := tokenGenerator(*name, *tokenLifetime)
+	sec, err := common.security(ctx, *name, *tokenLifetime)
+	if err != nil {
+		return err
+	}
 	var netnsSender networkservice.NetworkServiceServer = sendfd.NewServer()
 	if *withoutFD {
 		netnsSender = &fileNetNSServer{url: fmt.Sprintf("file:///proc/%d/ns/net", os.Getpid())}
 	}
-	nse := endpoint.NewServer(ctx, gen,
-		endpoint.WithName(*name),
+	endpointOpts := []endpoint.Option{endpoint.WithName(*name)}
+	if sec.secure() {
+		// cmd-nse-icmp-responder: the default NetworkService policies (common + server); monitoring stays
+		// with the endpoint chain's default (authmonitor.Any())
+		endpointOpts = append(endpointOpts, endpoint.WithAuthorizeServer(authorize.NewServer()))
+	}
+	nse := endpoint.NewServer(ctx, sec.tokenGenerator(), append(endpointOpts,
 		endpoint.WithAdditionalFunctionality(
 			point2pointipam.NewServer(prefix),
 			mechanisms.NewServer(map[string]networkservice.NetworkServiceServer{kernel.MECHANISM: kernelmech.NewServer()}),
 			netnsSender,
-		))
-	if err = serve(ctx, listenURL, nse.Register); err != nil {
+		))...)
+	if err = serve(ctx, listenURL, sec, nse.Register); err != nil {
 		return err
 	}
 
-	nseRegistry, err := register(ctx, gen, nsmgrURL, *requestTimeout, *registerService, *payload, &registry.NetworkServiceEndpoint{
+	nseRegistry, err := register(ctx, sec, nsmgrURL, *requestTimeout, *registerService, *payload, &registry.NetworkServiceEndpoint{
 		Name:                 *name,
 		NetworkServiceNames:  serviceNames,
 		NetworkServiceLabels: labelsForEach(serviceNames, nseLabels),
@@ -131,26 +139,26 @@ func runNSE(args []string) error {
 
 // register registers the services (optionally) and the endpoint, like cmd-nse-icmp-responder; the
 // returned client keeps refreshing the endpoint's registration.
-func register(ctx context.Context, gen token.GeneratorFunc, nsmgrURL *url.URL, tryTimeout time.Duration,
+func register(ctx context.Context, sec *security, nsmgrURL *url.URL, tryTimeout time.Duration,
 	registerService bool, payload string, nse *registry.NetworkServiceEndpoint) (registry.NetworkServiceEndpointRegistryClient, error) {
-	opts := dialOptions(gen)
+	opts := sec.dialOptions()
 	if registerService {
-		nsRegistry := registryclient.NewNetworkServiceRegistryClient(ctx,
+		nsRegistry := registryclient.NewNetworkServiceRegistryClient(ctx, append(sec.registryClientOptions(),
 			registryclient.WithClientURL(nsmgrURL),
 			registryclient.WithDialOptions(opts...),
-			registryclient.WithNSRetryClient(retry.NewNetworkServiceRegistryClient(ctx, retry.WithTryTimeout(tryTimeout))))
+			registryclient.WithNSRetryClient(retry.NewNetworkServiceRegistryClient(ctx, retry.WithTryTimeout(tryTimeout))))...)
 		for _, svc := range nse.GetNetworkServiceNames() {
 			if _, err := nsRegistry.Register(ctx, &registry.NetworkService{Name: svc, Payload: payload}); err != nil {
 				return nil, fmt.Errorf("registering service %s: %w", svc, err)
 			}
 		}
 	}
-	nseRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx,
+	nseRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx, append(sec.registryClientOptions(),
 		registryclient.WithClientURL(nsmgrURL),
 		registryclient.WithDialOptions(opts...),
 		// each try's deadline shortens the expiry the nsmgr grants (it expires at expiration - deadline)
 		registryclient.WithNSERetryClient(retry.NewNetworkServiceEndpointRegistryClient(ctx, retry.WithTryTimeout(tryTimeout))),
-		registryclient.WithNSEAdditionalFunctionality(registrysendfd.NewNetworkServiceEndpointRegistryClient()))
+		registryclient.WithNSEAdditionalFunctionality(registrysendfd.NewNetworkServiceEndpointRegistryClient()))...)
 	if _, err := nseRegistry.Register(ctx, nse); err != nil {
 		return nil, fmt.Errorf("registering endpoint %s: %w", nse.GetName(), err)
 	}

@@ -40,10 +40,14 @@ func runRegisterNS(args []string) error {
 	defer cancel()
 	ctx, cancelTimeout := context.WithTimeout(ctx, *timeout)
 	defer cancelTimeout()
-	nsRegistry := registryclient.NewNetworkServiceRegistryClient(ctx,
+	sec, err := common.security(ctx, "register-ns", time.Hour)
+	if err != nil {
+		return err
+	}
+	nsRegistry := registryclient.NewNetworkServiceRegistryClient(ctx, append(sec.registryClientOptions(),
 		registryclient.WithClientURL(nsmgrURL),
-		registryclient.WithDialOptions(dialOptions(tokenGenerator("register-ns", time.Hour))...),
-		registryclient.WithNSRetryClient(retry.NewNetworkServiceRegistryClient(ctx, retry.WithTryTimeout(*timeout))))
+		registryclient.WithDialOptions(sec.dialOptions()...),
+		registryclient.WithNSRetryClient(retry.NewNetworkServiceRegistryClient(ctx, retry.WithTryTimeout(*timeout))))...)
 	reply, err := nsRegistry.Register(ctx, ns)
 	if err != nil {
 		return err
@@ -74,9 +78,13 @@ func runFindNSE(args []string) error {
 	defer cancel()
 	ctx, cancelTimeout := context.WithTimeout(ctx, *timeout)
 	defer cancelTimeout()
-	nseRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx,
+	sec, err := common.security(ctx, "find-nse", time.Hour)
+	if err != nil {
+		return err
+	}
+	nseRegistry := registryclient.NewNetworkServiceEndpointRegistryClient(ctx, append(sec.registryClientOptions(),
 		registryclient.WithClientURL(nsmgrURL),
-		registryclient.WithDialOptions(dialOptions(tokenGenerator("find-nse", time.Hour))...))
+		registryclient.WithDialOptions(sec.dialOptions()...))...)
 	stream, err := nseRegistry.Find(ctx, &registry.NetworkServiceEndpointQuery{
 		NetworkServiceEndpoint: &registry.NetworkServiceEndpoint{NetworkServiceNames: []string{*service}},
 	})
