@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -192,3 +193,46 @@ def test_svids_rotate_under_a_live_link_and_refreshes_go_on(lab: Lab) -> None:
     assert not manager.events("request.denied") and not manager.events("tls.handshake_failed"), manager.log
     assert not manager.events("connection.closed"), manager.log
     assert (links(dev1), links(dev2)) == before
+
+
+def test_sidecars_follow_the_workload_api_through_a_restart(lab: Lab) -> None:
+    """nsm-local (and with it the Workload API) killed and started again: the sidecars' identity streams
+    reconnect by themselves and keep getting new SVIDs from the same CA; the link never drops."""
+    dev1, _ = start_two_devices(lab, nsm_local_args=("--svid-ttl", "30s"))
+    manager, nse, nsc = lab.processes
+    manager.signal(signal.SIGKILL)
+    manager.wait(10)
+    restarted = lab.nsm_local("--svid-ttl", "30s")
+    wait_until(
+        lambda: nsc.events("identity.rotated") and nse.events("identity.rotated"),
+        30,
+        "new SVIDs from the restarted Workload API",
+    )
+    assert len(restarted.events("workload.svid_issued")) >= 2, restarted.log
+    assert lab.ping(dev1, "10.60.1.2")
+    assert not nsc.events("heal.reselect"), nsc.log
+
+
+def test_the_manager_socket_is_not_world_writable_and_insecure_mode_says_so(lab: Lab) -> None:
+    manager = lab.nsm_local("--insecure")
+    mode = os.stat(lab.socket.removeprefix("unix://")).st_mode & 0o777
+    assert mode == 0o660, oct(mode)
+    assert manager.events("security.insecure"), manager.log
+    assert not os.path.exists(lab.workload_api.removeprefix("unix://")), "no Workload API when insecure"
+    manifest = lab.directory / "p2p.yaml"
+    manifest.write_text(P2P)
+    secure_cli = lab.nsm_local_cli("apply", "-f", str(manifest))  # looks for an SVID that never comes
+    assert secure_cli.returncode == 1 and "no X.509-SVID from the Workload API" in secure_cli.stderr
+    applied = lab.nsm_local_cli("apply", "-f", str(manifest), "--insecure")
+    assert applied.returncode == 0, applied.stderr
+    dev1, dev2 = lab.netns("device-1"), lab.netns("device-2")
+    nse = lab.nse(
+        dev2,
+        ENDPOINT_NETWORK_SERVICE="p2p",
+        ENDPOINT_LABELS="device=device-2",
+        IP_ADDRESS="10.60.1.0/24",
+        NSM_INSECURE="true",
+    )
+    nsc = lab.nsc(dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21", NSM_INSECURE="true")
+    wait_until(lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30"), 20, "the link, insecure")
+    assert nse.events("security.insecure") and nsc.events("security.insecure")
