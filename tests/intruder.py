@@ -25,7 +25,10 @@ import asyncio
 import dataclasses
 import json
 import os
+import shutil
+import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -51,8 +54,8 @@ from nsm_sdk.protocol.gotime import format_rfc3339nano
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
 from nsm_sdk.protocol.requests import first_request, kernel_preference, refresh_request
 from nsm_sdk.transport.client import dial
-from nsm_sdk.transport.fdpass import open_netns_fd
-from nsm_sdk.transport.urls import inode_url_for_fd
+from nsm_sdk.transport.fdpass import open_netns_fd, open_socket_file_fd
+from nsm_sdk.transport.urls import inode_url_for_fd, inode_url_for_path
 
 NAME = "intruder"
 TIMEOUT = 5.0
@@ -215,14 +218,32 @@ class Intruder:
             return await attempt("", client.close(victim, TIMEOUT))
 
     async def attack_register_other(self) -> dict[str, str]:
-        async with own_identity() as identity, self.client(identity) as client:
-            record = NetworkServiceEndpoint(
-                name=self.args.name, url="unix:///nowhere", network_service_names=[self.args.service]
-            )
-            stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(client.channel)
-            peer = await client.peer("intruder", TIMEOUT)
-            metadata = identity.tokens.metadata(peer, ((PATH_METADATA_KEY, RegistryPath().to_json()),))
-            return await attempt("", stub.Register(record, metadata=metadata, timeout=TIMEOUT))
+        """A well-formed registration (a real socket, passed as an fd, as an NSE sends it) under a name
+        another identity holds."""
+        directory = tempfile.mkdtemp(prefix="intruder-")
+        path = os.path.join(directory, "listen.on")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            listener.bind(path)
+            listener.listen(1)
+            socket_fd = open_socket_file_fd(path)
+            try:
+                async with own_identity() as identity, self.client(identity, send_fds=(socket_fd,)) as client:
+                    url = inode_url_for_path(path)
+                    services = [self.args.service]
+                    record = NetworkServiceEndpoint(
+                        name=self.args.name, url=url, network_service_names=services
+                    )
+                    stub = registry_pb2_grpc.NetworkServiceEndpointRegistryStub(client.channel)
+                    peer = await client.peer("intruder", TIMEOUT)
+                    extra = ((PATH_METADATA_KEY, RegistryPath().to_json()),)
+                    metadata = identity.tokens.metadata(peer, extra)
+                    return await attempt("", stub.Register(record, metadata=metadata, timeout=TIMEOUT))
+            finally:
+                os.close(socket_fd)
+        finally:
+            listener.close()
+            shutil.rmtree(directory, ignore_errors=True)
 
     async def attack_monitor(self) -> dict[str, str]:
         async with own_identity() as identity, self.client(identity) as client:
