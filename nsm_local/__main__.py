@@ -18,16 +18,14 @@ import sys
 from pathlib import Path
 
 from nsm_local import cli_client
-from nsm_local.dev_ca import DevCAError
+from nsm_local.attestation import DEFAULT_SVID_TTL
 from nsm_local.manifests import ManifestError, load_network_services
-from nsm_local.server import ServeSettings, WorkloadApiInUse, serve_control_plane
-from nsm_local.workload_api import DEFAULT_SVID_TTL
+from nsm_local.server import ServeSettings, serve_control_plane
 from nsm_sdk.agent.lifecycle import run_agent
 from nsm_sdk.agent.logs import setup_logging
-from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.protocol.durations import parse_positive_duration
 from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT, SecuritySettings, boolean
-from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.protocol.errors import ConfigError, NsmError
 from nsm_sdk.protocol.nsurl import parse_socket_url
 
 DEFAULT_URL = "unix:///var/lib/networkservicemesh/nsm.io.sock"
@@ -127,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(action(target, services, security))
     except (ConfigError, ManifestError) as exc:
         _fail(str(exc))
-    except (RpcFailed, cli_client.NoIdentity, WorkloadApiInUse, DevCAError) as exc:
+    except NsmError as exc:  # runtime faults (an RPC, no SVID, a CA or a socket in the way): not bad input
         print(f"nsm-local: {exc}", file=sys.stderr)
         sys.exit(1)
 

@@ -22,9 +22,9 @@ import asyncio
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from nsm_local.dev_ca import DevCA
-from nsm_local.workload_api import netns_uid_attestor
+from nsm_local.attestation import netns_uid_attestor
 from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.security import prepare, secure_identity
@@ -34,6 +34,9 @@ from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.peercred import PeerCredentials
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
+
+if TYPE_CHECKING:  # the CA (py-spiffe, X.509 building) is loaded only in secure mode
+    from nsm_local.dev_ca import DevCA
 
 MANAGER_PATH = "nsm-local/nsmgr"
 FORWARDER_PATH = "nsm-local/forwarder"

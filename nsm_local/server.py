@@ -19,14 +19,13 @@ from pathlib import Path
 
 import grpc
 
-from nsm_local.dev_ca import DevCA
+from nsm_local.attestation import DEFAULT_SVID_TTL
 from nsm_local.endpoint_dialer import EndpointDialer
 from nsm_local.identities import ControlPlaneIdentity
 from nsm_local.manager import MANAGER_NAME, ManagerMonitorServicer, ManagerServicer
 from nsm_local.ownership import ConnectionOwners
 from nsm_local.registry import Registry
 from nsm_local.registry_servicer import EndpointRegistryServicer, RegistryPathKeeper, ServiceRegistryServicer
-from nsm_local.workload_api import DEFAULT_SVID_TTL, serve_workload_api
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk.agent.lifecycle import sleep_or_stop
@@ -102,6 +101,9 @@ async def control_plane_identity(
         log.warning("security.insecure", detail=INSECURE_WARNING)
         yield ControlPlaneIdentity.insecure(settings.trust_domain, settings.token_lifetime)
         return
+    from nsm_local.dev_ca import DevCA  # py-spiffe and the X.509 builders: secure mode only
+    from nsm_local.workload_api import serve_workload_api
+
     if socket_in_use(settings.workload_api_path):
         raise WorkloadApiInUse(
             f"a Workload API (a SPIRE agent, or another nsm-local) already listens at "

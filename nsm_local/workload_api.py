@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -29,37 +29,24 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
+from nsm_local.attestation import DEFAULT_SVID_TTL, Attestor, netns_uid_attestor
 from nsm_local.dev_ca import DevCA, DevCAError
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.peercred import PeerCredentials
+
+__all__ = ["DEFAULT_SVID_TTL", "Attestor", "WorkloadApiServicer", "netns_uid_attestor", "serve_workload_api"]
 from nsm_sdk.transport.server import ServerHandle, serve
 
 if TYPE_CHECKING:  # the stubs' generics are not subscriptable at run time
     _Context: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
-Attestor = Callable[[PeerCredentials], str | None]
-"""Who a connecting process is: its SPIFFE id, or None if it gets no identity."""
-
-DEFAULT_SVID_TTL = 3600.0
-"""SPIRE's default X.509-SVID lifetime."""
 SOCKET_MODE = 0o666
 """Anyone may connect, as to SPIRE's agent socket: callers are attested, not trusted."""
 SECURITY_HEADER = "workload.spiffe.io"
 HEADER_MISSING = "security header missing from request"
 NO_IDENTITY = "no identity issued"
 JWT_UNIMPLEMENTED = "nsm-local's development Workload API issues X.509-SVIDs only; JWT-SVIDs are not served"
-
-
-def netns_uid_attestor(trust_domain: str) -> Attestor:
-    """`spiffe://<trust domain>/netns/<netns inode>/uid/<uid>`; no identity if the netns is unknown."""
-
-    def attest(credentials: PeerCredentials) -> str | None:
-        if credentials.netns is None:
-            return None
-        return f"spiffe://{trust_domain}/netns/{credentials.netns}/uid/{credentials.uid}"
-
-    return attest
 
 
 def bundle_key(trust_domain: str) -> str:

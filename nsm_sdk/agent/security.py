@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -25,12 +25,14 @@ from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.policies import check_server
 from nsm_sdk.identity.tokens import TokenSigner
-from nsm_sdk.identity.workload import WorkloadApiSource
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.envvalues import SecuritySettings
 from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.tls import TlsSecurity
+
+if TYPE_CHECKING:  # py-spiffe is loaded in secure mode only (about 60 ms of imports)
+    from nsm_sdk.identity.workload import WorkloadApiSource
 
 INSECURE_WARNING = (
     "INSECURE: plaintext gRPC, no peer authentication, tokens nobody can verify; any local process can "
@@ -76,6 +78,8 @@ async def agent_identity(
         log.warning("security.insecure", detail=INSECURE_WARNING)
         yield AgentIdentity(PLAINTEXT, CallTokens(TokenSigner(name), lifetime))
         return
+    from nsm_sdk.identity.workload import WorkloadApiSource
+
     source = WorkloadApiSource(str(settings.spiffe_endpoint))
     try:
         if not await source.start(stop):

@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtensionOID
-from spiffe import SpiffeId
 
 from nsm_sdk.identity.x509 import not_after_of, trust_domain_of
 from nsm_sdk.protocol.errors import NsmError
@@ -62,6 +61,8 @@ class PeerIdentity:
 
 def spiffe_id_of(certificate: x509.Certificate) -> str:
     """The one SPIFFE id in a leaf's URI SANs; PeerRejected unless there is exactly one valid one."""
+    from spiffe import SpiffeId  # only a secure process verifies peers: the insecure one never loads it
+
     try:
         san = certificate.extensions.get_extension_for_oid(ExtensionOID.SUBJECT_ALTERNATIVE_NAME).value
     except x509.ExtensionNotFound:

@@ -1,0 +1,28 @@
+"""Who a local caller is, as nsm-local names it, and how long the SVIDs it issues live.
+
+Kept apart from the CA and the Workload API (which need py-spiffe and cryptography's X.509 machinery) so
+that the insecure mode, which also names callers this way for ownership, does not load them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from nsm_sdk.transport.peercred import PeerCredentials
+
+Attestor = Callable[[PeerCredentials], str | None]
+"""Who a connecting process is: its SPIFFE id, or None if it gets no identity."""
+
+DEFAULT_SVID_TTL = 3600.0
+"""SPIRE's default X.509-SVID lifetime."""
+
+
+def netns_uid_attestor(trust_domain: str) -> Attestor:
+    """`spiffe://<trust domain>/netns/<netns inode>/uid/<uid>`; no identity if the netns is unknown."""
+
+    def attest(credentials: PeerCredentials) -> str | None:
+        if credentials.netns is None:
+            return None
+        return f"spiffe://{trust_domain}/netns/{credentials.netns}/uid/{credentials.uid}"
+
+    return attest
