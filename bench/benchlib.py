@@ -115,7 +115,10 @@ def package_versions(*names: str) -> str:
 def print_machine() -> None:
     for key, value in machine():
         print(f"{key:>22}: {value}")
-    print(f"{'packages':>22}: {package_versions('grpcio', 'protobuf', 'pyroute2', 'pyjwt', 'cryptography')}")
+    packages = package_versions(
+        "grpcio", "protobuf", "pyroute2", "pyjwt", "cryptography", "spiffe", "pyasn1-modules"
+    )
+    print(f"{'packages':>22}: {packages}")
     print()
 
 

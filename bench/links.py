@@ -15,6 +15,9 @@ then, after `--settle` seconds of steady state, memory (RSS, peak, PSS) of nsm-l
 CPU time of nsm-local (bring-up and idle) and of the sidecars; then the time from SIGTERM to all clients
 until every link interface is gone from every namespace, and until the clients have exited.
 
+Secure as by default (nsm-local's development Workload API in the lab's directory, mTLS, SPIFFE
+tokens and policies), or with `--insecure` (nsm-local `--insecure`, NSM_INSECURE=true for the sidecars).
+
 Everything (processes, namespaces, the temp directory) is removed at the end, also on failure or Ctrl-C;
 on failure the logs are kept and their directory is printed. Needs root, iproute2, the installed project.
 
@@ -178,10 +181,49 @@ class Lab:
     namespaces: dict[int, str] = field(default_factory=dict)
     processes: list[Proc] = field(default_factory=list)
     keep_directory: bool = False
+    insecure: bool = False
+    """Plaintext everywhere (nsm-local --insecure, NSM_INSECURE=true); else nsm-local serves SVIDs."""
+    code_dir: Path | None = None
+    """Run the programs from this source tree (PYTHONPATH and working directory) instead of the installed
+    project, e.g. a `git archive` of a commit from before the security work: such code knows no security
+    options and gets none."""
 
     @property
     def socket_url(self) -> str:
         return f"unix://{self.directory}/nsm.sock"
+
+    @property
+    def workload_api_url(self) -> str:
+        """nsm-local's development Workload API, in the lab's directory (never the host's SPIRE socket)."""
+        return f"unix://{self.directory}/agent.sock"
+
+    def security_env(self) -> dict[str, str]:
+        if self.code_dir is not None:
+            return {"PYTHONPATH": str(self.code_dir)}
+        if self.insecure:
+            return {"NSM_INSECURE": "true"}
+        return {"SPIFFE_ENDPOINT_SOCKET": self.workload_api_url}
+
+    def start_nsm_local(self) -> Proc:
+        """`nsm-local serve` on the lab's socket, state and CA in the lab's directory; waits until it listens
+        (in the secure mode its Workload API is up before the manager socket appears)."""
+        args = ["serve", "--listen", self.socket_url, "--state-dir", str(self.directory)]
+        if self.code_dir is None:
+            args += ["--insecure"] if self.insecure else ["--workload-api", self.workload_api_url]
+        proc = self.start("nsm-local", "nsm-local", {}, args=args)
+        wait_for((self.directory / "nsm.sock").exists, time.monotonic() + 15, "nsm-local to listen", self)
+        return proc
+
+    def apply(self, manifest_text: str) -> None:
+        manifest_path = self.directory / "manifest.yaml"
+        manifest_path.write_text(manifest_text)
+        argv = [sys.executable, "-m", "nsm_local", "apply", "-f", str(manifest_path), "--connect-to",
+                self.socket_url]
+        applied = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30,
+                                 env={"PATH": os.environ.get("PATH", ""), **self.security_env()},
+                                 cwd=self.code_dir)
+        if applied.returncode != 0:
+            raise BenchFailed(f"nsm-local apply failed: {applied.stderr.strip()}")
 
     def add_netns(self, router: int) -> str:
         name = f"nsmb{self.tag}-r{router}"
@@ -208,6 +250,7 @@ class Lab:
             "PATH": os.environ.get("PATH", ""),
             "NSM_CONNECT_TO": self.socket_url,
             "NSM_NAME": name,
+            **self.security_env(),
             **({"NSM_READY_FILE": str(ready_file)} if ready_file else {}),
             **env,
         }
@@ -215,7 +258,8 @@ class Lab:
         with log_path.open("wb") as log:
             # own session: a terminal's Ctrl-C reaches only the bench, which then stops everything in order
             popen = subprocess.Popen(
-                argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                argv, env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                cwd=self.code_dir,
             )
         proc = Proc(role, name, popen, log_path, time.time(), ready_file)
         self.processes.append(proc)
@@ -319,10 +363,11 @@ class Result:
     settle: float = 0.0
     problems: Counter[str] = field(default_factory=Counter)
     token_lifetime: str = "10m (default)"
+    insecure: bool = False
     others_busy: float = 0.0  # cores busy with processes not ours during bring-up (other load on the machine)
 
 
-def _first_log_wall(proc: Proc, event: str) -> float | None:
+def first_log_wall(proc: Proc, event: str) -> float | None:
     """Wall-clock time of the first log line with `event=<event>` (logfmt `ts=...Z`, ms resolution)."""
     try:
         text = proc.log_path.read_text(errors="replace")
@@ -336,7 +381,7 @@ def _first_log_wall(proc: Proc, event: str) -> float | None:
     return None
 
 
-def _warnings(procs: Iterable[Proc]) -> Counter[str]:
+def log_warnings(procs: Iterable[Proc]) -> Counter[str]:
     found: Counter[str] = Counter()
     for proc in procs:
         try:
@@ -355,25 +400,19 @@ def _cpu(procs: Iterable[Proc]) -> float:
 
 
 def run_once(topology: str, routers: int, parallel: int, nse_first: bool, timeout: float,
-             settle: float, keep_logs: bool, token_lifetime: str | None = None) -> Result:
+             settle: float, keep_logs: bool, token_lifetime: str | None = None,
+             insecure: bool = False) -> Result:
     links = plan_links(topology, routers, parallel)
     common_env = {"NSM_MAX_TOKEN_LIFETIME": token_lifetime} if token_lifetime else {}
     owners = sorted({link.owner for link in links})
     result = Result(topology, routers, parallel, len(links), len(owners), routers, nse_first, settle=settle)
     if token_lifetime:
         result.token_lifetime = token_lifetime
-    lab = Lab(keep_directory=keep_logs)
+    result.insecure = insecure
+    lab = Lab(keep_directory=keep_logs, insecure=insecure)
     try:
-        nsm = lab.start("nsm-local", "nsm-local", {},
-                        args=("serve", "--listen", lab.socket_url, "--state-dir", str(lab.directory)))
-        socket_path = lab.directory / "nsm.sock"
-        wait_for(socket_path.exists, time.monotonic() + 15, "nsm-local to listen", lab)
-        manifest_path = lab.directory / "topo.yaml"
-        manifest_path.write_text(manifest(links))
-        applied = run_quiet(sys.executable, "-m", "nsm_local", "apply", "-f", str(manifest_path),
-                            "--connect-to", lab.socket_url)
-        if applied.returncode != 0:
-            raise BenchFailed(f"nsm-local apply failed: {applied.stderr.strip()}")
+        nsm = lab.start_nsm_local()
+        lab.apply(manifest(links))
         for router in range(1, routers + 1):
             lab.add_netns(router)
 
@@ -422,7 +461,7 @@ def run_once(topology: str, routers: int, parallel: int, nse_first: bool, timeou
         result.others_busy = max(0.0, machine_busy_seconds() - busy_base - ours) / result.links_ready
         starts, spans = [], []
         for proc in clients:
-            first, ready = _first_log_wall(proc, "agent.start"), _first_log_wall(proc, "agent.ready")
+            first, ready = first_log_wall(proc, "agent.start"), first_log_wall(proc, "agent.ready")
             if first is not None:
                 starts.append(first - proc.started_wall)
                 if ready is not None:
@@ -462,7 +501,7 @@ def run_once(topology: str, routers: int, parallel: int, nse_first: bool, timeou
         result.nsm_cpu_down = (cpu_seconds(nsm.pid) or 0.0) - nsm_cpu_before
         result.endpoints_exited = Lab.stop(endpoints, 30)
         bad_exits = [p for p in clients + endpoints if p.popen.returncode != 0]
-        result.problems = _warnings(lab.processes)
+        result.problems = log_warnings(lab.processes)
         for proc in bad_exits:
             result.problems[f"{proc.role}:exit {proc.popen.returncode}"] += 1
         return result
@@ -481,6 +520,10 @@ def _s(seconds: float) -> str:
 
 
 def report(results: Sequence[Result]) -> None:
+    modes = sorted({"insecure (plaintext)" if r.insecure else "secure (mTLS, SPIFFE SVIDs from nsm-local)"
+                    for r in results})
+    print("Security: " + ", ".join(modes))
+    print()
     print("Bring-up and teardown (seconds; from the first sidecar start, or from SIGTERM to the clients)")
     print()
     print(table(
@@ -565,6 +608,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-lifetime", default=None,
                         help="NSM_MAX_TOKEN_LIFETIME for the sidecars (Go duration; clients refresh at a "
                              "fifth of it, so e.g. 30s makes the settle window include refreshes)")
+    parser.add_argument("--insecure", action="store_true",
+                        help="nsm-local --insecure and NSM_INSECURE=true for the sidecars (default: secure)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the log directory (always on failure)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -584,7 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         for count in counts:
             print(f"running {args.topology} with {count} routers ...", file=sys.stderr, flush=True)
             results.append(run_once(args.topology, count, args.parallel, args.nse_first, args.timeout,
-                                    args.settle, args.keep_logs, args.token_lifetime))
+                                    args.settle, args.keep_logs, args.token_lifetime, args.insecure))
     except BenchFailed as exc:
         print(f"FAILED: {exc}", file=sys.stderr)
         if results:
