@@ -158,18 +158,23 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
                             f"endpoint url {url!r}: must be unix:// or inode:// to get KERNEL links")
         raise AssertionError("unreachable")
 
+    async def _owned_by_caller(self, name: str, call: RegistryCall, context: Context) -> EndpointEntry | None:
+        """`client_allowed`: the registered entry if the caller may touch it; the call is denied if not."""
+        old = self.registry.endpoints.get(name)
+        try:
+            check_owner("network service endpoint", name, old.owner if old else None, call.caller or "")
+        except PermissionDenied as exc:
+            self._log.warning("endpoint.denied", name=name, caller=call.caller or "-", reason=str(exc))
+            await deny(context, exc)
+        return old
+
     async def Register(self, nse: NetworkServiceEndpoint, context: Context) -> NetworkServiceEndpoint:
         if not nse.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         if not nse.url:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint {nse.name}: url is required")
         call = await self.paths.update(context)
-        old = self.registry.endpoints.get(nse.name)
-        try:
-            check_owner("network service endpoint", nse.name, old.owner if old else None, call.caller or "")
-        except PermissionDenied as exc:
-            self._log.warning("endpoint.denied", name=nse.name, caller=call.caller or "-", reason=str(exc))
-            await deny(context, exc)
+        old = await self._owned_by_caller(nse.name, call, context)
         token_expiry = call.expiry
         dial_url, fd = await self._dial_target(nse, context)
         now = self._clock()
@@ -208,12 +213,7 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
         if not nse.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         call = await self.paths.update(context)
-        old = self.registry.endpoints.get(nse.name)
-        try:
-            check_owner("network service endpoint", nse.name, old.owner if old else None, call.caller or "")
-        except PermissionDenied as exc:
-            self._log.warning("endpoint.denied", name=nse.name, caller=call.caller or "-", reason=str(exc))
-            await deny(context, exc)
+        await self._owned_by_caller(nse.name, call, context)
         if self.registry.unregister_endpoint(nse.name) is not None:
             self._log.info("endpoint.unregistered", name=nse.name)
         return Empty()

@@ -164,33 +164,30 @@ class ClientRelay:
                 return connection
         return None
 
+    async def _next_change(self) -> None:
+        """Until a connection comes, becomes established or goes (or the relay closes)."""
+        change: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._changes.add(change)
+        try:
+            await change
+        finally:
+            self._changes.discard(change)
+
     async def wait_retired(self, connection: RelayConnection, timeout: float) -> None:
         """Wait (at most `timeout`) until a retiring connection is gone, so the next call takes a new one."""
-        loop = asyncio.get_running_loop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while connection in self._connections:
-                    change: asyncio.Future[None] = loop.create_future()
-                    self._changes.add(change)
-                    try:
-                        await change
-                    finally:
-                        self._changes.discard(change)
+                while connection in self._connections and not self._closed:
+                    await self._next_change()
 
     async def wait_peer(self, timeout: float | None) -> PeerIdentity | None:
         """The authenticated server of a live connection (None in plaintext), waiting up to `timeout`
         for one; grpcio must be connecting meanwhile (e.g. `channel.channel_ready()`)."""
-        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             while (connection := self.current_connection()) is None:
                 if self._closed:
                     raise ConnectionClosedError(f"relay to {self.target_url} is closed")
-                change: asyncio.Future[None] = loop.create_future()
-                self._changes.add(change)
-                try:
-                    await change
-                finally:
-                    self._changes.discard(change)
+                await self._next_change()
         return connection.peer
 
     def _wake_changes(self) -> None:
