@@ -9,6 +9,7 @@ the nsmgr's timeout). That is the harder case; a deleted namespace takes the vet
 from __future__ import annotations
 
 import signal
+from typing import Any
 
 import pytest
 from interop_lab import (
@@ -45,8 +46,21 @@ class TestEndpointLoss:
     def test_a_new_endpoint_heals_the_clients_link(self, link: Link) -> None:
         lab = link.lab
         lab.nse(link.nse_kind, link.nse_ns, NEW_NSE_NAME, SERVICE)
-        wait_until(lambda: lab.link_up(link.nsc_ns, IFNAME, NSC_ADDRESS), 40, f"{IFNAME} back", interval=0.3)
-        served = lab.events("nsmgr.request", id=CONN_ID)[-1]["connection"]
+
+        def served_by_the_new_endpoint() -> dict[str, Any] | None:
+            # the interface can appear a moment before the nsmgr has logged the reply it belongs to
+            served = lab.events("nsmgr.request", id=CONN_ID)
+            last: dict[str, Any] | None = served[-1]["connection"] if served else None
+            return last if last and last.get("network_service_endpoint_name") == NEW_NSE_NAME else None
+
+        wait_until(
+            lambda: lab.link_up(link.nsc_ns, IFNAME, NSC_ADDRESS) and served_by_the_new_endpoint(),
+            40,
+            f"{IFNAME} back, served by {NEW_NSE_NAME}",
+            interval=0.3,
+        )
+        served = served_by_the_new_endpoint()
+        assert served is not None
         assert served["network_service_endpoint_name"] == NEW_NSE_NAME
         assert served["path"]["path_segments"][-1]["name"] == NEW_NSE_NAME
         assert lab.ping(link.nsc_ns, NSE_ADDRESS)

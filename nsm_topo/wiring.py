@@ -1,0 +1,115 @@
+"""The NSM wiring of a topology: the one function both the local lab and the Kubernetes manifests use.
+
+What k8s-topo's NSM mode creates (legacy-contract.md §4.3), computed once:
+
+* one NetworkService named after the topology, with one match per link:
+  `{link: net-<i>}` -> the endpoint device `{device: <dev>}`;
+* per device an nse-sidecar with `ENDPOINT_NETWORK_SERVICE=<topology>`, `ENDPOINT_LABELS=device=<dev>`
+  and `IP_ADDRESS=10.60.<n>.0/24`, n the device's position (k8s-topo's gaps in n are not copied);
+* per device that is the first end of at least one link, an nsc-sidecar with `NS_NETWORKSERVICEMESH_IO`,
+  one `<topology>/<if>?link=net-<i>&peerif=<peer if>` per link it owns.
+
+Each endpoint device's /24 holds 64 /30s, so a device can be the endpoint of at most 64 links; the pools
+run out after 256 devices. Both are refused here, naming the device.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Any
+
+from nsm_topo.topology import Link, Topology, TopologyError
+
+POOL_BASE = ipaddress.IPv4Network("10.60.0.0/16")
+POOL_PREFIX = 24
+LINK_PREFIX = 30
+MAX_DEVICES = 2 ** (POOL_PREFIX - POOL_BASE.prefixlen)
+MAX_LINKS_PER_ENDPOINT = 2 ** (LINK_PREFIX - POOL_PREFIX)
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceWiring:
+    name: str
+    pool: ipaddress.IPv4Network
+    nse_env: dict[str, str]
+    nsc_env: dict[str, str] | None
+    """None when the device owns no link (k8s-topo then gives its pod no nsc-sidecar)."""
+    owned: tuple[Link, ...]
+    """The links this device's nsc-sidecar requests."""
+    served: tuple[Link, ...]
+    """The links this device's nse-sidecar answers."""
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    topology: Topology
+    devices: tuple[DeviceWiring, ...]
+
+    @property
+    def service_name(self) -> str:
+        return self.topology.name
+
+    def device(self, name: str) -> DeviceWiring:
+        for wired in self.devices:
+            if wired.name == name:
+                return wired
+        raise KeyError(name)
+
+    def network_service(self, api_version: str = "networkservicemesh.io/v1") -> dict[str, Any]:
+        """The NetworkService manifest (NSM v1 CRD shape; `v1alpha1` gives k8s-topo's own)."""
+        matches = [
+            {
+                "sourceSelector": {"link": link.name},
+                "routes": [{"destinationSelector": {"device": link.endpoint.device}}],
+            }
+            for link in self.topology.links
+        ]
+        if api_version.endswith("v1alpha1"):
+            matches = [
+                {"sourceSelector": m["sourceSelector"], "route": m["routes"]} for m in matches
+            ]
+        return {
+            "apiVersion": api_version,
+            "kind": "NetworkService",
+            "metadata": {"name": self.service_name},
+            "spec": {"payload": "IP", "matches": matches},
+        }
+
+
+def client_entry(service: str, link: Link) -> str:
+    return f"{service}/{link.client.interface}?link={link.name}&peerif={link.endpoint.interface}"
+
+
+def wire(topology: Topology) -> Wiring:
+    """Everything the sidecars of every device are told; TopologyError if the pools cannot hold it."""
+    where = str(topology.source) if topology.source is not None else "<topology>"
+    if len(topology.devices) > MAX_DEVICES:
+        raise TopologyError(
+            f"{where}: {len(topology.devices)} devices, but the 10.60.<n>.0/24 pools hold {MAX_DEVICES}: "
+            f"device {topology.devices[MAX_DEVICES]} gets none"
+        )
+    service = topology.name
+    wired = []
+    for position, device in enumerate(topology.devices):
+        owned = tuple(link for link in topology.links if link.client.device == device)
+        served = tuple(link for link in topology.links if link.endpoint.device == device)
+        if len(served) > MAX_LINKS_PER_ENDPOINT:
+            raise TopologyError(
+                f"{where}: device {device} is the endpoint (second end) of {len(served)} links, but its "
+                f"/{POOL_PREFIX} pool holds {MAX_LINKS_PER_ENDPOINT} /{LINK_PREFIX}s: list it first in some "
+                "of them, or split the device"
+            )
+        pool = list(POOL_BASE.subnets(new_prefix=POOL_PREFIX))[position]
+        nse_env = {
+            "ENDPOINT_NETWORK_SERVICE": service,
+            "ENDPOINT_LABELS": f"device={device}",
+            "IP_ADDRESS": str(pool),
+        }
+        nsc_env = (
+            {"NS_NETWORKSERVICEMESH_IO": ",".join(client_entry(service, link) for link in owned)}
+            if owned
+            else None
+        )
+        wired.append(DeviceWiring(device, pool, nse_env, nsc_env, owned, served))
+    return Wiring(topology, tuple(wired))
