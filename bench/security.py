@@ -1,6 +1,6 @@
 """What the secure mode costs a link: the two-device example end to end, secure (default) and insecure.
 
-The seed's two-device example (`examples/p2p.yaml`, as `scripts/demo.sh` runs it) on a fresh nsm-local
+The seed's two-device example (`examples/p2p.yaml`, as `scripts/demo-p2p.sh` runs it) on a fresh nsm-local
 per run: nsm-local, `nsm-local apply`, an nse-sidecar in device-2's netns (ENDPOINT_LABELS=device=device-2,
 IP_ADDRESS=10.60.1.0/24) and, once it has registered, an nsc-sidecar in device-1's netns
 (`p2p/eth12?link=net-0&peerif=eth21`). Two modes:

@@ -1,24 +1,42 @@
-"""`nsm-topo`: k8s-topo topology files for NSM v1.
+"""`nsm-topo`: k8s-topo topology files for NSM v1, as labs on this host.
 
 nsm-topo random N EXTRA [--seed S] [--prefix P] [-o DIR] [--name NAME]
     a random network of N routers (spanning tree + EXTRA links) with FRR configurations
 nsm-topo show FILE
     what the file wires: the NetworkService's matches and every device's sidecar environment
+nsm-topo up FILE        one network namespace per device, sidecars (and FRR for routers), wired by nsm-local
+nsm-topo status FILE    every device and link, with its state and addresses
+nsm-topo check FILE [--from DEVICE]    ping every router's loopback; non-zero exit on any loss
+nsm-topo exec FILE DEVICE -- CMD...    run a command inside a device (`vtysh` reaches its FRR)
+nsm-topo down FILE      remove everything `up` created (safe to repeat, also after a crash)
 
-Bad input (arguments or files): one line naming what is wrong, exit code 2.
+Bad input (arguments or files): one line naming what is wrong, exit code 2. A lab that does not come up,
+or a check with loss: exit code 1.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
 
+from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT
+from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, parse_socket_url
 from nsm_topo.builder import DEFAULT_PREFIX, BuilderError, build, write
-from nsm_topo.topology import TopologyError, load_topology
+from nsm_topo.local.controlplane import RUN_DIR, ControlPlane
+from nsm_topo.topology import Topology, TopologyError, load_topology
 from nsm_topo.wiring import wire
+
+_err = Console(stderr=True)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,14 +51,178 @@ def _parser() -> argparse.ArgumentParser:
     )
     random_.add_argument("-o", "--output", type=Path, default=Path("."), help="directory (default: .)")
     random_.add_argument("--name", default="random", help="topology name and file stem (default: random)")
-    show = commands.add_parser("show", help="print what a topology file wires")
-    show.add_argument("file", type=Path)
+    for name, text in (
+        ("show", "print what a topology file wires"),
+        ("up", "bring a lab up on this host"),
+        ("status", "show a lab's devices and links"),
+        ("down", "remove a lab"),
+        ("check", "ping every router's loopback from one router"),
+        ("exec", "run a command inside a device"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("file", type=Path)
+        if name != "show":
+            sub.add_argument(
+                "--connect-to",
+                default=os.environ.get("NSM_CONNECT_TO", str(DEFAULT_NSMGR_URL)),
+                help="nsm-local's socket, started there if nothing listens (env NSM_CONNECT_TO)",
+            )
+            sub.add_argument(
+                "--workload-api",
+                default=os.environ.get("SPIFFE_ENDPOINT_SOCKET", str(DEFAULT_SPIFFE_ENDPOINT)),
+                help="its Workload API socket (env SPIFFE_ENDPOINT_SOCKET)",
+            )
+            sub.add_argument(
+                "--state-dir",
+                type=Path,
+                default=Path(os.environ.get("NSM_TOPO_STATE_DIR", RUN_DIR)),
+                help=f"labs' records (env NSM_TOPO_STATE_DIR, default {RUN_DIR})",
+            )
+        if name == "up":
+            sub.add_argument(
+                "--timeout", type=float, default=120.0, help="seconds for every link (default 120)"
+            )
+            sub.add_argument("--insecure", action="store_true", help="plaintext nsm-local and sidecars")
+        if name == "check":
+            sub.add_argument(
+                "--from", dest="source", default=None, help="the router to ping from (default: the first)"
+            )
+            sub.add_argument(
+                "--timeout", type=float, default=90.0, help="seconds for routing to converge (default 90)"
+            )
+        if name == "exec":
+            sub.add_argument("device")
+            sub.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
     return parser
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     print(f"nsm-topo: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
+
+
+@contextmanager
+def _progress(title: str) -> Iterator[Callable[[str, int, int], None]]:
+    """A progress bar on a terminal, plain lines otherwise; yields progress(event, done, total)."""
+    if _err.is_terminal:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=_err,
+            transient=False,
+        ) as bar:
+            tasks: dict[str, TaskID] = {}
+
+            def report(event: str, done: int, total: int) -> None:
+                kind = event.split()[0]
+                if kind not in tasks:
+                    tasks[kind] = bar.add_task(f"{title}: {kind}", total=total)
+                bar.update(tasks[kind], completed=done)
+
+            yield report
+    else:
+
+        def plain(event: str, done: int, total: int) -> None:
+            print(f"nsm-topo: {title}: {event} [{done}/{total}]", file=sys.stderr, flush=True)
+
+        yield plain
+
+
+def _require_root() -> None:
+    if os.geteuid() != 0:
+        _fail("labs need root (network namespaces, veth, FRR): run it with sudo", 2)
+
+
+def _status(topology: Topology, plane: ControlPlane) -> None:
+    from nsm_topo.local.lab import LabRecord, lab_dir, link_views, netns_name
+    from nsm_topo.local.processes import alive
+
+    record = LabRecord.load(lab_dir(topology, plane) / "lab.json")
+    # piped output keeps whole names and addresses (rich would squeeze the tables into 80 columns)
+    console = Console() if sys.stdout.isatty() else Console(width=200)
+    if record is None:
+        console.print(f"lab [bold]{topology.name}[/] is not up")
+    devices = Table(title=f"{topology.name}: devices")
+    for column in ("device", "namespace", "processes", "ready"):
+        devices.add_column(column)
+    for device in topology.devices:
+        name = netns_name(topology, device)
+        exists = Path("/run/netns", name).exists()
+        procs = [p for p in (record.processes if record else []) if p.device == device]
+        shown = ", ".join(f"{p.role}{'' if alive(p) else ' (gone)'}" for p in procs) or "-"
+        ready = all(alive(p) for p in procs) and bool(procs)
+        devices.add_row(device, name if exists else "-", shown, "yes" if ready else "no")
+    console.print(devices)
+    links = Table(title=f"{topology.name}: links")
+    for column in ("link", "client", "addresses", "endpoint", "addresses ", "state"):
+        links.add_column(column)
+    for view in link_views(topology):
+        client = ",".join(sorted(view.client.addresses)) if view.client else "-"
+        endpoint = ",".join(sorted(view.endpoint.addresses)) if view.endpoint else "-"
+        state = "[green]up[/]" if view.up else "[red]down[/]"
+        links.add_row(view.link.name, str(view.link.client), client, str(view.link.endpoint), endpoint, state)
+    console.print(links)
+
+
+def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
+    from nsm_topo.local import frr
+    from nsm_topo.local.check import CheckError, ping_loopbacks
+    from nsm_topo.local.controlplane import ControlPlaneError
+    from nsm_topo.local.frr import FrrError
+    from nsm_topo.local.lab import LabError, down, netns_name, up
+
+    _require_root()
+    plane = ControlPlane(
+        url=parse_socket_url("--connect-to", args.connect_to, allow_tcp=False),
+        workload_api=parse_socket_url("--workload-api", args.workload_api, allow_tcp=False),
+        insecure=getattr(args, "insecure", False),
+        run_dir=args.state_dir,
+    )
+    try:
+        if args.command == "up":
+            with _progress(topology.name) as report:
+                views = up(topology, plane, report, args.timeout)
+            print(
+                f"{topology.name}: {len(views)} links up across {len(topology.devices)} devices "
+                f"(nsm-topo status {args.file}; nsm-topo down {args.file})"
+            )
+        elif args.command == "down":
+            report_ = down(topology, plane)
+            what = (
+                "nothing to remove"
+                if not (report_.processes or report_.namespaces)
+                else (f"stopped {report_.processes} processes, removed {report_.namespaces} namespaces")
+            )
+            print(f"{topology.name}: {what}")
+        elif args.command == "status":
+            _status(topology, plane)
+        elif args.command == "check":
+            source, results, elapsed = ping_loopbacks(topology, args.source, args.timeout)
+            for result in results:
+                print(result.line())
+            lost = [r for r in results if not r.received]
+            verdict = "converged" if not lost else f"{len(lost)} of {len(results)} loopbacks unreachable"
+            print(f"{topology.name}: from {source}, {verdict} after {elapsed:.1f}s", file=sys.stderr)
+            if lost:
+                sys.exit(1)
+        elif args.command == "exec":
+            if args.device not in topology.devices:
+                _fail(
+                    f"{args.device}: no such device in {topology.name} ({', '.join(topology.devices[:5])}...)"
+                )
+            argv = args.argv[1:] if args.argv[:1] == ["--"] else args.argv
+            if not argv:
+                _fail("exec: give a command after --, e.g. nsm-topo exec FILE DEVICE -- ip addr")
+            netns = netns_name(topology, args.device)
+            if Path(argv[0]).name == "vtysh":
+                argv = frr.vtysh_argv(netns, argv)
+            os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
+    except (LabError, ControlPlaneError, FrrError) as exc:
+        _fail(str(exc), 1)
+    except CheckError as exc:
+        _fail(str(exc), 2)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -54,19 +236,23 @@ def main(argv: list[str] | None = None) -> None:
                 f"configurations in {args.output / ('config-' + args.name)}"
             )
             return
-        wiring = wire(load_topology(args.file))
-        shown = {
-            "networkservice": wiring.network_service(),
-            "devices": {
-                device.name: {
-                    "nse-sidecar": device.nse_env,
-                    **({"nsc-sidecar": device.nsc_env} if device.nsc_env else {}),
-                }
-                for device in wiring.devices
-            },
-        }
-        print(yaml.safe_dump(shown, sort_keys=False), end="")
-    except (BuilderError, TopologyError) as exc:
+        topology = load_topology(args.file)
+        wiring = wire(topology)
+        if args.command == "show":
+            shown = {
+                "networkservice": wiring.network_service(),
+                "devices": {
+                    device.name: {
+                        "nse-sidecar": device.nse_env,
+                        **({"nsc-sidecar": device.nsc_env} if device.nsc_env else {}),
+                    }
+                    for device in wiring.devices
+                },
+            }
+            print(yaml.safe_dump(shown, sort_keys=False), end="")
+            return
+        _lab_command(args, topology)
+    except (BuilderError, TopologyError, ConfigError) as exc:
         _fail(str(exc))
 
 

@@ -35,8 +35,20 @@ _DNS_LABEL_MAX = 63
 # Interface names must also survive the sidecars' URL grammar (`svc/ifname?link=..&peerif=..`).
 _IFNAME_CHARS = re.compile(r"^[A-Za-z0-9._-]+$")
 KNOWN_KEYS = frozenset(
-    {"links", "nsm", "prefix", "conf_dir", "custom_image", "publish_base", "etcd_port", "delay", "ceos_image",
-     "VMX_IMAGE", "XRV_IMAGE", "CSR_IMAGE"}
+    {
+        "links",
+        "nsm",
+        "prefix",
+        "conf_dir",
+        "custom_image",
+        "publish_base",
+        "etcd_port",
+        "delay",
+        "ceos_image",
+        "VMX_IMAGE",
+        "XRV_IMAGE",
+        "CSR_IMAGE",
+    }
 )
 
 
@@ -178,8 +190,10 @@ def parse_topology(text: str, source: Path | None = None) -> Topology:
         raise TopologyError(f"{where}: expected a mapping with a 'links' list at the top")
     unknown = sorted(str(key) for key in data if key not in KNOWN_KEYS)
     if unknown:
-        raise TopologyError(f"{where}: unknown key {unknown[0]!r} (known: links, nsm, prefix, conf_dir, "
-                            "custom_image, publish_base)")
+        raise TopologyError(
+            f"{where}: unknown key {unknown[0]!r} (known: links, nsm, prefix, conf_dir, "
+            "custom_image, publish_base)"
+        )
     raw_links = data.get("links")
     if not isinstance(raw_links, list) or not raw_links:
         raise TopologyError(f"{where}: 'links' must be a non-empty list of {{endpoints: [a, b]}}")
@@ -190,7 +204,7 @@ def parse_topology(text: str, source: Path | None = None) -> Topology:
         name = f"link net-{index}"
         ends = item.get("endpoints") if isinstance(item, dict) else None
         if not isinstance(ends, list) or not all(isinstance(end, str) for end in ends):
-            raise TopologyError(f"{where}: {name}: expected endpoints: [\"device:interface\", ...]")
+            raise TopologyError(f'{where}: {name}: expected endpoints: ["device:interface", ...]')
         if len(ends) != 2:
             count = len(ends)
             raise TopologyError(f"{where}: {name}: a link has exactly two ends, this one has {count}: {ends}")

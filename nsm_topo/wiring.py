@@ -66,9 +66,7 @@ class Wiring:
             for link in self.topology.links
         ]
         if api_version.endswith("v1alpha1"):
-            matches = [
-                {"sourceSelector": m["sourceSelector"], "route": m["routes"]} for m in matches
-            ]
+            matches = [{"sourceSelector": m["sourceSelector"], "route": m["routes"]} for m in matches]
         return {
             "apiVersion": api_version,
             "kind": "NetworkService",

@@ -1,59 +1,64 @@
 #!/usr/bin/env bash
-# The seed's two-device example on this host, through the embedded control plane (run as root):
-# device-1 (nsc-sidecar, eth12) <-> device-2 (nse-sidecar, eth21), /30 from IP_ADDRESS, ping both ways,
-# then SIGTERM to the client and a check that both sides are gone. Leaves nothing behind.
-# Secure, as by default: nsm-local hands each sidecar an X.509-SVID from its development Workload API (kept
-# in the demo's own directory here, so that a running nsm-local or SPIRE agent is not disturbed).
+# The seed's demo on this host (run as root): a random network of 10 FRR routers running OSPF, every link a
+# point-to-point NSM connection made by the sidecars through nsm-local (secure: SPIFFE identities, mTLS).
+# nsm-topo writes the topology, brings the lab up, shows it, pings every router's loopback from the first,
+# and takes it all down again, checking that nothing is left.
+#   scripts/demo.sh [ROUTERS [EXTRA_LINKS]] [--keep]     (--keep: leave the lab up and say how to use it)
+# The lab gets its own nsm-local, sockets and state in a temporary directory, so a running nsm-local,
+# SPIRE agent or other lab is not disturbed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="$PWD/.venv/bin"
-WORK=$(mktemp -d /tmp/nsm-demo.XXXXXX)
-SOCK="unix://$WORK/nsm.sock"
-export SPIFFE_ENDPOINT_SOCKET="unix://$WORK/agent.sock"
-NS1=demo-device-1 NS2=demo-device-2
-pids=()
+TOPO="$PWD/.venv/bin/nsm-topo"
+routers=10 extra=4 keep=0 positional=()
+for arg in "$@"; do
+    case "$arg" in
+        --keep) keep=1 ;;
+        -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) positional+=("$arg") ;;
+    esac
+done
+[ ${#positional[@]} -ge 1 ] && routers=${positional[0]}
+[ ${#positional[@]} -ge 2 ] && extra=${positional[1]}
 
+WORK=$(mktemp -d /tmp/nsm-topo-demo.XXXXXX)
+export NSM_CONNECT_TO="unix://$WORK/nsm.sock" SPIFFE_ENDPOINT_SOCKET="unix://$WORK/agent.sock"
+export NSM_TOPO_STATE_DIR="$WORK/state"
+FILE="$WORK/demo.yml"
 cleanup() {
-    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    ip netns del "$NS1" 2>/dev/null || true
-    ip netns del "$NS2" 2>/dev/null || true
+    "$TOPO" down "$FILE" >/dev/null 2>&1 || true
     rm -rf "$WORK"
 }
 trap cleanup EXIT
 step() { printf '\n== %s\n' "$*"; }
-wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
-    local limit=$1 what=$2; shift 2
-    for _ in $(seq $((limit * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    echo "demo: timed out waiting for $what; logs in $WORK" >&2; tail -n 5 "$WORK"/*.log >&2; trap - EXIT; exit 1
-}
 
-ip netns add "$NS1"; ip netns add "$NS2"
-step "nsm-local serve (registry + manager + kernel forwarder + SPIFFE Workload API) on $SOCK"
-"$BIN/nsm-local" serve --listen "$SOCK" --state-dir "$WORK" --workload-api "$SPIFFE_ENDPOINT_SOCKET" \
-    >"$WORK/nsm-local.log" 2>&1 & pids+=($!)
-wait_for 10 "nsm-local" test -S "$WORK/nsm.sock"
-step "nsm-local apply -f examples/p2p.yaml"
-"$BIN/nsm-local" apply -f examples/p2p.yaml --connect-to "$SOCK"
-step "nse-sidecar in $NS2: ENDPOINT_NETWORK_SERVICE=p2p ENDPOINT_LABELS=device=device-2 IP_ADDRESS=10.60.1.0/24"
-ip netns exec "$NS2" env NSM_CONNECT_TO="$SOCK" ENDPOINT_NETWORK_SERVICE=p2p ENDPOINT_LABELS=device=device-2 \
-    IP_ADDRESS=10.60.1.0/24 "$BIN/nse-sidecar" >"$WORK/nse.log" 2>&1 & pids+=($!)
-step "nsc-sidecar in $NS1: NS_NETWORKSERVICEMESH_IO=p2p/eth12?link=net-0&peerif=eth21"
-ip netns exec "$NS1" env NSM_CONNECT_TO="$SOCK" 'NS_NETWORKSERVICEMESH_IO=p2p/eth12?link=net-0&peerif=eth21' \
-    NSM_READY_FILE="$WORK/ready" "$BIN/nsc-sidecar" >"$WORK/nsc.log" 2>&1 & nsc=$!; pids+=($nsc)
-wait_for 20 "the link to be verified" test -f "$WORK/ready"
-step "interfaces"
-ip -n "$NS1" -br addr show eth12
-ip -n "$NS2" -br addr show eth21
-step "identities (mTLS with X.509-SVIDs, attested by network namespace and uid)"
-grep -ho 'event=identity.ready spiffe_id=[^ ]*' "$WORK/nse.log" "$WORK/nsc.log" | sed 's/event=identity.ready /  /'
-step "ping both ways"
-ip netns exec "$NS1" ping -c2 -W1 10.60.1.2
-ip netns exec "$NS2" ping -c2 -W1 10.60.1.1
-step "nsm-local list"
-"$BIN/nsm-local" list --connect-to "$SOCK"
-step "SIGTERM to nsc-sidecar: both sides go"
-kill -TERM "$nsc"; wait "$nsc"
-wait_for 10 "eth21 to go" bash -c "! ip -n $NS2 link show eth21"
-ip -n "$NS1" -br link; ip -n "$NS2" -br link
+step "nsm-topo random $routers $extra: $routers routers, a spanning tree plus $extra links, FRR/OSPF configs"
+"$TOPO" random "$routers" "$extra" --seed 2020 --name demo -o "$WORK"
+step "nsm-topo up: namespaces, nsm-local, sidecars, FRR"
+"$TOPO" up "$FILE"
+step "nsm-topo status"
+"$TOPO" status "$FILE"
+step "nsm-topo check: OSPF converges, every loopback answers"
+"$TOPO" check "$FILE"
+first=$(sed -n 's/^  - \([^:]*\):.*/\1/p' "$FILE" | head -n 1)
+step "nsm-topo exec $first -- vtysh: the routes OSPF learned over the NSM links"
+"$TOPO" exec "$FILE" "$first" -- vtysh -c "show ip route ospf" | grep "^O"
+
+if [ "$keep" = 1 ]; then
+    trap - EXIT
+    step "the lab stays up; with these settings"
+    echo "  export NSM_CONNECT_TO=$NSM_CONNECT_TO SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET"
+    echo "  export NSM_TOPO_STATE_DIR=$NSM_TOPO_STATE_DIR PATH=$PWD/.venv/bin:\$PATH"
+    echo "try"
+    echo "  nsm-topo status $FILE"
+    echo "  nsm-topo exec $FILE $first -- vtysh"
+    echo "  nsm-topo down $FILE && rm -rf $WORK"
+    exit 0
+fi
+step "nsm-topo down: nothing is left"
+"$TOPO" down "$FILE"
+left=$(ip netns list | grep -c '^demo-' || true)
+if [ "$left" != 0 ] || pgrep -f "$WORK" >/dev/null; then
+    echo "demo: the lab left $left namespaces or processes behind" >&2; exit 1
+fi
+echo "no namespaces, processes or interfaces left"
 step "demo passed"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Install everything the project and its tests need on a fresh Debian/Ubuntu machine (run as root):
-# iproute2 and iputils-ping from apt, then the project with its test and dev tools in ./.venv.
+# iproute2, iputils-ping and frr from apt, then the project with its test and dev tools in ./.venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v ping >/dev/null 2>&1 || need_apt+=(iputils-ping)
+[ -x /usr/lib/frr/zebra ] || need_apt+=(frr)  # the routers of nsm-topo labs (FRR from the distribution)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing ${need_apt[*]} with apt-get"

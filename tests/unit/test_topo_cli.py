@@ -57,3 +57,28 @@ def test_a_bad_file_is_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Captur
         main(["show", str(path)])
     err = capsys.readouterr().err
     assert exited.value.code == 2 and err.count("\n") == 1 and "net-0" in err
+
+
+def test_the_triangle_example_wires_three_links_and_has_a_config_per_router() -> None:
+    from nsm_topo.local.frr import daemons_for, loopback_of
+    from nsm_topo.topology import load_topology
+    from nsm_topo.wiring import wire
+
+    path = Path(__file__).parents[2] / "examples" / "triangle" / "topology.yml"
+    topology = load_topology(path)
+    wiring = wire(topology)
+    assert [(link.client.device, link.endpoint.device) for link in topology.links] == [
+        ("frr-a", "frr-b"),
+        ("frr-b", "frr-c"),
+        ("frr-c", "frr-a"),
+    ]
+    assert {d.name: d.nse_env["IP_ADDRESS"] for d in wiring.devices} == {
+        "frr-a": "10.60.0.0/24",
+        "frr-b": "10.60.1.0/24",
+        "frr-c": "10.60.2.0/24",
+    }
+    for device in topology.devices:
+        config = topology.config_file(device)
+        assert config is not None and config.is_file()
+        text = config.read_text()
+        assert daemons_for(text) == ["zebra", "ospfd"] and loopback_of(text) is not None
