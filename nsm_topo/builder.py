@@ -7,9 +7,9 @@ plus EXTRA random links between routers not yet linked. Router i has the i-th lo
 interfaces are eth1, eth2, ... in link order, and each link lists its ends sorted, so the first (the
 client) goes by string order, as k8s-topo's builder did.
 
-Each router gets an FRR configuration: OSPF area 0 on every interface (point-to-point, 1 s hellos), the
-loopback advertised; the interface addresses are not in it, they come from NSM. The same seed always
-gives the same files.
+Each router gets an FRR configuration: OSPF area 0 on every interface (point-to-point, 1 s hellos, no LSA
+or SPF hold-down, so a lab converges in about a second), the loopback advertised; the interface addresses
+are not in it, they come from NSM. The same seed always gives the same files.
 """
 
 from __future__ import annotations
@@ -138,6 +138,11 @@ def frr_config(router: Router) -> str:
         "router ospf",
         f" ospf router-id {router.loopback}",
         " network 0.0.0.0/0 area 0",
+        # Lab timers: no hold-down between LSAs or SPF runs, so a lab converges in about a second
+        # instead of FRR's default ~10 s (each new link re-originates the router LSA, rate-limited to 5 s).
+        " timers throttle lsa all 0",
+        " timers lsa min-arrival 0",
+        " timers throttle spf 0 50 1000",
         "!",
         "line vty",
         "!",

@@ -36,6 +36,7 @@ def frr_config(name: str, loopback: str, interfaces: list[str]) -> str:
             " ip ospf dead-interval 4",
         ]
     lines += ["router ospf", f" ospf router-id {loopback}", " network 0.0.0.0/0 area 0"]
+    lines += [" timers throttle lsa all 0", " timers lsa min-arrival 0", " timers throttle spf 0 50 1000"]
     return "\n".join(lines) + "\n"
 
 

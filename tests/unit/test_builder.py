@@ -101,3 +101,15 @@ def test_frr_config_runs_ospf_on_every_interface_and_advertises_the_loopback() -
 def test_impossible_networks_are_refused(count: int, extra: int, message: str) -> None:
     with pytest.raises(BuilderError, match=message):
         build(count, extra)
+
+
+def test_router_configs_drop_the_lsa_and_spf_hold_downs_for_fast_lab_convergence() -> None:
+    network = build(3, 0, seed=1)
+    for router in network.routers:
+        text = frr_config(router)
+        for line in (
+            "timers throttle lsa all 0",
+            "timers lsa min-arrival 0",
+            "timers throttle spf 0 50 1000",
+        ):
+            assert f"\n {line}\n" in text
