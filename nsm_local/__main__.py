@@ -20,7 +20,7 @@ from pathlib import Path
 from nsm_local import cli_client
 from nsm_local.attestation import DEFAULT_SVID_TTL
 from nsm_local.manifests import ManifestError, load_network_services
-from nsm_local.server import ServeSettings, serve_control_plane
+from nsm_local.server import DEFAULT_STATE_DIR, ServeSettings, serve_control_plane
 from nsm_sdk.agent.lifecycle import run_agent
 from nsm_sdk.agent.logs import setup_logging
 from nsm_sdk.protocol.durations import parse_positive_duration
@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         help="unix:// URL to serve on (env NSM_LISTEN_ON; default %(default)s)",
     )
     serve.add_argument(
-        "--state-dir", default=None, help="where applied services persist (default: socket dir)"
+        "--state-dir",
+        default=DEFAULT_STATE_DIR,
+        help=f"services, connection owners and the CA, 0700 (default {DEFAULT_STATE_DIR})",
     )
     serve.add_argument("--registration-expiry", default="60s", help="Go duration (default %(default)s)")
     serve.add_argument(

@@ -43,12 +43,17 @@ class WorkloadApiInUse(NsmError):
     """Another process already serves a Workload API where we would serve ours."""
 
 
+DEFAULT_STATE_DIR = "/var/lib/nsm-local"
+
+
 @dataclass(frozen=True, slots=True)
 class ServeSettings:
     socket_path: str = "/var/lib/networkservicemesh/nsm.io.sock"
     """Where clients and endpoints connect (NSM's standard nsmgr socket)."""
-    state_dir: str | None = None
-    """Where applied NetworkServices, connection owners and the CA are kept; None: beside the socket."""
+    state_dir: str = DEFAULT_STATE_DIR
+    """Where applied NetworkServices, connection owners and the CA are kept (0700). Never the socket's
+    directory by default: that directory is mounted into every sidecar container, and the CA key must not
+    be readable there."""
     registration_expiry: float = 60.0
     """Longest registration an endpoint gets before it must refresh (nsmgr's default, §8.2)."""
     token_lifetime: float = 600.0
@@ -64,7 +69,7 @@ class ServeSettings:
 
     @property
     def directory(self) -> Path:
-        return Path(self.state_dir) if self.state_dir else Path(self.socket_path).parent
+        return Path(self.state_dir)
 
     @property
     def state_file(self) -> Path:
@@ -132,6 +137,7 @@ async def serve_control_plane(
 ) -> None:
     log = EventLog("nsm_local.server")
     Path(settings.socket_path).parent.mkdir(parents=True, exist_ok=True)
+    settings.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         identity = await stack.enter_async_context(control_plane_identity(settings, log))
         await _serve(settings, identity, stop, ready, log)

@@ -73,9 +73,12 @@ class Plane:
 async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[Plane]:
     """`nsm-local serve` on `<sock_dir>/nsm.sock` with its Workload API at `<sock_dir>/agent.sock`."""
     settings = ServeSettings(
-        socket_path=str(sock_dir / "nsm.sock"),
-        workload_api_path=str(sock_dir / "agent.sock"),
-        **overrides,
+        **{
+            "socket_path": str(sock_dir / "nsm.sock"),
+            "workload_api_path": str(sock_dir / "agent.sock"),
+            "state_dir": str(sock_dir / "state"),
+            **overrides,
+        }
     )
     stop, ready = asyncio.Event(), asyncio.Event()
     server = asyncio.create_task(serve_control_plane(settings, stop, ready))

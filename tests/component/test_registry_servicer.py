@@ -21,6 +21,7 @@ import pytest
 from local_plane import MANAGER_ID, control_plane, own_workload_id
 
 from nsm_local.manager import MANAGER_NAME
+from nsm_local.server import ServeSettings
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkService,
@@ -280,3 +281,20 @@ def test_registered_network_service_survives_a_control_plane_restart(
             assert [r.network_service.name for r in found] == ["p2p"]
 
     run_async(bounded(main))
+
+
+def test_state_and_the_ca_key_stay_out_of_the_socket_directory(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    """The socket's directory is mounted into every sidecar container: nothing secret may be in it."""
+    assert ServeSettings().directory != Path(ServeSettings().socket_path).parent
+
+    async def main() -> None:
+        async with control_plane(sock_dir) as plane, plane.client() as client:
+            await client.register_service(NetworkService(name="p2p"), RegistryPath(), 5.0)
+
+    run_async(bounded(main))
+    state = sock_dir / "state"
+    assert (state / "nsm-local-ca" / "ca-key.pem").is_file() and (state / "nsm-local-services.json").is_file()
+    assert state.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in sock_dir.iterdir()) == ["state"], "only sockets (now closed) and state"
