@@ -9,13 +9,12 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from labtools import run
+from topocli import TopoCli, lab_namespaces, processes_of
 
 THREE_ROUTERS = """\
 prefix: {name}
@@ -38,52 +37,6 @@ def frr_config(name: str, loopback: str, interfaces: list[str]) -> str:
     lines += ["router ospf", f" ospf router-id {loopback}", " network 0.0.0.0/0 area 0"]
     lines += [" timers throttle lsa all 0", " timers lsa min-arrival 0", " timers throttle spf 0 50 1000"]
     return "\n".join(lines) + "\n"
-
-
-@dataclass
-class TopoCli:
-    directory: Path
-
-    @property
-    def options(self) -> list[str]:
-        return [
-            "--connect-to",
-            f"unix://{self.directory}/sock/nsm.sock",
-            "--workload-api",
-            f"unix://{self.directory}/sock/agent.sock",
-            "--state-dir",
-            str(self.directory / "state"),
-        ]
-
-    def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        command, rest = args[0], args[1:]
-        options = self.options if command not in ("random", "show") else []
-        return subprocess.run(
-            [sys.executable, "-m", "nsm_topo", command, *options, *rest],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=self.directory,
-        )
-
-
-def lab_namespaces(name: str) -> list[str]:
-    listed = run("ip", "-j", "netns", "list").stdout
-    return sorted(ns["name"] for ns in json.loads(listed or "[]") if ns["name"].startswith(f"{name}-"))
-
-
-def processes_of(directory: Path) -> list[str]:
-    """Command lines of processes started for this test's labs (their sockets or state are in their argv)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if str(directory) in cmdline and "pytest" not in cmdline:
-                found.append(cmdline)
-    return found
 
 
 @pytest.fixture

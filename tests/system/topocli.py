@@ -1,0 +1,61 @@
+"""The `nsm-topo` command as a user runs it, against a lab with its own sockets and state directory
+(--connect-to, --workload-api, --state-dir), so nothing of the host's own nsm-local or labs is touched;
+and what to look at afterwards (the lab's namespaces, processes left behind). Shared by tests/system.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from labtools import run
+
+
+@dataclass
+class TopoCli:
+    directory: Path
+
+    @property
+    def options(self) -> list[str]:
+        return [
+            "--connect-to",
+            f"unix://{self.directory}/sock/nsm.sock",
+            "--workload-api",
+            f"unix://{self.directory}/sock/agent.sock",
+            "--state-dir",
+            str(self.directory / "state"),
+        ]
+
+    def __call__(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        command, rest = args[0], args[1:]
+        options = self.options if command not in ("random", "show") else []
+        return subprocess.run(
+            [sys.executable, "-m", "nsm_topo", command, *options, *rest],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.directory,
+        )
+
+
+def lab_namespaces(name: str) -> list[str]:
+    listed = run("ip", "-j", "netns", "list").stdout
+    return sorted(ns["name"] for ns in json.loads(listed or "[]") if ns["name"].startswith(f"{name}-"))
+
+
+def processes_of(directory: Path) -> list[str]:
+    """Command lines of processes started for this test's labs (their sockets or state are in their argv)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(directory) in cmdline and "pytest" not in cmdline:
+                found.append(cmdline)
+    return found
