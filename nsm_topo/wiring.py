@@ -9,6 +9,9 @@ What k8s-topo's NSM mode creates (legacy-contract.md §4.3), computed once:
 * per device that is the first end of at least one link, an nsc-sidecar with `NS_NETWORKSERVICEMESH_IO`,
   one `<topology>/<if>?link=net-<i>&peerif=<peer if>` per link it owns.
 
+What each device runs is decided here too, for both: routers (`is_router`) run FRR with
+`router_config`, and `frr_daemons` says which FRR daemons that configuration needs.
+
 Each endpoint device's /24 holds 64 /30s, so a device can be the endpoint of at most 64 links; the pools
 run out after 256 devices. Both are refused here, naming the device.
 """
@@ -16,6 +19,7 @@ run out after 256 devices. Both are refused here, naming the device.
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +30,14 @@ POOL_PREFIX = 24
 LINK_PREFIX = 30
 MAX_DEVICES = 2 ** (POOL_PREFIX - POOL_BASE.prefixlen)
 MAX_LINKS_PER_ENDPOINT = 2 ** (LINK_PREFIX - POOL_PREFIX)
+ROUTER_NAME_PARTS = ("qrtr", "frr")
+FRR_DAEMONS = (
+    ("ospfd", r"^router ospf\b"),
+    ("bgpd", r"^router bgp\b"),
+    ("isisd", r"^router isis\b"),
+    ("staticd", r"^\s*ip(v6)? route\s"),
+)
+"""Routing daemons by the configuration line that needs them (zebra runs always)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +69,47 @@ class Wiring:
         raise KeyError(name)
 
     def network_service(self, api_version: str = "networkservicemesh.io/v1") -> dict[str, Any]:
-        """The NetworkService manifest (NSM v1 CRD shape; `v1alpha1` gives k8s-topo's own)."""
+        """The NetworkService manifest (NSM v1 CRD shape; `v1alpha1` gives k8s-topo's own).
+
+        NSM v1's spec is the Go `registry.NetworkService` struct decoded with encoding/json (sdk-k8s), so
+        its keys are the proto field names, snake_case (`source_selector`), as NSM's own examples write
+        them; a camelCase `sourceSelector` would be dropped there. k8s-topo's v1alpha1 used camelCase.
+        """
+        if api_version.endswith("v1alpha1"):
+            source, routes, destination = "sourceSelector", "route", "destinationSelector"
+        else:
+            source, routes, destination = "source_selector", "routes", "destination_selector"
         matches = [
             {
-                "sourceSelector": {"link": link.name},
-                "routes": [{"destinationSelector": {"device": link.endpoint.device}}],
+                source: {"link": link.name},
+                routes: [{destination: {"device": link.endpoint.device}}],
             }
             for link in self.topology.links
         ]
-        if api_version.endswith("v1alpha1"):
-            matches = [{"sourceSelector": m["sourceSelector"], "route": m["routes"]} for m in matches]
         return {
             "apiVersion": api_version,
             "kind": "NetworkService",
             "metadata": {"name": self.service_name},
             "spec": {"payload": "IP", "matches": matches},
         }
+
+
+def is_router(topology: Topology, device: str) -> bool:
+    """Routers run FRR: k8s-topo's quagga/frr names, or any device with a configuration in conf_dir."""
+    return any(part in device for part in ROUTER_NAME_PARTS) or topology.config_file(device) is not None
+
+
+def router_config(topology: Topology, device: str) -> str:
+    """A router's FRR configuration: its file in conf_dir, else OSPF on every interface."""
+    given = topology.config_file(device)
+    if given is not None:
+        return given.read_text()
+    return f"frr defaults traditional\nhostname {device}\n!\nrouter ospf\n network 0.0.0.0/0 area 0\n!\n"
+
+
+def frr_daemons(config: str) -> list[str]:
+    """The FRR daemons a configuration needs: zebra always, and the routing daemons it configures."""
+    return ["zebra", *(name for name, pattern in FRR_DAEMONS if re.search(pattern, config, re.MULTILINE))]
 
 
 def client_entry(service: str, link: Link) -> str:

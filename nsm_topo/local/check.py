@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from nsm_topo.local import frr
-from nsm_topo.local.lab import is_router, netns_name
+from nsm_topo.local.lab import netns_name
 from nsm_topo.topology import Topology
+from nsm_topo.wiring import is_router
 
 
 class CheckError(RuntimeError):

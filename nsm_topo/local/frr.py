@@ -20,15 +20,10 @@ import time
 from pathlib import Path
 
 from nsm_topo.local.processes import ProcessRecord, record_of
+from nsm_topo.wiring import frr_daemons
 
 FRR_LIB = Path("/usr/lib/frr")
 RUN_FRR = Path("/var/run/frr")
-_DAEMONS = (
-    ("ospfd", r"^router ospf\b"),
-    ("bgpd", r"^router bgp\b"),
-    ("isisd", r"^router isis\b"),
-    ("staticd", r"^\s*ip(v6)? route\s"),
-)
 _LOOPBACK = re.compile(r"^interface lo\s*\n(?:[ \t].*\n)*?[ \t]+ip address (\S+)/32", re.MULTILINE)
 
 
@@ -41,7 +36,7 @@ def installed() -> bool:
 
 
 def daemons_for(config: str) -> list[str]:
-    return ["zebra", *(name for name, pattern in _DAEMONS if re.search(pattern, config, re.MULTILINE))]
+    return frr_daemons(config)  # shared with the Kubernetes pods' FRR `daemons` file
 
 
 def loopback_of(config: str) -> ipaddress.IPv4Address | None:

@@ -51,9 +51,9 @@ def test_network_service_has_one_match_per_link_toward_the_endpoint_device() -> 
     wiring = wire(parse_topology(NSM_5NODE, Path("/labs/nsm-5node.yml")))
     service = wiring.network_service()
     assert service["metadata"] == {"name": "nsm-5node"} and service["spec"]["payload"] == "IP"
-    assert service["spec"]["matches"][3] == {
-        "sourceSelector": {"link": "net-3"},
-        "routes": [{"destinationSelector": {"device": "qrtr-1"}}],
+    assert service["spec"]["matches"][3] == {  # NSM v1: the Go struct's JSON names (proto field names)
+        "source_selector": {"link": "net-3"},
+        "routes": [{"destination_selector": {"device": "qrtr-1"}}],
     }
     legacy = wiring.network_service("networkservicemesh.io/v1alpha1")["spec"]["matches"][3]
     assert legacy == {
