@@ -27,6 +27,9 @@ options:
   --out DIR               work dir for wheels, source copy and base rootfs (default: images/.build)
   --wheels-only           stop after the wheels
   --skip-wheels           reuse the wheels already in DIR/wheels
+  --if-changed            do nothing if every image exists already and was built from the same sources
+                          (label nsm-topology-sidecars.tree: a hash of the files that make the wheel, the
+                          Dockerfile, the base and GLIBC_MAX); what scripts/setup.sh and the tests run
   -h, --help              this text
 
 environment: PYTHON (host python used for pip, default python3), GLIBC_MAX (newest manylinux glibc
@@ -48,6 +51,7 @@ SOURCE=""
 OUT="$ROOT/images/.build"
 WHEELS_ONLY=0
 SKIP_WHEELS=0
+IF_CHANGED=0
 TARGETS=()
 PYTHON=${PYTHON:-python3}
 GLIBC_MAX=${GLIBC_MAX:-2.36}
@@ -64,6 +68,7 @@ while [ $# -gt 0 ]; do
         --out) OUT=${2:?}; shift 2 ;;
         --wheels-only) WHEELS_ONLY=1; shift ;;
         --skip-wheels) SKIP_WHEELS=1; shift ;;
+        --if-changed) IF_CHANGED=1; shift ;;
         -h|--help) usage; exit 0 ;;
         nsc-sidecar|nse-sidecar|nsm-local) TARGETS+=("$1"); shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
@@ -72,6 +77,9 @@ done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nsc-sidecar nse-sidecar nsm-local)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
+# One build at a time per work dir (test sessions and setup may start one concurrently): wait for it.
+exec 9>"$OUT/.lock"
+flock 9
 WHEELS="$OUT/wheels"
 
 case "$(uname -m)" in
@@ -79,6 +87,48 @@ case "$(uname -m)" in
     aarch64|arm64) ARCH=aarch64 ;;
     *) die "unsupported architecture $(uname -m) (x86_64 and aarch64 have manylinux wheels)" ;;
 esac
+
+# --- 0. up to date? ----------------------------------------------------------------------------------
+# The files the wheel and the images are made of (tests, docs and scripts are not in them).
+IMAGE_SOURCES=(pyproject.toml setup.py setup.cfg MANIFEST.in proto nsm_sdk nsc_sidecar nse_sidecar nsm_local
+               nsm_topo images/Dockerfile)
+tree_hash() {
+    # sha256 over (path, content) of every source file, the same set copy_source takes
+    (
+        cd "$ROOT"
+        if git rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+            git ls-files -z --cached --others --exclude-standard -- "${IMAGE_SOURCES[@]}"
+        else
+            find "${IMAGE_SOURCES[@]}" -type f ! -path '*/__pycache__/*' -print0 2>/dev/null
+        fi | sort -z | while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done \
+            | xargs -0 -r sha256sum
+        echo "base=$BASE local=$LOCAL_BASE glibc=$GLIBC_MAX prefix=$PREFIX"
+    ) | sha256sum | cut -c1-32
+}
+TREE=""
+if [ "$IF_CHANGED" = 1 ]; then
+    [ "$LOCAL_BASE" = 1 ] && BASE=$LOCAL_BASE_IMAGE
+    TREE=$(tree_hash)
+    if [ -z "$TAG" ]; then
+        TAG=$("$PYTHON" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
+            "$ROOT/pyproject.toml") || die "--if-changed: cannot read the version from pyproject.toml"
+    fi
+    probe=${ENGINE:-}
+    [ -n "$probe" ] || { command -v podman >/dev/null && probe=podman; } || probe=docker
+    probe_args=()
+    [ "$VFS" = 1 ] && probe_args+=(--storage-driver vfs)
+    current=1
+    for target in "${TARGETS[@]}"; do
+        found=$("$probe" ${probe_args[@]+"${probe_args[@]}"} image inspect \
+            --format '{{index .Config.Labels "nsm-topology-sidecars.tree"}}' "${PREFIX}${target}:${TAG}" 2>/dev/null \
+            || true)
+        [ "$found" = "$TREE" ] || { current=0; break; }
+    done
+    if [ "$current" = 1 ]; then
+        echo "==> up to date (tree $TREE): ${TARGETS[*]/%/:$TAG}"
+        exit 0
+    fi
+fi
 
 # --- 1. wheels ---------------------------------------------------------------------------------------
 copy_source() {
@@ -180,12 +230,19 @@ fi
 
 # Only wheels/ goes into the build context (podman and docker both read .dockerignore).
 printf '*\n!wheels/\n' > "$OUT/.dockerignore"
+OLD_IDS=()
+for target in "${TARGETS[@]}"; do
+    OLD_IDS+=("$(engine image inspect --format '{{.Id}}' "${PREFIX}${target}:${TAG}" 2>/dev/null || true)")
+done
 for target in "${TARGETS[@]}"; do
     image="${PREFIX}${target}:${TAG}"
     echo "==> $ENGINE build --target $target -t $image (base $BASE)"
     engine build ${BUILD_ARGS[@]+"${BUILD_ARGS[@]}"} -f "$ROOT/images/Dockerfile" --target "$target" -t "$image" \
         --build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
-        --build-arg "SOURCE=$SOURCE" "$OUT"
+        --build-arg "SOURCE=$SOURCE" --build-arg "TREE=${TREE:-$(tree_hash)}" "$OUT"
 done
+# A rebuild leaves the previous images and install stage untagged: remove those (nothing else).
+for id in ${OLD_IDS[@]+"${OLD_IDS[@]}"}; do [ -z "$id" ] || engine rmi "$id" >/dev/null 2>&1 || true; done
+engine image prune --force --filter label=nsm-topology-sidecars.stage=install >/dev/null 2>&1 || true
 echo "==> built:"
 for target in "${TARGETS[@]}"; do echo "    ${PREFIX}${target}:${TAG}"; done

@@ -9,6 +9,10 @@ nsm-topo status FILE    every device and link, with its state and addresses
 nsm-topo check FILE [--from DEVICE]    ping every router's loopback; non-zero exit on any loss
 nsm-topo exec FILE DEVICE -- CMD...    run a command inside a device (`vtysh` reaches its FRR)
 nsm-topo down FILE      remove everything `up` created (safe to repeat, also after a crash)
+nsm-topo graph FILE [-o PAGE]    one self-contained HTML page of the topology (default <name>.html);
+    with the lab up (as root), each link's state and addresses
+nsm-topo manifest FILE [-o DIR|-]    the Kubernetes objects for NSM v1 (NetworkService, ConfigMaps, Pods)
+nsm-topo apply FILE / delete FILE    create-or-update / delete them in a cluster (kubeconfig or in-cluster)
 
 Bad input (arguments or files): one line naming what is wrong, exit code 2. A lab that does not come up,
 or a check with loss: exit code 1.
@@ -34,7 +38,7 @@ from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, parse_socket_url
 from nsm_topo.builder import DEFAULT_PREFIX, BuilderError, build, write
 from nsm_topo.local.controlplane import RUN_DIR, ControlPlane
 from nsm_topo.topology import Topology, TopologyError, load_topology
-from nsm_topo.wiring import wire
+from nsm_topo.wiring import Wiring, wire
 
 _err = Console(stderr=True)
 
@@ -58,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
         ("down", "remove a lab"),
         ("check", "ping every router's loopback from one router"),
         ("exec", "run a command inside a device"),
+        ("graph", "write an HTML page of the topology (with link states when its lab is up)"),
     ):
         sub = commands.add_parser(name, help=text)
         sub.add_argument("file", type=Path)
@@ -93,7 +98,57 @@ def _parser() -> argparse.ArgumentParser:
         if name == "exec":
             sub.add_argument("device")
             sub.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
+        if name == "graph":
+            sub.add_argument(
+                "-o", "--output", type=Path, default=None, help="the page (default: <name>.html)"
+            )
+    _kube_parsers(commands)
     return parser
+
+
+def _kube_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from nsm_topo.kube.manifests import DEFAULT_FRR_IMAGE, DEFAULT_HOST_IMAGE, PULL_POLICIES, SPIRE_VOLUMES
+
+    for name, text in (
+        ("manifest", "write the Kubernetes objects (NSM v1) of a topology"),
+        ("apply", "create or update them in a cluster"),
+        ("delete", "delete them from a cluster (waits until the pods are gone)"),
+    ):
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("file", type=Path)
+        sub.add_argument("-n", "--namespace", default="default", help="namespace (default: default)")
+        if name == "manifest":
+            sub.add_argument(
+                "-o", "--output", default="-", help="a directory (one file per object) or - (default: stdout)"
+            )
+        if name in ("manifest", "apply"):
+            sub.add_argument(
+                "--image-prefix",
+                default="",
+                help="registry/path before the sidecar image names (build.sh --prefix)",
+            )
+            sub.add_argument("--tag", default=None, help="sidecar image tag (default: the project version)")
+            sub.add_argument(
+                "--frr-image", default=DEFAULT_FRR_IMAGE, help=f"routers (default {DEFAULT_FRR_IMAGE})"
+            )
+            sub.add_argument(
+                "--host-image", default=DEFAULT_HOST_IMAGE, help=f"other devices ({DEFAULT_HOST_IMAGE})"
+            )
+            sub.add_argument("--pull-policy", choices=PULL_POLICIES, default="IfNotPresent")
+            sub.add_argument(
+                "--spire-volume",
+                choices=SPIRE_VOLUMES,
+                default="csi",
+                help="SPIRE agent socket via the SPIFFE CSI driver (default) or a hostPath",
+            )
+        if name in ("apply", "delete"):
+            sub.add_argument(
+                "--kubeconfig", default=None, help="kubeconfig file (default: KUBECONFIG, ~/.kube)"
+            )
+            sub.add_argument("--context", default=None, help="kubeconfig context (default: its current one)")
+            sub.add_argument(
+                "--timeout", type=float, default=120.0, help="seconds to wait for pods to go (default 120)"
+            )
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -136,7 +191,7 @@ def _require_root() -> None:
 
 
 def _status(topology: Topology, plane: ControlPlane) -> None:
-    from nsm_topo.local.lab import LabRecord, lab_dir, link_views, netns_name
+    from nsm_topo.local.lab import LabRecord, lab_container_states, lab_dir, link_views, netns_name
     from nsm_topo.local.processes import alive
 
     record = LabRecord.load(lab_dir(topology, plane) / "lab.json")
@@ -147,12 +202,17 @@ def _status(topology: Topology, plane: ControlPlane) -> None:
     devices = Table(title=f"{topology.name}: devices")
     for column in ("device", "namespace", "processes", "ready"):
         devices.add_column(column)
+    boxes = lab_container_states(topology, record)
     for device in topology.devices:
         name = netns_name(topology, device)
         exists = Path("/run/netns", name).exists()
         procs = [p for p in (record.processes if record else []) if p.device == device]
         shown = ", ".join(f"{p.role}{'' if alive(p) else ' (gone)'}" for p in procs) or "-"
         ready = all(alive(p) for p in procs) and bool(procs)
+        if device in boxes:  # a device that runs as a container
+            box = boxes[device]
+            shown = f"container {box.image} ({box.state}), {shown}"
+            ready = ready and box.running
         devices.add_row(device, name if exists else "-", shown, "yes" if ready else "no")
     console.print(devices)
     links = Table(title=f"{topology.name}: links")
@@ -166,12 +226,50 @@ def _status(topology: Topology, plane: ControlPlane) -> None:
     console.print(links)
 
 
+def _graph(args: argparse.Namespace, topology: Topology) -> None:
+    """The page: the planned wiring, or with the lab up (and root to read its namespaces) its links."""
+    from nsm_sdk.kernel import LinkState
+    from nsm_topo.graph import ObservedEnd, ObservedLink, render
+    from nsm_topo.local.lab import NETNS_DIR, LabRecord, lab_dir, link_views, netns_name
+
+    plane = ControlPlane(
+        url=parse_socket_url("--connect-to", args.connect_to, allow_tcp=False),
+        workload_api=parse_socket_url("--workload-api", args.workload_api, allow_tcp=False),
+        run_dir=args.state_dir,
+    )
+    lab_up = LabRecord.load(lab_dir(topology, plane) / "lab.json") is not None or any(
+        (NETNS_DIR / netns_name(topology, device)).exists() for device in topology.devices
+    )
+
+    def end(side: LinkState | None) -> ObservedEnd | None:
+        return None if side is None else ObservedEnd(tuple(sorted(side.addresses)), side.up)
+
+    observed: dict[str, ObservedLink] | None = None
+    note = None
+    if lab_up and os.geteuid() != 0:
+        note = f"lab {topology.name} is up, but reading its links needs root: this is the planned wiring"
+        print(f"nsm-topo: {note} (run it with sudo for link states and addresses)", file=sys.stderr)
+    elif lab_up:
+        observed = {
+            view.link.name: ObservedLink(view.up, end(view.client), end(view.endpoint))
+            for view in link_views(topology)
+        }
+    path: Path = args.output or Path(f"{topology.name}.html")
+    try:
+        path.write_text(render(topology, observed, note))
+    except OSError as exc:
+        _fail(f"{path}: cannot write: {exc.strerror}")
+    shown = "planned" if observed is None else f"{sum(v.up for v in observed.values())} up"
+    print(f"{path}: {topology.name}, {len(topology.devices)} devices, {len(topology.links)} links ({shown})")
+
+
 def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
     from nsm_topo.local import frr
     from nsm_topo.local.check import CheckError, ping_loopbacks
+    from nsm_topo.local.containers import NoEngineError
     from nsm_topo.local.controlplane import ControlPlaneError
     from nsm_topo.local.frr import FrrError
-    from nsm_topo.local.lab import LabError, down, netns_name, up
+    from nsm_topo.local.lab import LabError, container_exec_argv, down, netns_name, up
 
     _require_root()
     plane = ControlPlane(
@@ -192,8 +290,9 @@ def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
             report_ = down(topology, plane)
             what = (
                 "nothing to remove"
-                if not (report_.processes or report_.namespaces)
+                if not (report_.processes or report_.namespaces or report_.containers)
                 else (f"stopped {report_.processes} processes, removed {report_.namespaces} namespaces")
+                + (f" and {report_.containers} container(s)" if report_.containers else "")
             )
             print(f"{topology.name}: {what}")
         elif args.command == "status":
@@ -216,13 +315,66 @@ def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
             if not argv:
                 _fail("exec: give a command after --, e.g. nsm-topo exec FILE DEVICE -- ip addr")
             netns = netns_name(topology, args.device)
+            inside = container_exec_argv(topology, plane, args.device, argv, sys.stdin.isatty())
+            if inside is not None:  # a device that runs as a container: its own tools, its own vtysh
+                os.execvp(inside[0], inside)
             if Path(argv[0]).name == "vtysh":
                 argv = frr.vtysh_argv(netns, argv)
             os.execvp("ip", ["ip", "netns", "exec", netns, *argv])
+    except NoEngineError as exc:  # a container device but no podman/docker: nothing was created
+        _fail(str(exc), 2)
     except (LabError, ControlPlaneError, FrrError) as exc:
         _fail(str(exc), 1)
     except CheckError as exc:
         _fail(str(exc), 2)
+
+
+def _kube_command(args: argparse.Namespace, wiring: Wiring) -> None:
+    """manifest / apply / delete: the pure manifests, then (apply, delete) the cluster client, lazily."""
+    from nsm_topo.kube.manifests import KubeOptions, file_name, manifests, namespace_problem, to_yaml
+
+    problem = namespace_problem(args.namespace)
+    if problem is not None:
+        _fail(f"--namespace {args.namespace!r}: {problem}")
+    options = KubeOptions(namespace=args.namespace)
+    if args.command != "delete":
+        options = KubeOptions(
+            namespace=args.namespace,
+            image_prefix=args.image_prefix,
+            image_tag=args.tag or options.image_tag,
+            frr_image=args.frr_image,
+            host_image=args.host_image,
+            pull_policy=args.pull_policy,
+            spire_volume=args.spire_volume,
+        )
+    objects = manifests(wiring, options)
+    if args.command == "manifest":
+        if args.output == "-":
+            sys.stdout.write(to_yaml(objects))
+            return
+        directory = Path(args.output)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            for index, obj in enumerate(objects):
+                (directory / file_name(index, obj)).write_text(to_yaml([obj]))
+        except OSError as exc:
+            _fail(f"{exc.filename or directory}: cannot write: {exc.strerror}")
+        print(f"{directory}: {len(objects)} objects of {wiring.service_name} (kubectl apply -f {directory})")
+        return
+
+    from nsm_topo.kube import cluster
+
+    try:
+        target = cluster.connect(args.kubeconfig, args.context, args.namespace)
+        with _progress(wiring.service_name) as report:
+            if args.command == "apply":
+                done = cluster.apply(target, objects, report, args.timeout)
+            else:
+                done = cluster.delete(target, objects, report, args.timeout)
+    except cluster.KubeError as exc:
+        _fail(str(exc), 1)
+    hint = f"kubectl get pods -n {args.namespace} -l topo={wiring.service_name}"
+    print(f"{wiring.service_name} in namespace {args.namespace}: {done.summary()} ({hint})")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +390,9 @@ def main(argv: list[str] | None = None) -> None:
             return
         topology = load_topology(args.file)
         wiring = wire(topology)
+        if args.command in ("manifest", "apply", "delete"):
+            _kube_command(args, wiring)
+            return
         if args.command == "show":
             shown = {
                 "networkservice": wiring.network_service(),
@@ -250,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
                 },
             }
             print(yaml.safe_dump(shown, sort_keys=False), end="")
+            return
+        if args.command == "graph":
+            _graph(args, topology)
             return
         _lab_command(args, topology)
     except (BuilderError, TopologyError, ConfigError) as exc:

@@ -13,6 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -104,6 +105,8 @@ def acquire(plane: ControlPlane, lab: str) -> bool:
             str(plane.url),
             "--workload-api",
             str(plane.workload_api),
+            "--state-dir",  # its CA and records live and die with the labs that use it
+            str(plane.run_dir / "nsm-local"),
         ]
         if plane.insecure:
             argv.append("--insecure")
@@ -134,6 +137,7 @@ def release(plane: ControlPlane, lab: str) -> None:
         if isinstance(ours, dict):
             stop([ProcessRecord.from_json(ours)], 10)
             (plane.run_dir / "nsm-local.log").unlink(missing_ok=True)
+            shutil.rmtree(plane.run_dir / "nsm-local", ignore_errors=True)
         record.clear()
     with contextlib.suppress(OSError):  # only if nothing else is in it
         (plane.run_dir / ".lock").unlink()

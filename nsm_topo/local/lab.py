@@ -3,11 +3,13 @@
 One network namespace per device, named `<topology>-<device>`; in it the device's nse-sidecar and, if it
 owns links, its nsc-sidecar, with exactly the environment k8s-topo gives the pods (`wiring.py`, plus the
 pod name and a readiness file); for routers, FRR with the device's configuration. nsm-local wires the links.
+A device whose file entry names an image (`custom_image`) runs it as a container in its namespace, with
+podman or docker (`containers.py`); its sidecars run beside it as for any device, and it runs no FRR here.
 
 Everything `up` creates is recorded, as it is created, in `/run/nsm-topo/<topology>/lab.json`; `down`
 removes exactly that, and when the record is missing (a crash before it was written, or a machine that
-lost /run) it finds the lab's namespaces by name and the processes by the namespace they run in. `down`
-on a lab that is not up removes nothing and succeeds.
+lost /run) it finds the lab's namespaces by name, the processes by the namespace they run in and the
+containers by their label. `down` on a lab that is not up removes nothing and succeeds.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 from nsm_sdk.kernel import LinkState, read_link_states
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.netlink import netlink_in
-from nsm_topo.local import frr
+from nsm_topo.local import containers, frr
+from nsm_topo.local.containers import Container, ContainerError, Engine, NoEngineError
 from nsm_topo.local.controlplane import ControlPlane, acquire, apply_service, release
 from nsm_topo.local.processes import ProcessRecord, alive, pids_in_netns, spawn, start_time_of, stop
 from nsm_topo.topology import Link, Topology
-from nsm_topo.wiring import Wiring, wire
+from nsm_topo.wiring import Wiring, is_router, router_config, wire
 
 NETNS_DIR = Path("/run/netns")
 SIDECAR_GRACE = 25.0
@@ -50,11 +53,6 @@ def lab_dir(topology: Topology, plane: ControlPlane) -> Path:
     return plane.run_dir / topology.name
 
 
-def is_router(topology: Topology, device: str) -> bool:
-    """Routers run FRR: k8s-topo's quagga/frr names, or any device with a configuration in conf_dir."""
-    return "qrtr" in device or "frr" in device or topology.config_file(device) is not None
-
-
 @dataclass
 class LabRecord:
     """What `up` created, written as it goes (lab.json)."""
@@ -64,6 +62,10 @@ class LabRecord:
     namespaces: dict[str, str] = field(default_factory=dict)
     processes: list[ProcessRecord] = field(default_factory=list)
     control_plane: dict[str, Any] = field(default_factory=dict)
+    containers: dict[str, str] = field(default_factory=dict)
+    """device -> its container's name (`<topology>-<device>`), recorded before it is started"""
+    engine: str = ""
+    """podman or docker: what runs the containers"""
 
     def save(self, path: Path) -> None:
         data = {
@@ -72,6 +74,8 @@ class LabRecord:
             "namespaces": self.namespaces,
             "processes": [p.to_json() for p in self.processes],
             "control_plane": self.control_plane,
+            "containers": self.containers,
+            "engine": self.engine,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(data, indent=1))
@@ -89,6 +93,8 @@ class LabRecord:
             namespaces=dict(data.get("namespaces", {})),
             processes=[ProcessRecord.from_json(p) for p in data.get("processes", [])],
             control_plane=dict(data.get("control_plane", {})),
+            containers={str(k): str(v) for k, v in data.get("containers", {}).items()},
+            engine=str(data.get("engine", "")),
         )
 
 
@@ -177,20 +183,29 @@ def up(topology: Topology, plane: ControlPlane, progress: Progress, timeout: flo
             f"network namespace {netns_name(topology, taken[0])} exists already (left by a crashed lab?): "
             f"run nsm-topo down {topology.source or topology.name} first"
         )
-    routers = [d for d in topology.devices if is_router(topology, d)]
+    images = device_images(topology)
+    routers = [d for d in topology.devices if is_router(topology, d) and d not in images]
+    engine = _prepare_containers(topology, images, progress)  # NoEngineError: nothing created yet
     if routers and not frr.installed():
         raise LabError(
             f"{routers[0]} is a router but FRR is not installed: run scripts/setup.sh (apt install frr)"
         )
     directory.mkdir(parents=True, exist_ok=True)
-    record = LabRecord(topology.name, str(topology.source or ""))
+    record = LabRecord(topology.name, str(topology.source or ""), engine=engine.name if engine else "")
     record.save(record_path)
 
     for device in topology.devices:
         name = netns_name(topology, device)
-        _run("ip", "netns", "add", name)
+        if engine is not None and device in images and not engine.joins_named_netns:
+            # docker: the container makes its own namespace, which then gets the lab's name
+            pid = _start_container(engine, topology, device, images[device], record, record_path)
+            _run("ip", "netns", "attach", name, str(pid))
+        else:
+            _run("ip", "netns", "add", name)
         record.namespaces[device] = name
         record.save(record_path)
+        if engine is not None and device in images and engine.joins_named_netns:
+            _start_container(engine, topology, device, images[device], record, record_path)
         _run("ip", "-n", name, "link", "set", "lo", "up")
         if device in routers:
             _run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -203,18 +218,122 @@ def up(topology: Topology, plane: ControlPlane, progress: Progress, timeout: flo
     progress("networkservice", 1, 1)
 
     for device in routers:
-        config = _router_config(topology, device)
+        config = router_config(topology, device)
         record.processes += frr.start(netns_name(topology, device), device, config)
         record.save(record_path)
     _start_sidecars(topology, wiring, plane, record, record_path)
-    return _wait_for_links(topology, record, progress, timeout)
+    views = _wait_for_links(topology, record, progress, timeout)
+    if engine is not None and record.containers:
+        _check_containers_run(engine, topology)
+    return views
 
 
-def _router_config(topology: Topology, device: str) -> str:
-    given = topology.config_file(device)
-    if given is not None:
-        return given.read_text()
-    return f"frr defaults traditional\nhostname {device}\n!\nrouter ospf\n network 0.0.0.0/0 area 0\n!\n"
+# ----- containers --------------------------------------------------------------------------------------
+
+
+def device_images(topology: Topology) -> dict[str, str]:
+    """device -> image, for the devices that run as containers (their entry in custom_image).
+
+    k8s-topo's other kinds are not run as containers here: qrtr/frr routers run FRR on the host, and the
+    cEOS and vrnetlab kinds (whose images are licensed or VMs) and hosts run as plain namespaces."""
+    return {device: image for device in topology.devices if (image := topology.image_of(device)) is not None}
+
+
+def _prepare_containers(topology: Topology, images: dict[str, str], progress: Progress) -> Engine | None:
+    """Before anything is created: the engine (NoEngineError if none), no container of this lab left over,
+    no container of someone else under a name the lab needs, and every image here (pulled if missing)."""
+    if not images:
+        return None
+    first = next(iter(images))
+    engine = containers.require(first, images[first])
+    try:
+        left = containers.lab_containers(engine, topology.name)
+        if left:
+            raise LabError(
+                f"container {left[0].name} of lab {topology.name} exists already (left by a crashed lab?): "
+                f"run nsm-topo down {topology.source or topology.name} first"
+            )
+        for device in images:
+            name = netns_name(topology, device)
+            if containers.labels_of(engine, name) is not None:
+                raise LabError(
+                    f"a container named {name} exists already (not this lab's): remove or rename it"
+                )
+        wanted = sorted(set(images.values()))
+        for done, image in enumerate(wanted, 1):
+            containers.ensure_image(engine, image)
+            progress(f"images {image}", done, len(wanted))
+    except ContainerError as exc:
+        raise LabError(str(exc)) from None
+    return engine
+
+
+def _start_container(
+    engine: Engine, topology: Topology, device: str, image: str, record: LabRecord, record_path: Path
+) -> int:
+    name = netns_name(topology, device)
+    record.containers[device] = name  # recorded first: a crash right after still leaves it to `down`
+    record.save(record_path)
+    try:
+        return containers.start(
+            engine, name, image, topology.name, device, NETNS_DIR / name, topology.config_file(device)
+        )
+    except ContainerError as exc:
+        raise LabError(str(exc)) from None
+
+
+def _check_containers_run(engine: Engine, topology: Topology) -> None:
+    try:
+        stopped = [c for c in containers.lab_containers(engine, topology.name) if not c.running]
+    except ContainerError as exc:
+        raise LabError(str(exc)) from None
+    if stopped:
+        first = stopped[0]
+        logs = containers.logs_tail(engine, first.name)
+        raise LabError(
+            f"container {first.name} ({first.image}) is {first.state}, not running"
+            f"{': ' + logs if logs else ''} ({engine.name} logs {first.name})"
+        )
+
+
+def _engine_for(topology: Topology, record: LabRecord | None) -> Engine | None:
+    """The engine that may hold this lab's containers: the recorded one, else the one detected, if the lab
+    has (or had) container devices; None if it has none or no engine is here."""
+    recorded = record.engine if record is not None else ""
+    if not recorded and not device_images(topology):
+        return None
+    if recorded:
+        binary = shutil.which(recorded)
+        return Engine(recorded, binary) if binary is not None else None
+    try:
+        return containers.detect()
+    except NoEngineError:
+        return None
+
+
+def lab_container_states(topology: Topology, record: LabRecord | None) -> dict[str, Container]:
+    """device -> its container as the engine sees it (devices whose container exists)."""
+    engine = _engine_for(topology, record)
+    if engine is None:
+        return {}
+    try:
+        found = containers.lab_containers(engine, topology.name)
+    except ContainerError:
+        return {}
+    prefix = f"{topology.name}-"
+    return {c.name[len(prefix) :]: c for c in found if c.name.startswith(prefix)}
+
+
+def container_exec_argv(
+    topology: Topology, plane: ControlPlane, device: str, argv: list[str], tty: bool
+) -> list[str] | None:
+    """`podman exec` / `docker exec` of `argv` in the device's container, or None if the device runs
+    none (then the command runs in its namespace)."""
+    record = LabRecord.load(lab_dir(topology, plane) / "lab.json")
+    engine = _engine_for(topology, record)
+    if engine is None or device not in lab_container_states(topology, record):
+        return None
+    return containers.exec_argv(engine, netns_name(topology, device), argv, tty)
 
 
 def _start_sidecars(
@@ -297,6 +416,7 @@ class DownReport:
     processes: int
     namespaces: int
     found_record: bool
+    containers: int = 0
 
 
 def down(topology: Topology, plane: ControlPlane) -> DownReport:
@@ -311,6 +431,7 @@ def down(topology: Topology, plane: ControlPlane) -> DownReport:
     live = [p for p in processes if alive(p)]
     for rank in (0, 1):  # clients first (they close their links), then endpoints, then the rest (FRR)
         stop([p for p in live if order.get(p.role) == rank], SIDECAR_GRACE)
+    removed_containers, container_problem = _remove_containers(topology, record)
     stop([p for p in live if p.role not in order], 5)
     stray = _stop_strays(names.values())
     removed = 0
@@ -325,7 +446,22 @@ def down(topology: Topology, plane: ControlPlane) -> DownReport:
             apply_service(plane, wire(topology).network_service(), delete=True)
     shutil.rmtree(directory, ignore_errors=True)
     release(plane, topology.name)  # last: it removes the run directory once nothing else is in it
-    return DownReport(len(live) + stray, removed, record is not None)
+    if container_problem:
+        raise LabError(container_problem)
+    return DownReport(len(live) + stray, removed, record is not None, removed_containers)
+
+
+def _remove_containers(topology: Topology, record: LabRecord | None) -> tuple[int, str]:
+    """The lab's containers, recorded or found by label, stopped and removed: (how many, problem or "")."""
+    engine = _engine_for(topology, record)
+    if engine is None:
+        return 0, ""
+    names = list(record.containers.values()) if record is not None else []
+    try:
+        names += [c.name for c in containers.lab_containers(engine, topology.name)]
+        return containers.remove(engine, topology.name, names), ""
+    except ContainerError as exc:
+        return 0, f"containers of {topology.name} not removed: {exc}"
 
 
 def _stop_strays(names: Iterable[str]) -> int:
