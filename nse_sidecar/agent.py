@@ -41,7 +41,7 @@ from nsm_sdk.transport.urls import inode_url_for_fd, inode_url_for_path
 def make_allocator(settings: NseSettings) -> P2PAllocator:
     pools = settings.addressing.pools
     if settings.addressing.mode == "seed":
-        return SeedP2PAllocator(pools[0][0])
+        return SeedP2PAllocator(pools[0][0], reserved=settings.addressing.reserved)
     return NsmP2PAllocator(pools)
 
 

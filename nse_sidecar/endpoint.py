@@ -39,6 +39,8 @@ LOCAL = "LOCAL"
 NAME_PARAM = "name"
 INODE_URL_PARAM = "inodeURL"
 PEER_IFNAME_LABEL = "peerif"
+LINK_LABEL = "link"
+"""k8s-topo's link label (`link=net-<i>`): the key of the block `ENDPOINT_LINKS` reserves for the link."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +171,7 @@ class EndpointCore:
             src_addrs=list(ip_context.src_ip_addrs),
             dst_addrs=list(ip_context.dst_ip_addrs),
             excluded=list(ip_context.excluded_prefixes),
+            key=conn.labels.get(LINK_LABEL),
         )
         _drop_unheld(ip_context, held)
         apply_to_ip_context(ip_context, held)

@@ -17,6 +17,8 @@ ENDPOINT_LABELS / ADVERTISE_NSE_LABELS      NSE labels ``k=v,k=v``              
 | NSM_LABELS                                or ``k:v,k:v`` (envconfig map syntax)
 IP_ADDRESS                                  seed addressing: one CIDR, a /30 (/126)   \\ NSM mode with
 | NSM_CIDR_PREFIX                           per link; or NSM CIDR groups ``[a,b],c``  / 169.254.0.0/16
+ENDPOINT_LINKS                              with IP_ADDRESS: ``link`` label values;   none (first come,
+                                            the k-th gets the k-th /30, always        first served)
 NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse-<ino>
 NSM_CONNECT_TO                              nsmgr URL (unix or tcp)                   the nsmgr socket
 NSM_LISTEN_ON                               our server socket, ``unix:///abs`` only     fresh temp dir
@@ -93,6 +95,10 @@ class AddressingSettings:
     ``nsm``: NSM v1 point-to-point addresses from the groups in order (nsm-v1-protocol.md §2.3)."""
     pools: tuple[tuple[IPNetwork, ...], ...] = ((DEFAULT_NSM_POOL,),)
     """The pools: one group holding one network in seed mode; the ``[a,b],c`` groups in NSM mode."""
+    reserved: tuple[str, ...] = ()
+    """Seed mode: the ``link`` label values whose blocks are fixed, block k for the k-th
+    (``ENDPOINT_LINKS``), so a link gets the same addresses whenever and in whatever order it is
+    (re)requested."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,11 +275,30 @@ def _addressing(env: Mapping[str, str]) -> AddressingSettings:
     nsm = env_value(env, "NSM_CIDR_PREFIX")
     if seed is not None and nsm is not None:
         raise ConfigError("IP_ADDRESS", seed, "NSM_CIDR_PREFIX is also set; set only one of them")
+    links = env_value(env, "ENDPOINT_LINKS")
+    if links is not None and seed is None:
+        raise ConfigError("ENDPOINT_LINKS", links, "needs IP_ADDRESS (which /30 of it each link gets)")
     if seed is not None:
-        return AddressingSettings(mode="seed", pools=((parse_seed_pool("IP_ADDRESS", seed),),))
+        pool = parse_seed_pool("IP_ADDRESS", seed)
+        reserved = parse_endpoint_links("ENDPOINT_LINKS", links, pool) if links is not None else ()
+        return AddressingSettings(mode="seed", pools=((pool,),), reserved=reserved)
     if nsm is not None:
         return AddressingSettings(mode="nsm", pools=parse_cidr_groups("NSM_CIDR_PREFIX", nsm))
     return AddressingSettings()
+
+
+def parse_endpoint_links(variable: str, text: str, pool: IPNetwork) -> tuple[str, ...]:
+    """``net-0,net-3``: distinct, non-empty link label values, no more than the pool has /30s (/126s)."""
+    links = tuple(item.strip() for item in text.split(","))
+    for position, link in enumerate(links):
+        if not link:
+            raise ConfigError(variable, text, f"entry {position} is empty")
+        if link in links[:position]:
+            raise ConfigError(variable, text, f"{link!r} is listed twice")
+    blocks = pool.num_addresses // 4
+    if len(links) > blocks:
+        raise ConfigError(variable, text, f"{len(links)} links; IP_ADDRESS {pool} holds {blocks} blocks")
+    return links
 
 
 def _aliased(env: Mapping[str, str], variable: str, alias: str, notes: list[str]) -> tuple[str, str | None]:

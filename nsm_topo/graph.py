@@ -2,7 +2,8 @@
 
 The picture is an inline SVG computed here, so it renders offline and with JavaScript off: devices as
 boxes (name and address pool), links as lines coloured by state (up, down, or unknown when no lab is up),
-each end labelled with its interface and, when the lab is up, its addresses. A little inline JavaScript
+each end labelled with its interface and its address (as `ENDPOINT_LINKS` fixes it, or as observed when
+the lab is up). A little inline JavaScript
 adds pan and zoom, hover highlighting, tooltips and a device search; tables of links and devices follow
 the picture.
 
@@ -21,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from nsm_topo.topology import Link, Topology
-from nsm_topo.wiring import wire
+from nsm_topo.wiring import planned_addresses, wire
 
 Point = tuple[float, float]
 Size = tuple[float, float]
@@ -287,9 +288,9 @@ class _Label:
         return width, _LINE * len(self.lines) + 5
 
 
-def _end_lines(interface: str, end: ObservedEnd | None, observed: bool) -> tuple[str, ...]:
+def _end_lines(interface: str, end: ObservedEnd | None, observed: bool, planned: str) -> tuple[str, ...]:
     if not observed:
-        return (interface,)
+        return (interface, planned)
     if end is None:
         return (interface, "absent")
     addresses = tuple(sorted(end.addresses, key=lambda a: (":" in a, a)))
@@ -356,16 +357,18 @@ def _svg(
     pools: Mapping[str, str],
     served: Mapping[str, int],
     seed: int,
+    planned: Mapping[str, tuple[str, str]],
 ) -> str:
     sizes = _node_sizes(topology, pools)
     labels: dict[tuple[str, str], _Label] = {}
     for link in topology.links:
         seen = observed.get(link.name) if observed is not None else None
+        client, endpoint = planned[link.name]
         labels[(link.name, "client")] = _Label(
-            _end_lines(link.client.interface, seen.client if seen else None, seen is not None)
+            _end_lines(link.client.interface, seen.client if seen else None, seen is not None, client)
         )
         labels[(link.name, "endpoint")] = _Label(
-            _end_lines(link.endpoint.interface, seen.endpoint if seen else None, seen is not None)
+            _end_lines(link.endpoint.interface, seen.endpoint if seen else None, seen is not None, endpoint)
         )
     widest_node = max(s[0] for s in sizes.values())
     widest_label = max((label.size[0] for label in labels.values()), default=40.0)
@@ -397,7 +400,7 @@ def _svg(
             )
         else:
             path = f"M{_num(a[0])},{_num(a[1])} L{_num(b[0])},{_num(b[1])}"
-        tip = _link_tip(link, state, observed, pools)
+        tip = _link_tip(link, state, observed, pools, planned[link.name])
         data = (
             f'data-link="{_e(link.name)}" data-a="{_e(link.client.device)}" '
             f'data-b="{_e(link.endpoint.device)}" data-state="{state}"'
@@ -462,7 +465,11 @@ def _svg(
 
 
 def _link_tip(
-    link: Link, state: str, observed: Mapping[str, ObservedLink] | None, pools: Mapping[str, str]
+    link: Link,
+    state: str,
+    observed: Mapping[str, ObservedLink] | None,
+    pools: Mapping[str, str],
+    planned: tuple[str, str],
 ) -> str:
     lines = [f"{link.name}: {state}", f"{link.client}  (client: requests it)"]
     lines.append(f"{link.endpoint}  (endpoint: answers, from its pool {pools[link.endpoint.device]})")
@@ -475,13 +482,13 @@ def _link_tip(
                 shown = ", ".join(sorted(side.addresses)) or "no address"
                 lines.append(f"{end}: {'up' if side.up else 'down'}, {shown}")
     else:
-        lines.append(f"a /30 from {pools[link.endpoint.device]} when it comes up")
+        lines.append(f"planned: {planned[0]} <-> {planned[1]} (ENDPOINT_LINKS fixes them)")
     return "\n".join(lines)
 
 
-def _addresses_cell(end: ObservedEnd | None, observed: bool, pool: str) -> str:
+def _addresses_cell(end: ObservedEnd | None, observed: bool, planned: str) -> str:
     if not observed:
-        return f'<td class="mono dim">/30 of {_e(pool)}</td>'
+        return f'<td class="mono dim">{_e(planned)}</td>'
     if end is None:
         return '<td class="mono dim">absent</td>'
     shown = "<br>".join(_e(a) for a in sorted(end.addresses)) or "no address"
@@ -493,20 +500,21 @@ def _tables(
     observed: Mapping[str, ObservedLink] | None,
     pools: Mapping[str, str],
     served: Mapping[str, int],
+    planned: Mapping[str, tuple[str, str]],
 ) -> str:
     rows = []
     for link in topology.links:
         state = link_state(link, observed)
         seen = observed.get(link.name) if observed is not None else None
-        pool = pools[link.endpoint.device]
+        client, endpoint = planned[link.name]
         rows.append(
             f'<tr data-link="{_e(link.name)}" data-a="{_e(link.client.device)}" '
             f'data-b="{_e(link.endpoint.device)}">'
             f'<td class="mono">{_e(link.name)}</td>'
             f'<td class="mono">{_e(link.client.device)}:<b>{_e(link.client.interface)}</b></td>'
-            f"{_addresses_cell(seen.client if seen else None, observed is not None, pool)}"
+            f"{_addresses_cell(seen.client if seen else None, observed is not None, client)}"
             f'<td class="mono">{_e(link.endpoint.device)}:<b>{_e(link.endpoint.interface)}</b></td>'
-            f"{_addresses_cell(seen.endpoint if seen else None, observed is not None, pool)}"
+            f"{_addresses_cell(seen.endpoint if seen else None, observed is not None, endpoint)}"
             f'<td><span class="badge {state}">{state}</span></td></tr>'
         )
     devices = []
@@ -553,6 +561,9 @@ def render(
     wiring = wire(topology)
     pools = {device.name: str(device.pool) for device in wiring.devices}
     served = {device.name: len(device.served) for device in wiring.devices}
+    planned = {
+        link.name: planned_addresses(wiring.device(link.endpoint.device), link) for link in topology.links
+    }
     counts: dict[str, int] = {}
     for link in topology.links:
         state = link_state(link, observed)
@@ -562,7 +573,7 @@ def render(
         f"{n_devices} device{'s' if n_devices != 1 else ''} · {n_links} link{'s' if n_links != 1 else ''}"
     )
     if observed is None:
-        mode = "planned wiring: no lab observed; addresses are the endpoints' pools"
+        mode = "planned wiring: no lab observed; addresses as the endpoints will give them"
     else:
         mode = f"lab up: {counts.get('up', 0)} of {n_links} links up"
     source = f" from {topology.source}" if topology.source is not None else ""
@@ -579,10 +590,10 @@ def render(
         '<button id="zoom-out" title="zoom out">&minus;</button><button id="fit" title="fit (double-click)">'
         "fit</button></div></header>"
         + (f'<p class="note">{_e(note)}</p>' if note else "")
-        + f'<main id="canvas">{_svg(topology, observed, pools, served, seed)}'
+        + f'<main id="canvas">{_svg(topology, observed, pools, served, seed, planned)}'
         '<div id="tip" hidden></div></main>'
         '<p class="hint js-only">scroll to zoom · drag to pan · hover a device or link to trace it</p>'
-        f"{_tables(topology, observed, pools, served)}"
+        f"{_tables(topology, observed, pools, served, planned)}"
         f"<footer>written by <code>nsm-topo graph</code>{_e(source)}; the picture is plain SVG and needs "
         f"no script.</footer><script>{_JS}</script></body></html>\n"
     )

@@ -5,7 +5,10 @@ What k8s-topo's NSM mode creates (legacy-contract.md §4.3), computed once:
 * one NetworkService named after the topology, with one match per link:
   `{link: net-<i>}` -> the endpoint device `{device: <dev>}`;
 * per device an nse-sidecar with `ENDPOINT_NETWORK_SERVICE=<topology>`, `ENDPOINT_LABELS=device=<dev>`
-  and `IP_ADDRESS=10.60.<n>.0/24`, n the device's position (k8s-topo's gaps in n are not copied);
+  and `IP_ADDRESS=10.60.<n>.0/24`, n the device's position (k8s-topo's gaps in n are not copied), and,
+  beyond k8s-topo, `ENDPOINT_LINKS` listing the links it answers: the k-th gets the k-th /30 of the pool,
+  so a link's addresses are known in advance and stay the same whatever restarts (k8s-topo's endpoints
+  gave /30s first come, first served);
 * per device that is the first end of at least one link, an nsc-sidecar with `NS_NETWORKSERVICEMESH_IO`,
   one `<topology>/<if>?link=net-<i>&peerif=<peer if>` per link it owns.
 
@@ -141,6 +144,8 @@ def wire(topology: Topology) -> Wiring:
             "ENDPOINT_LABELS": f"device={device}",
             "IP_ADDRESS": str(pool),
         }
+        if served:
+            nse_env["ENDPOINT_LINKS"] = ",".join(link.name for link in served)
         nsc_env = (
             {"NS_NETWORKSERVICEMESH_IO": ",".join(client_entry(service, link) for link in owned)}
             if owned
@@ -148,3 +153,10 @@ def wire(topology: Topology) -> Wiring:
         )
         wired.append(DeviceWiring(device, pool, nse_env, nsc_env, owned, served))
     return Wiring(topology, tuple(wired))
+
+
+def planned_addresses(wired: DeviceWiring, link: Link) -> tuple[str, str]:
+    """(client, endpoint) addresses of a link its endpoint device `wired` answers, as `ENDPOINT_LINKS`
+    fixes them: the k-th served link gets network+1 and network+2 of the k-th /30 of the pool."""
+    block = list(wired.pool.subnets(new_prefix=LINK_PREFIX))[wired.served.index(link)]
+    return f"{block.network_address + 1}/{LINK_PREFIX}", f"{block.network_address + 2}/{LINK_PREFIX}"

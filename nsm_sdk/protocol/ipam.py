@@ -4,7 +4,10 @@ Two policies (architecture.md "Decisions already taken"):
 
 * `SeedP2PAllocator` (`IP_ADDRESS`, legacy-contract.md §2.1): one /30 (/126) per connection, lowest free
   block first; client (src) = network+1, endpoint (dst) = network+2, both with the block's prefix length.
-  The block covers the peer, so no routes are needed.
+  The block covers the peer, so no routes are needed. With reserved keys (`ENDPOINT_LINKS`), the k-th
+  block belongs to the k-th key: a request carrying that key (its `link` label) gets it whenever it is
+  free, so a link keeps its addresses whatever order links are requested or re-requested in; other
+  requests take the lowest free block after the reserved ones.
 * `NsmP2PAllocator` (`NSM_CIDR_PREFIX`, protocol doc §8.4 step 4, Go point2pointipam/groupipam): per group
   of CIDRs, the two lowest free single addresses (network address included), first → dst (NSE),
   second → src (NSC), as /32 (/128), each side with a route to the other.
@@ -51,6 +54,7 @@ class P2PAllocator(Protocol):
         src_addrs: Sequence[str] = (),
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
+        key: str | None = None,
     ) -> tuple[P2PAddresses, ...]: ...
 
     def held(self, conn_id: str) -> tuple[P2PAddresses, ...]: ...
@@ -100,12 +104,17 @@ def _excluded_end(start: int, end: int, version: int, excluded: Sequence[Network
 class SeedP2PAllocator:
     """One /30 (IPv6: /126) per connection out of `pool` (legacy `IP_ADDRESS`, legacy-contract.md §2.1)."""
 
-    def __init__(self, pool: Network | str, *, variable: str = "IP_ADDRESS") -> None:
+    def __init__(
+        self, pool: Network | str, *, variable: str = "IP_ADDRESS", reserved: Sequence[str] = ()
+    ) -> None:
         self.pool = _as_network(pool, variable)
         self.block_prefix = 30 if self.pool.version == 4 else 126
         if self.pool.prefixlen > self.block_prefix:
             raise ConfigError(variable, str(pool), f"pool must be /{self.block_prefix} or larger")
         self._blocks = self.pool.num_addresses // 4
+        if len(reserved) > self._blocks or len(set(reserved)) != len(reserved):
+            raise ValueError(f"{len(reserved)} reserved keys (distinct?) for {self._blocks} blocks")
+        self._reserved = {key: block for block, key in enumerate(reserved)}
         self._by_id: dict[str, int] = {}
         self._owner: dict[int, str] = {}
 
@@ -125,7 +134,7 @@ class SeedP2PAllocator:
         return _excluded_end(start, start + 3, self.pool.version, excluded) is not None
 
     def _lowest_free(self, excluded: Sequence[Network]) -> int | None:
-        block = 0
+        block = len(self._reserved)  # reserved blocks go only to their keys
         while block < self._blocks:
             start = self._block_start(block)
             last = _excluded_end(start, start + 3, self.pool.version, excluded)
@@ -146,11 +155,17 @@ class SeedP2PAllocator:
         block = self._by_id.get(conn_id)
         return () if block is None else (self._addresses(block),)
 
-    def allocate(self, conn_id: str, excluded: Iterable[str] = ()) -> P2PAddresses:
-        """The id's block if it holds one, else the lowest free block not overlapping `excluded`."""
+    def allocate(self, conn_id: str, excluded: Iterable[str] = (), key: str | None = None) -> P2PAddresses:
+        """The id's block if it holds one, else the block reserved for `key` if it is free and not excluded
+        (a stale connection of the same link may still hold it), else the lowest free unreserved block not
+        overlapping `excluded`."""
         if conn_id in self._by_id:
             return self._addresses(self._by_id[conn_id])
-        block = self._lowest_free(parse_excluded(excluded))
+        networks = parse_excluded(excluded)
+        mine = self._reserved.get(key) if key is not None else None
+        if mine is not None and mine not in self._owner and not self._is_excluded(mine, networks):
+            return self._claim(conn_id, mine)
+        block = self._lowest_free(networks)
         if block is None:
             raise PoolExhausted(f"IPPool is empty: no free /{self.block_prefix} left in {self.pool}")
         return self._claim(conn_id, block)
@@ -195,8 +210,10 @@ class SeedP2PAllocator:
         src_addrs: Sequence[str] = (),
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
+        key: str | None = None,
     ) -> tuple[P2PAddresses, ...]:
-        """Per-Request flow: keep the held block unless now excluded, else recover, else allocate.
+        """Per-Request flow: keep the held block unless now excluded, else recover, else allocate (the
+        block reserved for `key` first).
 
         A request that fails (PoolExhausted) changes nothing, not even an excluded block it held.
         """
@@ -212,7 +229,7 @@ class SeedP2PAllocator:
                 if recovered is not None:
                     return (recovered,)
         try:
-            return (self.allocate(conn_id, excluded),)
+            return (self.allocate(conn_id, excluded, key),)
         except PoolExhausted:
             if block is not None:
                 self._claim(conn_id, block)
@@ -227,7 +244,7 @@ class SeedP2PAllocator:
         return (self._addresses(block),)
 
     def __repr__(self) -> str:
-        return f"SeedP2PAllocator(pool={self.pool}, live={len(self._by_id)})"
+        return f"SeedP2PAllocator(pool={self.pool}, reserved={len(self._reserved)}, live={len(self._by_id)})"
 
 
 @dataclass(frozen=True)
@@ -365,9 +382,11 @@ class NsmP2PAllocator:
         src_addrs: Sequence[str] = (),
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
+        key: str | None = None,
     ) -> tuple[P2PAddresses, ...]:
         """Per-Request flow, group by group as Go's groupipam chain: keep the held pair unless an address
-        of it is now excluded; else recover from `src_addrs`/`dst_addrs`; else allocate."""
+        of it is now excluded; else recover from `src_addrs`/`dst_addrs`; else allocate. `key` is not
+        used: NSM's allocator has no reservations (pairs of single addresses, as Go's)."""
         networks, taken = parse_excluded(excluded), set(self._taken)
         previous = self._held.get(conn_id, ())
         pairs = []

@@ -16,6 +16,9 @@ import pytest
 from labtools import run
 from topocli import TopoCli, lab_namespaces, processes_of
 
+from nsm_topo.topology import Topology, load_topology
+from nsm_topo.wiring import planned_addresses, wire
+
 THREE_ROUTERS = """\
 prefix: {name}
 conf_dir: configs
@@ -104,12 +107,39 @@ def test_three_routers_come_up_route_and_leave_nothing_behind(topo: TopoCli) -> 
     assert again.returncode == 0 and "nothing to remove" in again.stdout
 
 
+def planned(topology: Topology) -> dict[str, tuple[str, str]]:
+    wiring = wire(topology)
+    return {
+        link.name: planned_addresses(wiring.device(link.endpoint.device), link) for link in topology.links
+    }
+
+
+def interface_addresses(topology: Topology) -> dict[str, tuple[str, str]]:
+    """Each link's (client, endpoint) address as the kernel has it, read in the two namespaces."""
+
+    def address(device: str, interface: str) -> str:
+        shown = json.loads(
+            run("ip", "-j", "-n", f"{topology.name}-{device}", "addr", "show", interface).stdout
+        )
+        info = shown[0]["addr_info"][0]
+        return f"{info['local']}/{info['prefixlen']}"
+
+    return {
+        link.name: (
+            address(link.client.device, link.client.interface),
+            address(link.endpoint.device, link.endpoint.interface),
+        )
+        for link in topology.links
+    }
+
+
 def test_random_ten_router_tree_converges_and_every_loopback_answers(topo: TopoCli) -> None:
     made = topo("random", "10", "0", "--seed", "2026")
     assert made.returncode == 0, made.stderr
     path = topo.directory / "random.yml"
     up = topo("up", str(path))
     assert up.returncode == 0, up.stderr
+    assert interface_addresses(load_topology(path)) == planned(load_topology(path))
     check = topo("check", str(path))
     assert check.returncode == 0, check.stdout + check.stderr
     lines = check.stdout.splitlines()

@@ -24,6 +24,42 @@ from nsm_sdk.protocol.ipam import (
 # --- seed /30 mode -------------------------------------------------------------------------------
 
 
+def test_reserved_links_get_their_own_block_in_any_request_order() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24", reserved=("net-0", "net-3", "net-7"))
+    assert pool.request("c1", key="net-7")[0].src_ip == "10.60.1.9/30"
+    assert pool.request("c2", key="net-0")[0].src_ip == "10.60.1.1/30"
+    assert pool.request("c3", key=None)[0].src_ip == "10.60.1.13/30", "unreserved: after the reserved blocks"
+    assert pool.request("c4", key="net-3")[0].src_ip == "10.60.1.5/30"
+
+
+def test_a_re_requested_link_gets_its_reserved_block_back_after_a_close() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24", reserved=("net-0", "net-1"))
+    first = pool.request("old", key="net-1")
+    pool.request("other", key="net-0")
+    pool.release("old")
+    assert pool.request("new", key="net-1") == first
+
+
+def test_a_reserved_block_still_held_by_a_stale_connection_falls_back_to_a_free_block() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24", reserved=("net-0",))
+    pool.request("stale", key="net-0")
+    assert pool.request("fresh", key="net-0")[0].src_ip == "10.60.1.5/30"
+
+
+def test_an_excluded_reserved_block_is_not_given() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24", reserved=("net-0", "net-1"))
+    assert pool.request("c", excluded=["10.60.1.0/30"], key="net-0")[0].src_ip == "10.60.1.9/30"
+
+
+@given(st.permutations(range(8)))
+def test_reserved_addresses_do_not_depend_on_the_order_links_arrive_in(order: list[int]) -> None:
+    keys = tuple(f"net-{i}" for i in range(8))
+    pool = SeedP2PAllocator("10.60.1.0/26", reserved=keys)
+    got = {keys[i]: pool.request(f"conn-{i}", key=keys[i])[0].src_ip for i in order}
+    assert got == {key: f"10.60.1.{4 * k + 1}/30" for k, key in enumerate(keys)}
+
+
+
 def test_seed_first_link_gets_network_plus_one_and_two_with_the_block_prefix() -> None:
     pool = SeedP2PAllocator("10.60.1.0/24")
     assert pool.allocate("c1") == P2PAddresses("10.60.1.1/30", "10.60.1.2/30")

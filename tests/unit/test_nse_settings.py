@@ -326,3 +326,29 @@ def test_bad_environment_raises_config_error_naming_variable_value_and_problem(
     with pytest.raises(ConfigError) as caught:
         NseSettings.from_env(env)
     assert_config_error(caught.value, variable, value, problem)
+
+
+def test_endpoint_links_fix_each_links_block_in_seed_mode() -> None:
+    settings = NseSettings.from_env({**K8S_TOPO_NSE, "ENDPOINT_LINKS": "net-0, net-3"})
+    assert settings.addressing.reserved == ("net-0", "net-3")
+
+
+@pytest.mark.parametrize(
+    ("env", "value", "problem"),
+    [
+        ({**NSM_NSE, "ENDPOINT_LINKS": "net-0"}, "net-0", "needs IP_ADDRESS"),
+        ({**K8S_TOPO_NSE, "ENDPOINT_LINKS": "net-0,,net-1"}, "net-0,,net-1", "entry 1 is empty"),
+        ({**K8S_TOPO_NSE, "ENDPOINT_LINKS": "net-0,net-0"}, "net-0,net-0", "'net-0' is listed twice"),
+        (
+            {**K8S_TOPO_NSE, "IP_ADDRESS": "10.60.5.0/29", "ENDPOINT_LINKS": "a,b,c"},
+            "a,b,c",
+            "3 links; IP_ADDRESS 10.60.5.0/29 holds 2 blocks",
+        ),
+    ],
+)
+def test_bad_endpoint_links_are_refused_naming_the_problem(
+    env: dict[str, str], value: str, problem: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NseSettings.from_env(env)
+    assert_config_error(caught.value, "ENDPOINT_LINKS", value, problem)

@@ -10,7 +10,7 @@ from test_topology import NSM_5NODE
 
 from nsm_sdk.protocol.nsurl import parse_seed_services
 from nsm_topo.topology import TopologyError, parse_topology
-from nsm_topo.wiring import MAX_LINKS_PER_ENDPOINT, wire
+from nsm_topo.wiring import MAX_LINKS_PER_ENDPOINT, planned_addresses, wire
 
 
 def test_sidecar_environment_is_k8s_topos_nsm_mode() -> None:
@@ -79,3 +79,13 @@ def test_more_devices_than_pools_is_refused_naming_the_first_without_one() -> No
     links = "".join(f'  - endpoints: ["a{i}:eth1", "b{i}:eth1"]\n' for i in range(129))
     with pytest.raises(TopologyError, match=r"258 devices.* device a128 gets none"):
         wire(parse_topology("links:\n" + links))
+
+
+def test_endpoint_links_fix_each_links_addresses_in_the_endpoints_pool() -> None:
+    topology = parse_topology(NSM_5NODE, Path("/labs/nsm-5node.yml"))
+    qrtr2 = wire(topology).device("qrtr-2")
+    assert qrtr2.nse_env["ENDPOINT_LINKS"] == "net-0,net-4"
+    net0, net4 = topology.links[0], topology.links[4]
+    assert planned_addresses(qrtr2, net0) == ("10.60.1.1/30", "10.60.1.2/30")
+    assert planned_addresses(qrtr2, net4) == ("10.60.1.5/30", "10.60.1.6/30")
+    assert "ENDPOINT_LINKS" not in wire(topology).device("qrtr-4").nse_env, "it answers no link"
