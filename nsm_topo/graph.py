@@ -628,9 +628,9 @@ background-image:radial-gradient(circle,#e2e8f0 1px,transparent 1.2px);backgroun
 .js #canvas svg{width:100%;height:100%;cursor:grab;touch-action:none}
 .js #canvas svg.dragging{cursor:grabbing}
 #topo{display:block;font-family:var(--mono)}
-.wire{fill:none;stroke-width:3;stroke-linecap:round}
+.wire{fill:none;stroke-width:3;stroke-linecap:round;vector-effect:non-scaling-stroke}
 .link.unknown .wire{stroke-width:2.5}
-.hit{fill:none;stroke:transparent;stroke-width:14}
+.hit{fill:none;stroke:transparent;stroke-width:14;vector-effect:non-scaling-stroke}
 .lname{font-size:10px;fill:var(--muted);text-anchor:middle;opacity:0;paint-order:stroke;stroke:#fff;
 stroke-width:3px;pointer-events:none}
 .link:hover .lname,.link.hl .lname{opacity:1}

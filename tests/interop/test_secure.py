@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -152,27 +153,55 @@ def rotating_lab(harness: Path, spire: SpireLab) -> Iterator[Lab]:
         lab.close()
 
 
+class SvidRecorder:
+    """Every X.509-SVID the SPIRE agent hands the given gids, polled every `every` seconds in a thread for
+    as long as it runs: the test's own loop is slowed by pings and link checks (and establishing the link
+    takes seconds under load), so it could miss a whole rotation of ~5 s and with it a certificate the client
+    signed tokens with."""
+
+    def __init__(self, spire: SpireLab, gids: tuple[int, ...], every: float = 0.25) -> None:
+        self._spire, self._gids, self._every = spire, gids, every
+        self.seen: dict[str, dict[int, x509.Certificate]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="svid-recorder", daemon=True)
+
+    def current(self) -> dict[str, x509.Certificate]:
+        found: dict[str, x509.Certificate] = {}
+        for gid in self._gids:
+            found.update(svid_certificates(self._spire, gid))
+        for sid, cert in found.items():
+            self.seen.setdefault(sid, {})[cert.serial_number] = cert
+        return found
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            self.current()
+
+    def __enter__(self) -> SvidRecorder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 @pytest.mark.parametrize("pair", [("go", "go"), ("py", "py")], ids=["go-nsc-go-nse", "py-nsc-py-nse"])
 def test_link_survives_svid_rotation(rotating_lab: Lab, pair: tuple[str, str]) -> None:
     lab = rotating_lab
     spire = lab.spire
     assert spire is not None
-
-    def current() -> dict[str, x509.Certificate]:
-        return {**svid_certificates(spire, ROTATING_GIDS["nsc"]), **svid_certificates(spire, 2100)}
-
-    before = current()
+    recorder = SvidRecorder(spire, (ROTATING_GIDS["nsc"], ROTATING_GIDS["control-plane"]))
+    before = recorder.current()
     assert before[ID["nsc"]].not_valid_after_utc.timestamp() - time.time() <= SVID_TTL + 1
-    client_certs = {before[ID["nsc"]].serial_number: before[ID["nsc"]]}
-    link = establish(lab, *pair)
-    deadline = time.monotonic() + 2.5 * SVID_TTL
-    while time.monotonic() < deadline:  # up and pinging all along, through several rotations
-        assert lab.link_up(link.nsc_ns, IFNAME, NSC_ADDRESS)
-        assert lab.ping(link.nsc_ns, NSE_ADDRESS)
-        cert = current()[ID["nsc"]]
-        client_certs[cert.serial_number] = cert
-        time.sleep(0.5)  # SVIDs rotate every ~5 s: see every one
-    after = current()
+    with recorder:
+        link = establish(lab, *pair)
+        deadline = time.monotonic() + 2.5 * SVID_TTL
+        while time.monotonic() < deadline:  # up and pinging all along, through several rotations
+            assert lab.link_up(link.nsc_ns, IFNAME, NSC_ADDRESS)
+            assert lab.ping(link.nsc_ns, NSE_ADDRESS)
+            time.sleep(0.5)
+    after = recorder.current()
     for sid in (ID["nsc"], ID["nsmgr"], ID["forwarder"]):
         assert after[sid].serial_number != before[sid].serial_number, sid  # rotated
     assert lab.events("nsmgr.request_failed") == []
@@ -186,6 +215,7 @@ def test_link_survives_svid_rotation(rotating_lab: Lab, pair: tuple[str, str]) -
     # the client signed each token with the key of an SVID of its own: Go with the newest (it dials anew for
     # every Request), Python with the one its connection presented (a new one after each retirement)
     signers = []
+    client_certs = recorder.seen[ID["nsc"]]
     for event in lab.events("nsmgr.request", id=CONN_ID):
         token = event["connection"]["path"]["path_segments"][0]["token"]
         found = [serial for serial, cert in client_certs.items() if verifies(token, cert)]
