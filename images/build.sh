@@ -162,7 +162,7 @@ build_wheels() {
     platforms+=(--platform "manylinux2014_${ARCH}")
     echo "==> downloading dependency wheels for cp311 / manylinux <= glibc $GLIBC_MAX / $ARCH"
     "$PYTHON" -m pip download --dest "$WHEELS" --only-binary=:all: \
-        --implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" "$project"
+        --implementation cp --python-version 3.11 --abi cp311 "${platforms[@]}" "$project[kube]"
     echo "==> wheels:"
     ls -1 "$WHEELS"
 }

@@ -2,16 +2,23 @@
 
 Kept apart from the CA and the Workload API (which need py-spiffe and cryptography's X.509 machinery) so
 that the insecure mode, which also names callers this way for ownership, does not load them.
+
+Two attestors exist: on one host (the default) `netns_uid_attestor`, from the caller's network namespace
+and uid; in Kubernetes mode `nsm_local.kube.pods.PodAttestor`, from the pod the caller's container belongs
+to. Both answer None for a caller they cannot name, and such a caller gets no identity.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from nsm_sdk.transport.peercred import PeerCredentials
 
 Attestor = Callable[[PeerCredentials], str | None]
 """Who a connecting process is: its SPIFFE id, or None if it gets no identity."""
+
+AsyncAttestor = Callable[[PeerCredentials], Awaitable[str | None]]
+"""The same, for an attestor that may wait for what it needs to know (the Workload API awaits it)."""
 
 DEFAULT_SVID_TTL = 3600.0
 """SPIRE's default X.509-SVID lifetime."""

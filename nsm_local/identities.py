@@ -13,7 +13,9 @@ Callers are identified by their TLS SPIFFE id; in plaintext (`--insecure`) by wh
 the connecting process (the same `netns/<inode>/uid/<uid>` id the Workload API would give it), so that
 ownership holds in both modes. The operator is whoever has nsm-local's own uid and network namespace
 (the user who started it, e.g. `nsm-local apply` on the host): it may manage any NetworkService and see
-every connection.
+every connection. In Kubernetes mode (`nsm_local.kube`) callers are named by their pod instead (the
+attestor is given), and the operator is nsm-local's own pod (`kubectl exec` into it); outside a pod there
+is none.
 """
 
 from __future__ import annotations
@@ -21,10 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nsm_local.attestation import netns_uid_attestor
+from nsm_local.attestation import Attestor, netns_uid_attestor
 from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.security import prepare, secure_identity
@@ -83,15 +86,27 @@ class ControlPlaneIdentity:
         forwarder: Role,
         svids: tuple[RotatingSvid, ...] = (),
         ca: DevCA | None = None,
+        attest: Attestor | None = None,
     ) -> None:
         self.trust_domain = trust_domain
         self.manager = manager
         self.forwarder = forwarder
         self.ca = ca
         self._svids = svids
-        self._attest = netns_uid_attestor(trust_domain)
-        self.operator = self._attest(_own_credentials())
+        self._attest = attest if attest is not None else netns_uid_attestor(trust_domain)
+        self._operator = self._attest(_own_credentials())
+        self._operator_asked = time.monotonic()
         self._rotations: list[asyncio.Task[None]] = []
+
+    @property
+    def operator(self) -> str | None:
+        """nsm-local's own identity as a caller would have it. Asked again until it is known: in Kubernetes
+        mode nsm-local's own pod is named only once the pods of the node have been listed (at most once a
+        second: the monitor asks for every event)."""
+        if self._operator is None and time.monotonic() - self._operator_asked >= 1.0:
+            self._operator_asked = time.monotonic()
+            self._operator = self._attest(_own_credentials())
+        return self._operator
 
     @property
     def secure(self) -> bool:
@@ -99,7 +114,12 @@ class ControlPlaneIdentity:
 
     @classmethod
     def secure_from(
-        cls, ca: DevCA, svid_ttl: float, token_lifetime: float, log: EventLog
+        cls,
+        ca: DevCA,
+        svid_ttl: float,
+        token_lifetime: float,
+        log: EventLog,
+        attest: Attestor | None = None,
     ) -> ControlPlaneIdentity:
         roles: list[Role] = []
         svids = []
@@ -107,15 +127,17 @@ class ControlPlaneIdentity:
             svid = RotatingSvid(ca, f"spiffe://{ca.trust_domain}/{path}", svid_ttl, log)
             svids.append(svid)
             roles.append(Role(*secure_identity(svid.current, token_lifetime)))
-        return cls(ca.trust_domain, roles[0], roles[1], tuple(svids), ca)
+        return cls(ca.trust_domain, roles[0], roles[1], tuple(svids), ca, attest)
 
     @classmethod
-    def insecure(cls, trust_domain: str, token_lifetime: float) -> ControlPlaneIdentity:
+    def insecure(
+        cls, trust_domain: str, token_lifetime: float, attest: Attestor | None = None
+    ) -> ControlPlaneIdentity:
         def role(path: str) -> Role:
             signer = TokenSigner(spiffe_id=f"spiffe://{trust_domain}/{path}")
             return Role(PLAINTEXT, CallTokens(signer, token_lifetime))
 
-        return cls(trust_domain, role(MANAGER_PATH), role(FORWARDER_PATH))
+        return cls(trust_domain, role(MANAGER_PATH), role(FORWARDER_PATH), attest=attest)
 
     def start(self) -> None:
         for role in (self.manager, self.forwarder):

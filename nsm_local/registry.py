@@ -5,6 +5,11 @@ replaces the stored object; an endpoint expires at `expiration_time` unless refr
 pattern (empty fields match anything) and, with `watch`, streams later changes. NetworkServices are also
 written to a state file, so that `nsm-local apply` survives a restart of the control plane (endpoints
 re-register by themselves, clients refresh).
+
+In Kubernetes mode (`nsm_local.kube`) some services come from `networkservicemesh.io/v1` NetworkService
+objects instead (`replace_cluster_services`): per name, the object wins. Such a service is not written to
+the state file (the API server keeps it), a local registration of its name is refused
+(`ClusterManaged`), and it goes when its object goes.
 """
 
 from __future__ import annotations
@@ -27,8 +32,32 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceEndpointResponse,
     NetworkServiceResponse,
 )
+from nsm_sdk.protocol.errors import NsmError
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
 from nsm_sdk.protocol.matching import EndpointView, Match, ServiceView
+
+CLUSTER_ORIGIN = "k8s://"
+"""`path_ids[0]` of a service that a Kubernetes object defines: `k8s://<namespace>/<object name>`."""
+
+
+class ClusterManaged(NsmError):
+    """A service name that a Kubernetes NetworkService object defines: change it through the API."""
+
+    def __init__(self, name: str, origin: str) -> None:
+        where = origin.removeprefix(CLUSTER_ORIGIN)
+        super().__init__(
+            f"network service {name} is defined by the Kubernetes NetworkService {where}: change or delete "
+            f"it there (kubectl -n {where.split('/')[0]} edit networkservice {where.split('/')[-1]})"
+        )
+        self.name = name
+        self.origin = origin
+
+
+def cluster_origin(service: NetworkService) -> str | None:
+    """`k8s://<namespace>/<name>` if a Kubernetes object defines `service`, else None."""
+    if service.path_ids and service.path_ids[0].startswith(CLUSTER_ORIGIN):
+        return service.path_ids[0]
+    return None
 
 
 @dataclass
@@ -108,6 +137,7 @@ class Registry:
         self.services: dict[str, NetworkService] = {}
         self.endpoints: dict[str, EndpointEntry] = {}
         self._state_file = state_file
+        self._cluster_names: set[str] = set()
         self.load_problem: str | None = None
         self._service_watches: list[tuple[NetworkService, _Watch]] = []
         self._endpoint_watches: list[tuple[NetworkServiceEndpoint, _Watch]] = []
@@ -138,7 +168,11 @@ class Registry:
         if self._state_file is None:
             return
         self._state_file.parent.mkdir(parents=True, exist_ok=True)
-        items = [json_format.MessageToJson(s, indent=None) for s in self.services.values()]
+        items = [
+            json_format.MessageToJson(s, indent=None)
+            for name, s in self.services.items()
+            if name not in self._cluster_names
+        ]
         fd, tmp = tempfile.mkstemp(dir=self._state_file.parent, prefix=".services-")
         with os.fdopen(fd, "w") as handle:
             handle.write("[" + ",".join(items) + "]\n")
@@ -147,6 +181,8 @@ class Registry:
     # --- NetworkServices ------------------------------------------------------------------------------
 
     def register_service(self, service: NetworkService) -> NetworkService:
+        """Store (and persist) a locally registered service; `ClusterManaged` if an object defines it."""
+        self.check_local(service.name)
         stored = NetworkService()
         stored.CopyFrom(service)
         self.services[service.name] = stored
@@ -155,10 +191,40 @@ class Registry:
         return stored
 
     def unregister_service(self, name: str) -> None:
+        self.check_local(name)
         stored = self.services.pop(name, None)
         if stored is not None:
             self._save()
             self._notify_services(stored, deleted=True)
+
+    def check_local(self, name: str) -> None:
+        """`ClusterManaged` if a Kubernetes object defines the service `name`."""
+        if name in self._cluster_names:
+            service = self.services[name]
+            raise ClusterManaged(name, cluster_origin(service) or CLUSTER_ORIGIN)
+
+    def replace_cluster_services(self, services: dict[str, NetworkService]) -> list[str]:
+        """Make `services` (by name, from Kubernetes objects) the cluster's whole set: new and changed ones
+        replace whatever had their name (a local registration included), vanished ones are unregistered.
+        Watches see only what changed. Returns the names that changed."""
+        changed = []
+        for name in sorted(self._cluster_names - services.keys()):
+            stored = self.services.pop(name)
+            self._cluster_names.discard(name)
+            self._notify_services(stored, deleted=True)
+            changed.append(name)
+        for name, service in sorted(services.items()):
+            if name in self._cluster_names and self.services.get(name) == service:
+                continue
+            stored = NetworkService()
+            stored.CopyFrom(service)
+            self.services[name] = stored
+            self._cluster_names.add(name)
+            self._notify_services(stored, deleted=False)
+            changed.append(name)
+        if changed:
+            self._save()
+        return changed
 
     def find_services(self, pattern: NetworkService) -> list[NetworkService]:
         return [s for s in self.services.values() if service_matches(pattern, s)]

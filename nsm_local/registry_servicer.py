@@ -27,7 +27,7 @@ from google.protobuf.empty_pb2 import Empty
 
 from nsm_local.identities import ControlPlaneIdentity
 from nsm_local.ownership import check_caller_subject
-from nsm_local.registry import EndpointEntry, Registry
+from nsm_local.registry import ClusterManaged, EndpointEntry, Registry
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkService,
@@ -229,6 +229,7 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
         if not service.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is required")
         call = await self.paths.update(context)
+        await self._check_local(service.name, context)
         await self._check_owner(service.name, call, context)
         record = NetworkService()
         record.CopyFrom(service)
@@ -245,6 +246,14 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
         async for response in self.registry.watch_services(query.network_service, query.watch):
             yield response
 
+    async def _check_local(self, name: str, context: Context) -> None:
+        """A name a Kubernetes NetworkService object defines is changed through the API, not here."""
+        try:
+            self.registry.check_local(name)
+        except ClusterManaged as exc:
+            self._log.warning("service.cluster_managed", name=name, origin=exc.origin)
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+
     async def _check_owner(self, name: str, call: RegistryCall, context: Context) -> None:
         """`client_allowed`, except for the operator, who manages services on behalf of everyone."""
         old = self.registry.services.get(name)
@@ -259,6 +268,7 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
 
     async def Unregister(self, service: NetworkService, context: Context) -> Empty:
         call = await self.paths.update(context)
+        await self._check_local(service.name, context)
         await self._check_owner(service.name, call, context)
         self.registry.unregister_service(service.name)
         self._log.info("service.unregistered", name=service.name)

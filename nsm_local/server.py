@@ -4,6 +4,10 @@ Secure (default): a development CA kept in the state directory, a SPIFFE Workloa
 workloads (at NSM's standard agent socket unless told otherwise), and mTLS plus nsmgr's policies on the
 manager socket, which only its owner and group may open (0660). `--insecure` serves plaintext without a
 Workload API, and says so loudly.
+
+Kubernetes mode (`settings.kubernetes`, `nsm_local.kube.node`): the same, plus the node's pods (callers are
+named by pod: `spiffe://<td>/ns/<namespace>/pod/<name>`) and the cluster's NetworkService objects in the
+registry.
 """
 
 from __future__ import annotations
@@ -13,9 +17,10 @@ import contextlib
 import socket
 import time
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -35,6 +40,9 @@ from nsm_sdk.agent.security import INSECURE_WARNING
 from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT
 from nsm_sdk.protocol.errors import NsmError
 from nsm_sdk.transport.server import ServerHandle, serve
+
+if TYPE_CHECKING:  # Kubernetes mode only
+    from nsm_local.kube.node import KubeNode, KubeSettings
 
 MANAGER_SOCKET_MODE = 0o660
 
@@ -66,6 +74,8 @@ class ServeSettings:
     """Where the development Workload API listens (what the sidecars' SPIFFE_ENDPOINT_SOCKET names)."""
     svid_ttl: float = DEFAULT_SVID_TTL
     """Lifetime of the X.509-SVIDs nsm-local issues (its own and the workloads'); rotated at half."""
+    kubernetes: KubeSettings | None = None
+    """Kubernetes mode: the NSM of one node (pods attested by pod, NetworkService objects served)."""
 
     @property
     def directory(self) -> Path:
@@ -99,12 +109,13 @@ def socket_in_use(path: str) -> bool:
 
 @asynccontextmanager
 async def control_plane_identity(
-    settings: ServeSettings, log: EventLog
+    settings: ServeSettings, log: EventLog, node: KubeNode | None = None
 ) -> AsyncIterator[ControlPlaneIdentity]:
-    """Our own identities and, when secure, the Workload API for the host's workloads."""
+    """Our own identities and, when secure, the Workload API for the host's workloads (or the node's pods)."""
+    attest = node.attestor.attest if node is not None else None
     if settings.insecure:
         log.warning("security.insecure", detail=INSECURE_WARNING)
-        yield ControlPlaneIdentity.insecure(settings.trust_domain, settings.token_lifetime)
+        yield ControlPlaneIdentity.insecure(settings.trust_domain, settings.token_lifetime, attest)
         return
     from nsm_local.dev_ca import DevCA  # py-spiffe and the X.509 builders: secure mode only
     from nsm_local.workload_api import serve_workload_api
@@ -116,16 +127,22 @@ async def control_plane_identity(
             "sidecars the same SPIFFE_ENDPOINT_SOCKET"
         )
     ca = await asyncio.to_thread(DevCA.load_or_create, settings.ca_dir, settings.trust_domain)
-    identity = ControlPlaneIdentity.secure_from(ca, settings.svid_ttl, settings.token_lifetime, log)
+    identity = ControlPlaneIdentity.secure_from(ca, settings.svid_ttl, settings.token_lifetime, log, attest)
     identity.start()
     try:
-        async with serve_workload_api(settings.workload_api_path, ca, settings.svid_ttl):
+        async with serve_workload_api(
+            settings.workload_api_path,
+            ca,
+            settings.svid_ttl,
+            node.attestor.attest_waiting if node is not None else None,
+        ):
             log.info(
                 "workload_api.listening",
                 socket=f"unix://{settings.workload_api_path}",
                 trust_domain=ca.trust_domain,
                 ca=str(settings.ca_dir),
                 svid_ttl=f"{settings.svid_ttl:.0f}s",
+                attestation="kubernetes pod" if node is not None else "netns and uid",
             )
             yield identity
     finally:
@@ -133,14 +150,32 @@ async def control_plane_identity(
 
 
 async def serve_control_plane(
-    settings: ServeSettings, stop: asyncio.Event, ready: asyncio.Event | None = None
+    settings: ServeSettings,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    node: KubeNode | None = None,
 ) -> None:
+    """Serve until `stop`. In Kubernetes mode `node` may be given (the tests' fake sources, or the real
+    client connected before the loop started, so a bad kubeconfig is a usage error); else it is connected
+    from `settings.kubernetes`."""
     log = EventLog("nsm_local.server")
     Path(settings.socket_path).parent.mkdir(parents=True, exist_ok=True)
     settings.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
-        identity = await stack.enter_async_context(control_plane_identity(settings, log))
-        await _serve(settings, identity, stop, ready, log)
+        if settings.kubernetes is not None:
+            from nsm_local.kube.node import connect_node, running_node
+
+            if node is None:
+                node = connect_node(settings.kubernetes, settings.trust_domain, log)
+            await stack.enter_async_context(running_node(node))
+        identity = await stack.enter_async_context(control_plane_identity(settings, log, node))
+        await _serve(settings, identity, stop, ready, log, node)
+
+
+def _cluster_services(node: KubeNode | None, registry: Registry) -> AbstractAsyncContextManager[None]:
+    """Kubernetes mode: the NetworkService objects into the registry (listed before we listen)."""
+    return node.services_into(registry) if node is not None else contextlib.nullcontext()
 
 
 async def _serve(
@@ -149,6 +184,7 @@ async def _serve(
     stop: asyncio.Event,
     ready: asyncio.Event | None,
     log: EventLog,
+    node: KubeNode | None = None,
 ) -> None:
     registry = Registry(settings.state_file)
     owners = ConnectionOwners(settings.owners_file)
@@ -182,13 +218,16 @@ async def _serve(
         )
 
     try:
-        async with serve(
-            settings.socket_path,
-            register,
-            security=identity.manager.security,
-            socket_mode=MANAGER_SOCKET_MODE,
-            stop_grace=1.0,
-        ) as handle:
+        async with (
+            _cluster_services(node, registry),
+            serve(
+                settings.socket_path,
+                register,
+                security=identity.manager.security,
+                socket_mode=MANAGER_SOCKET_MODE,
+                stop_grace=1.0,
+            ) as handle,
+        ):
             log.info(
                 "server.listening",
                 socket=f"unix://{settings.socket_path}",

@@ -5,7 +5,9 @@ unix socket anyone may connect to; every call must carry the `workload.spiffe.io
 caller is attested from what the kernel says about the connecting process (`PeerCredentials`, read by
 the relay at accept). The default attestation gives every (network namespace, uid) pair its own
 identity, `spiffe://<trust domain>/netns/<netns inode>/uid/<uid>`: each device of a lab is a netns, and a
-restarted sidecar in the same netns gets the same identity back.
+restarted sidecar in the same netns gets the same identity back. In Kubernetes mode the attestor names the
+caller's pod, and may wait a little for the API to report a container that has just started (an
+`AsyncAttestor`); a caller it cannot name gets PERMISSION_DENIED, never a default identity.
 
 `FetchX509SVID` streams: an SVID at once, then a new one (new key) at half of each SVID's lifetime, like
 SPIRE's rotation, until the client goes away. Bundles are keyed by the trust domain's id
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -29,13 +32,20 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from spiffe._proto import workload_pb2, workload_pb2_grpc
 
-from nsm_local.attestation import DEFAULT_SVID_TTL, Attestor, netns_uid_attestor
+from nsm_local.attestation import DEFAULT_SVID_TTL, AsyncAttestor, Attestor, netns_uid_attestor
 from nsm_local.dev_ca import DevCA, DevCAError
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.peercred import PeerCredentials
 
-__all__ = ["DEFAULT_SVID_TTL", "Attestor", "WorkloadApiServicer", "netns_uid_attestor", "serve_workload_api"]
+__all__ = [
+    "DEFAULT_SVID_TTL",
+    "AsyncAttestor",
+    "Attestor",
+    "WorkloadApiServicer",
+    "netns_uid_attestor",
+    "serve_workload_api",
+]
 from nsm_sdk.transport.server import ServerHandle, serve
 
 if TYPE_CHECKING:  # the stubs' generics are not subscriptable at run time
@@ -92,7 +102,7 @@ class WorkloadApiServicer:
         self,
         ca: DevCA,
         ttl: float = DEFAULT_SVID_TTL,
-        attest: Attestor | None = None,
+        attest: Attestor | AsyncAttestor | None = None,
         *,
         log: EventLog | None = None,
     ) -> None:
@@ -100,7 +110,9 @@ class WorkloadApiServicer:
             raise ValueError(f"SVID lifetime must be positive, not {ttl}")
         self._ca = ca
         self._ttl = ttl
-        self._attest = attest if attest is not None else netns_uid_attestor(ca.trust_domain)
+        self._attest: Attestor | AsyncAttestor = (
+            attest if attest is not None else netns_uid_attestor(ca.trust_domain)
+        )
         self._log = log if log is not None else EventLog("nsm_local.workload_api")
         self._ca_changed = asyncio.Event()
         self._handle: ServerHandle | None = None
@@ -183,7 +195,7 @@ class WorkloadApiServicer:
         await _check_header(context)
         connection = self._handle.connection_for(context) if self._handle is not None else None
         credentials = connection.credentials if connection is not None else None
-        spiffe_id = self._attest(credentials) if credentials is not None else None
+        spiffe_id = await self._attested(credentials) if credentials is not None else None
         if credentials is None or spiffe_id is None:
             self._log.warning(
                 "workload.attestation_denied",
@@ -193,6 +205,12 @@ class WorkloadApiServicer:
             )
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, NO_IDENTITY)
         return spiffe_id, credentials
+
+    async def _attested(self, credentials: PeerCredentials) -> str | None:
+        answer = self._attest(credentials)
+        if inspect.isawaitable(answer):
+            return await answer
+        return answer
 
     @contextlib.contextmanager
     def _stream(self) -> Iterator[None]:
@@ -216,7 +234,7 @@ async def _changed_or_timeout(changed: asyncio.Event, delay: float) -> None:
 
 @asynccontextmanager
 async def serve_workload_api(
-    path: str, ca: DevCA, ttl: float = DEFAULT_SVID_TTL, attest: Attestor | None = None
+    path: str, ca: DevCA, ttl: float = DEFAULT_SVID_TTL, attest: Attestor | AsyncAttestor | None = None
 ) -> AsyncIterator[ServerHandle]:
     """Serve a development Workload API for `ca` on the unix socket `path` (what nsm-local runs)."""
     async with WorkloadApiServicer(ca, ttl, attest).serve(path) as handle:
