@@ -15,14 +15,13 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from aio_helpers import grpc_calls_settled
-from conftest import AsyncRunner
 from fake_kube_api import NS_PREFIX, FakeKubeApi
 from local_plane import Plane
 from spiffe._proto import workload_pb2, workload_pb2_grpc
@@ -38,6 +37,8 @@ from nsm_sdk.protocol.registry_path import RegistryPath
 from nsm_topo.kube.manifests import KubeOptions, network_service
 from nsm_topo.topology import load_topology
 from nsm_topo.wiring import wire
+
+AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 TD = "nsm.local"
