@@ -107,7 +107,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _kube_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from nsm_topo.kube.manifests import DEFAULT_FRR_IMAGE, DEFAULT_HOST_IMAGE, PULL_POLICIES, SPIRE_VOLUMES
+    from nsm_topo.kube.manifests import (
+        CONTROL_PLANES,
+        DEFAULT_FRR_IMAGE,
+        DEFAULT_HOST_IMAGE,
+        PULL_POLICIES,
+        SIDECAR_LAYOUTS,
+        SPIRE_VOLUMES,
+    )
 
     for name, text in (
         ("manifest", "write the Kubernetes objects (NSM v1) of a topology"),
@@ -134,12 +141,32 @@ def _kube_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             sub.add_argument(
                 "--host-image", default=DEFAULT_HOST_IMAGE, help=f"other devices ({DEFAULT_HOST_IMAGE})"
             )
-            sub.add_argument("--pull-policy", choices=PULL_POLICIES, default="IfNotPresent")
+            sub.add_argument(
+                "--pull-policy",
+                choices=PULL_POLICIES,
+                default="IfNotPresent",
+                help="Never: images imported into the node's runtime (default IfNotPresent)",
+            )
+            sub.add_argument(
+                "--control-plane",
+                choices=CONTROL_PLANES,
+                default="nsm",
+                help="nsm: NSM v1 and SPIRE in the cluster (default); nsm-local: `nsm-local serve "
+                "--kubernetes` on a one-node cluster (its Workload API from the node)",
+            )
             sub.add_argument(
                 "--spire-volume",
                 choices=SPIRE_VOLUMES,
-                default="csi",
-                help="SPIRE agent socket via the SPIFFE CSI driver (default) or a hostPath",
+                default=None,
+                help="with --control-plane nsm: SPIRE agent socket via the SPIFFE CSI driver (default) or a "
+                "hostPath",
+            )
+            sub.add_argument(
+                "--sidecars",
+                choices=SIDECAR_LAYOUTS,
+                default="native",
+                help="native: init containers with restartPolicy Always, started before the router "
+                "(Kubernetes >= 1.29, default); classic: plain containers beside it (older clusters)",
             )
         if name in ("apply", "delete"):
             sub.add_argument(
@@ -338,6 +365,10 @@ def _kube_command(args: argparse.Namespace, wiring: Wiring) -> None:
         _fail(f"--namespace {args.namespace!r}: {problem}")
     options = KubeOptions(namespace=args.namespace)
     if args.command != "delete":
+        if args.control_plane == "nsm-local" and args.spire_volume is not None:
+            _fail(
+                "--spire-volume is for --control-plane nsm: nsm-local's Workload API is always its hostPath"
+            )
         options = KubeOptions(
             namespace=args.namespace,
             image_prefix=args.image_prefix,
@@ -345,7 +376,9 @@ def _kube_command(args: argparse.Namespace, wiring: Wiring) -> None:
             frr_image=args.frr_image,
             host_image=args.host_image,
             pull_policy=args.pull_policy,
-            spire_volume=args.spire_volume,
+            control_plane=args.control_plane,
+            spire_volume=args.spire_volume or "csi",
+            sidecars=args.sidecars,
         )
     objects = manifests(wiring, options)
     if args.command == "manifest":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -36,7 +37,62 @@ def test_manifest_writes_one_yaml_stream_to_stdout_by_default(capsys: pytest.Cap
         ("Pod", "frr-c"),
     ]
     assert {o["metadata"]["namespace"] for o in objects} == {"labs"}
-    assert objects[2]["spec"]["containers"][1]["image"] == "nse-sidecar:7.7"
+    assert objects[2]["spec"]["initContainers"][0]["image"] == "nse-sidecar:7.7"
+
+
+def _pod(argv: list[str], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    main(["manifest", str(TRIANGLE), *argv])
+    pod: dict[str, Any] = list(yaml.safe_load_all(capsys.readouterr().out))[2]
+    return pod
+
+
+def _workload_api(pod: dict[str, Any]) -> dict[str, Any]:
+    volume: dict[str, Any] = next(v for v in pod["spec"]["volumes"] if v["name"] == "spire-agent-socket")
+    return volume
+
+
+def test_manifest_defaults_to_nsm_with_the_spiffe_csi_driver_and_native_sidecars(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pod = _pod([], capsys)
+    assert _workload_api(pod)["csi"] == {"driver": "csi.spiffe.io", "readOnly": True}
+    assert [c["name"] for c in pod["spec"]["initContainers"]] == ["nse-sidecar", "nsc-sidecar"]
+    assert {c["imagePullPolicy"] for c in pod["spec"]["initContainers"]} == {"IfNotPresent"}
+
+
+def test_control_plane_nsm_local_takes_the_workload_api_from_the_node_and_local_images_are_never_pulled(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pod = _pod(
+        ["--control-plane", "nsm-local", "--pull-policy", "Never", "--image-prefix", "localhost/"], capsys
+    )
+    assert _workload_api(pod)["hostPath"] == {"path": "/run/spire/sockets", "type": "Directory"}
+    containers = [*pod["spec"]["initContainers"], *pod["spec"]["containers"]]
+    assert {c["imagePullPolicy"] for c in containers} == {"Never"}
+    assert pod["spec"]["initContainers"][0]["image"].startswith("localhost/nse-sidecar:")
+
+
+def test_spire_volume_with_the_nsm_local_control_plane_is_one_line_and_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["manifest", str(TRIANGLE), "--control-plane", "nsm-local", "--spire-volume", "csi"]
+    code, err = _one_line_exit(argv, capsys)
+    assert code == 2 and "--spire-volume is for --control-plane nsm" in err
+
+
+def test_spire_volume_hostpath_still_chooses_spires_socket_directory_for_nsm(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pod = _pod(["--spire-volume", "hostpath"], capsys)
+    assert _workload_api(pod)["hostPath"] == {"path": "/run/spire/sockets", "type": "Directory"}
+
+
+def test_sidecars_classic_puts_them_beside_the_router_for_older_clusters(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    pod = _pod(["--sidecars", "classic"], capsys)
+    assert "initContainers" not in pod["spec"]
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["router", "nse-sidecar", "nsc-sidecar"]
 
 
 def test_manifest_into_a_directory_writes_one_numbered_file_per_object(

@@ -242,7 +242,7 @@ def test_apply_with_a_new_image_recreates_the_pods_waiting_until_the_old_ones_ar
     assert sorted(report.recreated) == ["Pod frr-a", "Pod frr-b", "Pod frr-c"] and len(report.unchanged) == 4
     assert ("pods.gone", 3, 3) in events and clock.now > 0  # it polled until they were gone
     pod = server.objects[("Pod", "default", "frr-a")]
-    assert pod["spec"]["containers"][1]["image"] == "nse-sidecar:0.2.0"
+    assert pod["spec"]["initContainers"][0]["image"] == "nse-sidecar:0.2.0"
 
 
 def test_apply_replaces_a_changed_config_map_and_network_service_with_their_resource_version() -> None:
