@@ -111,8 +111,12 @@ def test_nsm_v1_addressing_gives_32_pairs_with_routes(lab: Lab) -> None:
     lab.nse(dev2, NSM_SERVICE_NAMES="p2p", NSM_LABELS="device:device-2", NSM_CIDR_PREFIX="172.16.1.100/31")
     lab.nsc(dev1, NSM_NETWORK_SERVICES="kernel://p2p/nsm-1?link=net-0")
     wait_until(lambda: lab.link_up(dev1, "nsm-1", "172.16.1.101/32"), 20, "the client side /32")
-    endpoint_links = lab.addresses(dev2)
-    assert list(endpoint_links.values()) == [["172.16.1.100/32"]]
+    # the endpoint's side is checked (and renamed) by its own sidecar, on its own schedule
+    endpoint_links = wait_until(
+        lambda: (found := lab.addresses(dev2)) and list(found.values()) == [["172.16.1.100/32"]] and found,
+        10,
+        f"the endpoint side /32 (now {lab.addresses(dev2)})",
+    )
     assert endpoint_links and next(iter(endpoint_links)).startswith("p2p-"), "a generated name without peerif"
     assert "172.16.1.100 dev nsm-1" in run("ip", "-n", dev1, "route").stdout
     assert lab.ping(dev1, "172.16.1.100")
