@@ -70,7 +70,7 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime of the X.509-SVIDs it issues, rotated at half (default %(default)s)",
     )
     serve.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "INFO"))
-    kube = serve.add_argument_group("Kubernetes mode (docs/kubernetes-nsm-local.md)")
+    kube = serve.add_argument_group("Kubernetes mode (docs/kubernetes.md)")
     kube.add_argument(
         "--kubernetes",
         action="store_true",

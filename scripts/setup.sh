@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything the project and its tests need on a fresh Debian/Ubuntu machine (run as root):
 # iproute2, iputils-ping, frr and chromium (headless, for tests) from apt, then the project with its test and
-# dev tools in ./.venv.
+# dev tools in ./.venv; podman and the images; with Go, the interop harness, SPIRE and Kubernetes (for the
+# kube tests' one-node cluster, scripts/kube-up.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,10 @@ fi
 need_containers=()
 command -v podman >/dev/null 2>&1 || need_containers+=(podman runc conmon containernetworking-plugins catatonit)
 command -v debootstrap >/dev/null 2>&1 || need_containers+=(debootstrap)
+# the kube tests' cluster (scripts/kube-up.sh installs them too): etcd, containerd, the bridge's iptables
+[ -x /usr/bin/etcd ] || need_containers+=(etcd-server)
+command -v containerd >/dev/null 2>&1 || need_containers+=(containerd)
+command -v iptables >/dev/null 2>&1 || need_containers+=(iptables)
 { command -v busybox >/dev/null 2>&1 && ! ldd "$(command -v busybox)" >/dev/null 2>&1; } \
     || need_containers+=(busybox-static)
 if [ ${#need_containers[@]} -gt 0 ]; then
@@ -77,7 +82,11 @@ PYTHON=.venv/bin/python bash images/build.sh --local-base --if-changed >"$build_
     tail -n 20 "$build_log" >&2; echo "setup: building the images failed (log: $build_log)" >&2; exit 1; }
 sed -n '/^==> up to date/p; /^==> built:/,$p' "$build_log"
 bash images/busybox.sh
-echo "setup: done. Programs are in .venv/bin (nsm-local, nse-sidecar, nsc-sidecar)."
+# The router image of Kubernetes labs (FRR from Debian by debootstrap; 2-3 min cold, then cached): mostly
+# network and disk, so it is built in the background while Go builds below.
+frr_log=images/.build/setup-frr.log
+bash images/frr.sh >"$frr_log" 2>&1 &
+frr_pid=$!
 
 # ---- optional: the interop harness (NSM's real Go control plane, tests/interop) --------------------------
 # Only if a Go toolchain is installed (on PATH or at /usr/local/go/bin/go, where the CI machines have it):
@@ -90,6 +99,13 @@ if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
     # tests/interop/spire/bin is up to date (a cold build takes about 9 min on 2 cores)
     echo "setup: building SPIRE for the secure interop tests (cached in tests/interop/spire/bin)"
     bash scripts/build-spire.sh
+    # Kubernetes v1.34.4 (apiserver, controller-manager, scheduler, kubelet, kubectl) for tests/kube's
+    # cluster; cached in .kube-build/bin (a cold build takes about 9 min on 2 cores)
+    echo "setup: building Kubernetes for the kube tests (cached in .kube-build/bin)"
+    bash scripts/build-kube.sh
 else
-    echo "setup: no Go toolchain found; skipping the interop harness (tests/interop will skip)"
+    echo "setup: no Go toolchain found; skipping the interop harness, SPIRE and Kubernetes (tests/interop will skip, tests/kube fail: Go >= 1.24 is needed)"
 fi
+wait "$frr_pid" || { tail -n 20 "$frr_log" >&2; echo "setup: building the router image failed (log: $frr_log)" >&2; exit 1; }
+cat "$frr_log"
+echo "setup: done. Programs are in .venv/bin (nsm-local, nse-sidecar, nsc-sidecar)."

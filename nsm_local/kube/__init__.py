@@ -1,4 +1,4 @@
-"""nsm-local as the NSM of one Kubernetes node (`nsm-local serve --kubernetes`; docs/kubernetes-nsm-local.md).
+"""nsm-local as the NSM of one Kubernetes node (`nsm-local serve --kubernetes`; docs/kubernetes.md).
 
 * `client`: the only module that imports the official `kubernetes` client (untyped), imported only in
   this mode; it asks for raw responses and hands out plain dicts, `Listing`s and `WatchEvent`s, and turns
