@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Build the Kubernetes programs of the one-node test cluster (scripts/kube-up.sh): kube-apiserver,
 # kube-controller-manager, kube-scheduler, kubelet and kubectl, all v1.34.4, from the Go module proxy,
-# into .kube-build/bin/ (git-ignored: the directory holds a .gitignore of its own).
+# into ~/.cache/nsm-topology-sidecars/kube-build/bin/: outside the checkout, so every clone of the
+# project on a machine (CI's clean clones included) shares one build.
 #
 #   scripts/build-kube.sh [--force]
 #
 # The proxy serves k8s.io/kubernetes but `go install ...@v1.34.4` is refused (its go.mod replaces the
 # k8s.io/* staging modules with ./staging directories, which the module zip leaves out). So: download the
-# module, copy it to .kube-build/src/, point each staging replace at the published k8s.io/X v0.34.4, and
+# module, copy it to <build dir>/src/, point each staging replace at the published k8s.io/X v0.34.4, and
 # build there with the version stamped in (without it `kubectl version` cannot parse the server's version).
-# Cached: nothing is built when .kube-build/bin/.stamp names the same version and every binary is there.
+# Cached: nothing is built when <build dir>/bin/.stamp names the same version and every binary is there.
 # Cold (empty module and build caches) about 8 min on 2 cores; a rerun with the same version is instant.
-# Environment: KUBE_BUILD_DIR (default .kube-build), GOMODCACHE and GOCACHE as the go command reads them.
+# Environment: KUBE_BUILD_DIR (default ${XDG_CACHE_HOME:-~/.cache}/nsm-topology-sidecars/kube-build), GOMODCACHE and GOCACHE as the go command reads them.
 # Exit codes: 0 built or up to date, 3 no Go toolchain found, else a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 KUBE_VERSION=v1.34.4
 STAGING_VERSION=v0.34.4  # the k8s.io/* staging modules published with KUBE_VERSION
 PROGRAMS=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl)
-OUT=${KUBE_BUILD_DIR:-.kube-build}
+OUT=${KUBE_BUILD_DIR:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/nsm-topology-sidecars/kube-build}
 FORCE=0
 while [ $# -gt 0 ]; do
     case "$1" in

@@ -100,8 +100,8 @@ if command -v go >/dev/null 2>&1 || [ -x /usr/local/go/bin/go ]; then
     echo "setup: building SPIRE for the secure interop tests (cached in tests/interop/spire/bin)"
     bash scripts/build-spire.sh
     # Kubernetes v1.34.4 (apiserver, controller-manager, scheduler, kubelet, kubectl) for tests/kube's
-    # cluster; cached in .kube-build/bin (a cold build takes about 9 min on 2 cores)
-    echo "setup: building Kubernetes for the kube tests (cached in .kube-build/bin)"
+    # cluster; cached in ~/.cache/nsm-topology-sidecars (a cold build takes about 9 min on 2 cores)
+    echo "setup: building Kubernetes for the kube tests (cached in ~/.cache/nsm-topology-sidecars)"
     bash scripts/build-kube.sh
 else
     echo "setup: no Go toolchain found; skipping the interop harness, SPIRE and Kubernetes (tests/interop will skip, tests/kube fail: Go >= 1.24 is needed)"
