@@ -1,9 +1,12 @@
 """Linux interface names: validation, the `nsm<index>` default and NSM's random name generator.
 
 The kernel (``dev_valid_name``) accepts a name of 1..15 bytes (IFNAMSIZ 16 minus the NUL) that is not
-``.`` or ``..`` and holds no ``/``, ``:`` or whitespace. We check exactly that, counting UTF-8 bytes, so a
-bad name fails at start-up with the variable named instead of deep inside a netlink call. NSM's kernel
-mechanism silently truncates longer names (nsm-v1-protocol.md §5.2), which is why we check up front.
+``.`` or ``..`` and holds no ``/``, ``:`` or whitespace, and treats a name with ``%`` as a template
+(``eth%d``) to number. We also require printable ASCII: the kernel's isspace() takes some bytes of UTF-8
+sequences for blanks, and no NSM name needs more. This is the one rule for every name: configuration
+(a bad name fails at start-up with the variable named, not deep inside a netlink call), requests (a
+``peerif`` label) and the kernel layer (``nsm_sdk.kernel.names``) all use it. NSM's kernel mechanism
+silently truncates longer names (nsm-v1-protocol.md §5.2), which is why we check up front.
 """
 
 from __future__ import annotations
@@ -39,9 +42,12 @@ def interface_name_problem(name: str) -> str | None:
     if name in (".", ".."):
         return f"interface name {name!r} is not allowed"
     for char in name:
-        if char in "/:" or char.isspace() or char == "\0":
-            return f"interface name {name!r} contains the forbidden character {char!r}"
+        if char in "/:%" or not ("!" <= char <= "~"):
+            return f"interface name {name!r} contains the forbidden character {char!r} ({_ALLOWED})"
     return None
+
+
+_ALLOWED = "printable ASCII other than blanks, '/', ':' and '%'"
 
 
 def validate_interface_name(variable: str, name: str, *, value: str | None = None) -> str:
@@ -83,7 +89,7 @@ def _name_prefix(network_service: str) -> str:
     kept: list[str] = []
     size = 0
     for char in network_service:
-        safe = "-" if char in "/:\0" or char.isspace() else char
+        safe = "-" if char in "/:%" or not ("!" <= char <= "~") else char
         char_size = len(safe.encode("utf-8", errors="surrogatepass"))
         if size + char_size > _GENERATED_PREFIX_BYTES:
             break

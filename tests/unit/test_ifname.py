@@ -30,7 +30,7 @@ def fixed_bytes(*chunks: bytes) -> Callable[[int], bytes]:
 
 @pytest.mark.parametrize(
     "name",
-    ["eth0", "a", "nsm0", "eth0.100", "br-lan_1", "x" * 15, "é" * 7, "e@1", "..a", "a.."],
+    ["eth0", "a", "nsm0", "eth0.100", "br-lan_1", "x" * 15, "e@1", "..a", "a..", "~!"],
 )
 def test_valid_interface_names_have_no_problem(name: str) -> None:
     assert interface_name_problem(name) is None
@@ -52,6 +52,12 @@ def test_valid_interface_names_have_no_problem(name: str) -> None:
         ("eth\n", "forbidden character '\\n'"),
         ("eth\u00a00", "forbidden character '\\xa0'"),
         ("eth\0", "forbidden character '\\x00'"),
+        # the kernel would number a template name (eth%d) instead of using it
+        ("eth%d", "forbidden character '%'"),
+        # the kernel's isspace() takes bytes of some UTF-8 sequences for blanks: ASCII only, for every layer
+        ("é" * 7, "forbidden character 'é'"),
+        ("eth\u00e9", "forbidden character 'é'"),
+        ("eth\x7f", "forbidden character '\\x7f'"),
     ],
 )
 def test_invalid_interface_names_report_the_problem(name: str, problem: str) -> None:

@@ -174,6 +174,19 @@ def test_from_env_accepts_any_read_only_mapping() -> None:
             "kernel://a/eth1,kernel://b/eth1",
             "interface name 'eth1' is used by entries 0 and 1",
         ),
+        # names the kernel layer would refuse later (a template, non-ASCII) are refused at start-up
+        (
+            {"NS_NETWORKSERVICEMESH_IO": "p2p/eth%25d"},
+            "NS_NETWORKSERVICEMESH_IO",
+            "p2p/eth%25d",
+            "character '%'",
+        ),
+        (
+            {"NSM_NETWORK_SERVICES": "kernel://p2p/\u00e9th"},
+            "NSM_NETWORK_SERVICES",
+            "kernel://p2p/\u00e9th",
+            "'é'",
+        ),
         ({**ONE_LINK, "NSM_LABELS": "team"}, "NSM_LABELS", "team", "label 'team' has no '='"),
         ({**ONE_LINK, "NSM_LABELS": "team:lab"}, "NSM_LABELS", "team:lab", "has no '='"),
         ({**ONE_LINK, "NSM_NAME": "a b"}, "NSM_NAME", "a b", "must not contain whitespace"),
