@@ -30,12 +30,12 @@ class Process:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def events(self, event: str) -> list[dict[str, str]]:
-        """Parsed logfmt lines with `event=<event>`."""
+    def events(self, event: str | None = None) -> list[dict[str, str]]:
+        """Parsed logfmt lines with `event=<event>` (every line that has an event, without one)."""
         found = []
         for line in self.log.splitlines():
             fields = _logfmt(line)
-            if fields.get("event") == event:
+            if fields.get("event") == event or (event is None and "event" in fields):
                 found.append(fields)
         return found
 
