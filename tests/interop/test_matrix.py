@@ -62,7 +62,10 @@ class TestLink:
         check_connection(replies[-1]["connection"])
         assert replies[-1]["connection"]["id"] == CONN_ID
         if link.nsc_kind == "go":  # what the Go client itself got back
-            check_connection(json.loads(link.lab.connection_file(NSC_NAME).read_text()))
+            # written once the Go client's Request returned, which may be just after its link is up
+            reply = link.lab.connection_file(NSC_NAME)
+            wait_until(reply.exists, 10, "the Go client's connection file")
+            check_connection(json.loads(reply.read_text()))
         else:  # the Python client logs what it got back
             line = f"event=link.established name={NSC_NAME} link={IFNAME} service={SERVICE} conn={CONN_ID}"
             wait_until(lambda: line in link.nsc.log, 10, "the client's link.established line")

@@ -98,7 +98,9 @@ def test_path_tokens_are_es256_signed_by_each_hops_svid_and_chained(secure_go_li
         **svid_certificates(lab.spire, lab.gids["nsc"]),
         **svid_certificates(lab.spire, lab.gids["nse"]),
     }
-    conn = json.loads(lab.connection_file(NSC_NAME).read_text())  # what the Go client got back
+    reply = lab.connection_file(NSC_NAME)  # what the Go client got back, written once its Request returned
+    wait_until(reply.exists, 10, "the Go client's connection file")
+    conn = json.loads(reply.read_text())
     segments = conn["path"]["path_segments"]
     expected = [ID["nsc"], ID["nsmgr"], ID["forwarder"], ID["nse"]]
     claims = []
