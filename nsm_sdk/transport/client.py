@@ -174,10 +174,11 @@ class ClientRelay:
             self._changes.discard(change)
 
     async def wait_retired(self, connection: RelayConnection, timeout: float) -> None:
-        """Wait (at most `timeout`) until a retiring connection is gone, so the next call takes a new one."""
+        """Wait (at most `timeout`) until a retiring connection is gone or has told grpcio to take new
+        calls elsewhere (GOAWAY), so the next call goes out on a new connection."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while connection in self._connections and not self._closed:
+                while connection in self._connections and not connection.drain_announced and not self._closed:
                     await self._next_change()
 
     async def wait_peer(self, timeout: float | None) -> PeerIdentity | None:
@@ -257,6 +258,7 @@ class ClientRelay:
             FdSocket(upstream, FdStore(on_add=self._wake_waiters)),
             self.security.new_session(server_side=False),
             is_current=self.security.is_current,
+            on_drain=self._wake_changes,
         )
         self._connections.add(connection)
         announce = asyncio.create_task(self._announce_when_established(connection))

@@ -12,8 +12,11 @@ the handshake within `HANDSHAKE_TIMEOUT` is dropped.
 
 Tokens used on a connection are signed with the SVID it presented (`presented`), so the peer can check
 them against the certificate it saw. After our SVID rotates, a connection that still presents the old one
-is closed once that certificate is 3/4 through its life (`X509Material.retire_at`): the peer reconnects,
-or grpcio does, with the new one, well before the old one expires.
+is retired once that certificate is 3/4 through its life (`X509Material.retire_at`), or when `retire` is
+called. Retiring is graceful: the relay sends the HTTP/2 client a GOAWAY (`http2.py`), so new calls go
+out on a new connection (with the new SVID) while calls in flight finish on the old one; the client
+closes it when they are done. Whatever is still open `DRAIN_GRACE` later (a long-lived stream, say) is
+cut, and always before the old certificate expires.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
 from nsm_sdk.transport.fdstore import FdStore
+from nsm_sdk.transport.http2 import FrameBoundaries, PingAckFilter, goaway_frame, ping_frame
 from nsm_sdk.transport.peercred import PeerCredentials
 from nsm_sdk.transport.security import SecureSession
 
@@ -44,10 +48,12 @@ _PROCESS_TOKEN = secrets.token_hex(4)
 _names = itertools.count()
 HANDSHAKE_TIMEOUT = 10.0
 RETIRE_POLL = 1.0
+DRAIN_GRACE = 10.0
+"""How long calls in flight may go on over a retired connection before it is closed under them."""
 
 
 class Retired(ConnectionAbortedError):
-    """Closed on purpose: the connection presented our previous SVID."""
+    """Closed on purpose: retired, and calls were still open on it after the drain grace."""
 
 
 def fresh_abstract_name(role: str) -> str:
@@ -64,7 +70,9 @@ class RelayConnection:
     """One relayed connection; `received` holds the fds the peer sent, `queue_fds` sends ours.
 
     `peer` is the authenticated peer (None in plaintext), `credentials` who connected to our socket
-    (accepted unix connections only).
+    (accepted unix connections only). `local_is_server` says which side speaks HTTP/2's server part:
+    grpcio behind `local` (a server relay) or the peer (a client relay). `on_drain` is called once the
+    GOAWAY of a retirement is on its way to the HTTP/2 client.
     """
 
     def __init__(
@@ -75,6 +83,9 @@ class RelayConnection:
         session: SecureSession,
         credentials: PeerCredentials | None = None,
         is_current: Callable[[X509Material], bool] | None = None,
+        *,
+        local_is_server: bool = False,
+        on_drain: Callable[[], None] | None = None,
     ) -> None:
         local.setblocking(False)
         self.name = name
@@ -87,6 +98,13 @@ class RelayConnection:
         self._held_fds: list[int] = []
         self._retire_now = asyncio.Event()
         self._retire_reason: str | None = None
+        self._local_is_server = local_is_server
+        self._on_drain = on_drain
+        self._toward_client = FrameBoundaries()
+        self._toward_client_lock = asyncio.Lock()
+        self._toward_server = PingAckFilter()
+        self._goaway: bytes | None = None  # GOAWAY + PING waiting for the next frame boundary
+        self._drain_announced = False
         self.failure: str | None = None
         """Why the connection broke, if it did (e.g. the TLS peer refused us)."""
         self._established = asyncio.get_running_loop().create_future()
@@ -181,9 +199,14 @@ class RelayConnection:
     def retiring(self) -> bool:
         return self._retire_now.is_set()
 
+    @property
+    def drain_announced(self) -> bool:
+        """The HTTP/2 client has processed a GOAWAY: its new calls go elsewhere."""
+        return self._drain_announced
+
     def retire(self, reason: str) -> None:
-        """Close this connection soon, on purpose (e.g. the peer rotated and we must see its new
-        certificate); calls in flight fail and are retried on a new connection."""
+        """Retire this connection on purpose (e.g. the peer rotated and we must see its new certificate):
+        new calls go to a new connection, calls in flight may finish within `DRAIN_GRACE`."""
         self._retire_reason = reason
         self._retire_now.set()
 
@@ -198,9 +221,45 @@ class RelayConnection:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(RETIRE_POLL):
                     await self._retire_now.wait()
+        self._retire_now.set()
         reason = self._retire_reason or "our SVID rotated"
         _log.info("relay.retired", extra={"fields": {"name": self.name, "reason": reason}})
+        opaque = secrets.token_bytes(8)
+        self._toward_server.expected = opaque
+        self._goaway = goaway_frame(f"retired: {reason}") + ping_frame(opaque)
+        await self._send_toward_client(b"")
+        # The client closes the connection when its calls are done, and that ends this task (see `run`).
+        await asyncio.sleep(max(0.0, min(DRAIN_GRACE, presented.not_after - time.time() - 1.0)))
+        _log.info("relay.drain_cut", extra={"fields": {"name": self.name, "reason": reason}})
         raise Retired(f"retired: {reason}")
+
+    async def _send_toward_client(self, data: bytes) -> None:
+        """Pass HTTP/2 server-to-client bytes on, with a pending GOAWAY slipped in between two frames."""
+        async with self._toward_client_lock:
+            boundary = None if self._goaway is None else self._toward_client.first_boundary(data)
+            self._toward_client.feed(data)  # whole frames slipped in between two change nothing
+            if boundary is not None and self._goaway is not None:
+                data = data[:boundary] + self._goaway + data[boundary:]
+                self._goaway = None
+            if data:
+                await self._send(data, toward_peer=self._local_is_server)
+
+    async def _send_toward_server(self, data: bytes) -> None:
+        """Pass HTTP/2 client-to-server bytes on, less the ACK of our PING (which ends a drain's notice)."""
+        data, acked = self._toward_server.filter(data)
+        if data:
+            await self._send(data, toward_peer=not self._local_is_server)
+        if acked:
+            self._drain_announced = True
+            if self._on_drain is not None:
+                self._on_drain()
+
+    async def _send(self, data: bytes, *, toward_peer: bool) -> None:
+        if toward_peer:
+            self._session.feed_plaintext(data)
+            await self._flush_to_peer()
+        else:
+            await asyncio.get_running_loop().sock_sendall(self._local, data)
 
     def close(self) -> None:
         """Close both sockets and every fd of the connection. Idempotent."""
@@ -218,14 +277,15 @@ class RelayConnection:
     async def _pump_to_peer(self) -> None:
         loop = asyncio.get_running_loop()
         while data := await loop.sock_recv(self._local, RECV_CHUNK):
-            self._session.feed_plaintext(data)
-            await self._flush_to_peer()
+            if self._local_is_server:
+                await self._send_toward_client(data)
+            else:
+                await self._send_toward_server(data)
         self._session.close()
         await self._flush_to_peer()
         self._peer.shutdown_write()
 
     async def _pump_from_peer(self) -> None:
-        loop = asyncio.get_running_loop()
         while data := await self._peer.recv():
             try:
                 plaintext = self._session.feed_wire(data)
@@ -236,7 +296,10 @@ class RelayConnection:
             self._progress()
             await self._flush_to_peer()  # handshake answers
             if plaintext:
-                await loop.sock_sendall(self._local, plaintext)
+                if self._local_is_server:
+                    await self._send_toward_server(plaintext)
+                else:
+                    await self._send_toward_client(plaintext)
         with contextlib.suppress(OSError):
             self._local.shutdown(socket.SHUT_WR)
 

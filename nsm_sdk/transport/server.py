@@ -150,7 +150,13 @@ class ServerRelay:
             backend.close()
             raise
         connection = RelayConnection(
-            name, backend, FdSocket(accepted, FdStore()), session, credentials, self._security.is_current
+            name,
+            backend,
+            FdSocket(accepted, FdStore()),
+            session,
+            credentials,
+            self._security.is_current,
+            local_is_server=True,
         )
         peer = abstract_target(name)
         self._by_peer[peer] = connection

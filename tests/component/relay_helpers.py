@@ -59,6 +59,8 @@ class Servicer:
             "SendBack": grpc.unary_unary_rpc_method_handler(self.send_back),
             "Echo": grpc.unary_unary_rpc_method_handler(self.echo),
             "Count": grpc.unary_stream_rpc_method_handler(self.count),
+            "Sleep": grpc.unary_unary_rpc_method_handler(self.sleep),
+            "Hold": grpc.unary_stream_rpc_method_handler(self.hold),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
@@ -92,6 +94,18 @@ class Servicer:
 
     async def echo(self, request: bytes, context: Context) -> bytes:
         return request
+
+    async def sleep(self, request: bytes, context: Context) -> bytes:
+        """Answer after `float(request)` seconds: a call in flight for as long as a test needs."""
+        self.connection(context)
+        await asyncio.sleep(float(request))
+        return request
+
+    async def hold(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
+        """One message, then open until the caller goes: a long-lived stream (a monitor, say)."""
+        self.connection(context)
+        yield b"held"
+        await asyncio.Event().wait()
 
     async def count(self, request: bytes, context: Context) -> AsyncIterator[bytes]:
         for number in range(int(request)):

@@ -13,7 +13,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -192,26 +191,14 @@ def test_svids_rotate_under_a_live_link_and_refreshes_go_on(lab: Lab) -> None:
     assert refreshes, nsc.log
     up = nsc.events("link.established")[0]["ts"]
     assert not nsc.events("heal.reselect"), nsc.log
-    # A call in flight on a connection that is retired (our SVID or the server's rotated) fails with
-    # UNAVAILABLE and is sent again at once on a new connection (transport/relay.py, `retire`): allowed,
-    # as long as the very next thing is the link established again, within a second. Anything else fails.
-    events = [e for e in nsc.events() if e["ts"] > up and e.get("link") == "eth12"]
-    for i, event in enumerate(events):
-        if event["event"] != "request.failed":
-            continue
-        assert event["code"] == "UNAVAILABLE" and "broke" in event["reason"], nsc.log
-        after = [e for e in events[i + 1 :] if e["event"] in ("link.established", "request.failed")]
-        assert after and after[0]["event"] == "link.established", nsc.log
-        assert _seconds(after[0]["ts"]) - _seconds(event["ts"]) < 1.0, nsc.log
+    # A connection that is retired (our SVID or the server's rotated) drains gracefully (transport/http2.py):
+    # calls in flight finish on it, new ones go out on a new connection. No request may fail.
+    failed = [e for e in nsc.events("request.failed") if e["ts"] > up]
+    assert not failed, nsc.log
     assert not manager.events("endpoint.lost"), manager.log
     assert not manager.events("request.denied") and not manager.events("tls.handshake_failed"), manager.log
     assert not manager.events("connection.closed"), manager.log
     assert (links(dev1), links(dev2)) == before
-
-
-def _seconds(ts: str) -> float:
-    """Seconds since the epoch of a log line's `ts` (ISO 8601, `Z`)."""
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 def test_sidecars_follow_the_workload_api_through_a_restart(lab: Lab) -> None:
