@@ -19,6 +19,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,6 +29,7 @@ from nsm_local.manifests import ManifestError, load_network_services
 from nsm_local.server import DEFAULT_STATE_DIR, ServeSettings, serve_control_plane
 from nsm_sdk.agent.lifecycle import run_agent
 from nsm_sdk.agent.logs import setup_logging
+from nsm_sdk.agent.metrics import LISTEN_VARIABLE, MetricsEndpoint, parse_listen_address
 from nsm_sdk.protocol.durations import parse_positive_duration
 from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT, SecuritySettings, boolean
 from nsm_sdk.protocol.errors import ConfigError, NsmError
@@ -70,6 +72,12 @@ def _parser() -> argparse.ArgumentParser:
         help="lifetime of the X.509-SVIDs it issues, rotated at half (default %(default)s)",
     )
     serve.add_argument("--log-level", default=os.environ.get("NSM_LOG_LEVEL", "INFO"))
+    serve.add_argument(
+        "--prometheus-listen-on",
+        default=os.environ.get(LISTEN_VARIABLE, ""),
+        metavar="HOST:PORT",
+        help=f"serve Prometheus metrics at http://HOST:PORT/metrics (env {LISTEN_VARIABLE}; default: off)",
+    )
     kube = serve.add_argument_group("Kubernetes mode (docs/kubernetes.md)")
     kube.add_argument(
         "--kubernetes",
@@ -243,6 +251,15 @@ def _kube_node(settings: KubeSettings, trust_domain: str) -> KubeNode:
         raise ConfigError(variable, value, str(exc)) from None
 
 
+def _metrics(listen_on: str) -> MetricsEndpoint | None:
+    """The metrics endpoint, listening, if asked for (ConfigError for a bad or busy address)."""
+    if not listen_on.strip():
+        return None
+    return MetricsEndpoint(
+        parse_listen_address("--prometheus-listen-on", listen_on), "--prometheus-listen-on"
+    )
+
+
 def _print_manifest(args: argparse.Namespace) -> None:
     from nsm_local.kube.manifests import PULL_POLICIES, ManifestOptions, manifests, project_version, to_yaml
 
@@ -286,9 +303,17 @@ def main(argv: list[str] | None = None) -> None:
                 svid_ttl=parse_positive_duration("--svid-ttl", args.svid_ttl),
                 kubernetes=kube_settings(args, os.environ),
             )
+            metrics = _metrics(args.prometheus_listen_on)
             setup_logging("nsm-local", args.log_level)
-            node = _kube_node(settings.kubernetes, settings.trust_domain) if settings.kubernetes else None
-            asyncio.run(run_agent(lambda stop: serve_control_plane(settings, stop, node=node), backstop=10.0))
+            try:
+                if metrics is not None:
+                    metrics.count_events()
+                node = _kube_node(settings.kubernetes, settings.trust_domain) if settings.kubernetes else None
+                control_plane = partial(serve_control_plane, settings, node=node)
+                asyncio.run(run_agent(control_plane, backstop=10.0, metrics=metrics))
+            finally:
+                if metrics is not None:
+                    metrics.close()
             return
         target = str(parse_socket_url("--connect-to", args.connect_to))
         security = SecuritySettings.from_env(os.environ)

@@ -92,6 +92,12 @@ class NotFound(TemporaryError):
     """No service, endpoint or candidate yet: it may be registered later, so the client retries."""
 
 
+def client_connection_id(manager_view: Connection) -> str:
+    """The id the client knows the connection by: its own path segment's, the one before ours."""
+    path = manager_view.path
+    return path.path_segments[path.index - 1].id if 0 < path.index <= len(path.path_segments) else ""
+
+
 @dataclass
 class Session:
     manager_view: Connection  # index 1, id = our segment id; what monitors see
@@ -319,7 +325,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         report = self._log.info if session is None else self._log.debug
         report(
             "connection.up" if session is None else "connection.refreshed",
-            conn=out.id,
+            conn=view.id,  # the manager's own segment id, as in every other line about the connection
+            client_conn=out.id,
             service=out.network_service,
             endpoint=endpoint_name,
             client_if=xc.client_ifname,
@@ -551,7 +558,13 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self.hub.delete(conn_id)  # before forgetting the owner: the owner's monitors must see the DELETE
         if conn_id not in self.sessions:
             self.owners.forget(conn_id)
-        self._log.info("connection.closed", conn=conn_id, reason=reason, link_removed=removed)
+        self._log.info(
+            "connection.closed",
+            conn=conn_id,
+            client_conn=client_connection_id(session.manager_view),
+            reason=reason,
+            link_removed=removed,
+        )
 
     async def _close_at_endpoint(self, endpoint_name: str, endpoint_conn: Connection) -> None:
         entry = self.registry.endpoints.get(endpoint_name)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from nsm_sdk.agent.logs import setup_logging
+from nsm_sdk.agent.metrics import MetricsEndpoint, open_metrics
 from nsm_sdk.protocol.errors import ConfigError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
@@ -26,12 +27,16 @@ def _force_exit() -> None:
     os._exit(1)
 
 
-async def run_agent(main: Callable[[asyncio.Event], Awaitable[None]], backstop: float) -> None:
+async def run_agent(
+    main: Callable[[asyncio.Event], Awaitable[None]], backstop: float, metrics: MetricsEndpoint | None = None
+) -> None:
     """Run `main(stop)` until it returns; `stop` is set by the first stop signal.
 
     `backstop` bounds the time from the first signal to process exit.
     """
     loop = asyncio.get_running_loop()
+    if metrics is not None:
+        metrics.watch_loop(loop)
     stop = asyncio.Event()
 
     def on_signal() -> None:
@@ -109,12 +114,20 @@ def agent_main(
     load: Callable[[Mapping[str, str]], SettingsT],
     agent: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
 ) -> None:
-    """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), then the agent
-    until a stop signal; the backstop leaves time for closing within the request timeout."""
+    """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), the optional
+    metrics endpoint (`NSM_PROMETHEUS_LISTEN_ON`, see metrics.py), then the agent until a stop signal; the
+    backstop leaves time for closing within the request timeout."""
     try:
         settings = load(os.environ)
+        metrics = open_metrics(os.environ)
     except ConfigError as exc:
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(program, settings.log_level)
-    asyncio.run(run_agent(lambda stop: agent(settings, stop), backstop=settings.request_timeout + 5))
+    if metrics is not None:
+        metrics.count_events()
+    try:
+        asyncio.run(run_agent(lambda stop: agent(settings, stop), settings.request_timeout + 5, metrics))
+    finally:
+        if metrics is not None:
+            metrics.close()
