@@ -42,13 +42,14 @@ from nsm_sdk.protocol.envvalues import (
     SecuritySettings,
     absolute_path,
     agent_name,
+    client_info,
     duration,
     env_value,
     log_level,
     socket_url,
 )
 from nsm_sdk.protocol.errors import ConfigError
-from nsm_sdk.protocol.labels import client_info_labels, parse_equals_labels, with_missing_labels
+from nsm_sdk.protocol.labels import FrozenLabels, checked_labels, parse_equals_labels, with_missing_labels
 from nsm_sdk.protocol.nsurl import (
     DEFAULT_NSMGR_URL,
     LinkSpec,
@@ -100,13 +101,9 @@ class NscSettings:
         """Build and validate the settings from ``env`` (e.g. ``os.environ``); raise the first ConfigError."""
         links_variable, links = _links(env)
         extra = parse_equals_labels("NSM_LABELS", env_value(env, "NSM_LABELS") or "")
-        clientinfo = client_info_labels(
-            pod_name=env_value(env, "POD_NAME"),
-            node_name=env_value(env, "NODE_NAME"),
-            cluster_name=env_value(env, "CLUSTER_NAME"),
-        )
+        clientinfo = client_info(env)
         merged = tuple(
-            replace(link, labels=with_missing_labels(with_missing_labels(link.labels, extra), clientinfo))
+            replace(link, labels=_merged_labels(links_variable, env, link.labels, extra, clientinfo))
             for link in links
         )
         return cls(
@@ -148,3 +145,15 @@ def _links(env: Mapping[str, str]) -> tuple[str, tuple[LinkSpec, ...]]:
         "required: set NSM_NETWORK_SERVICES (kernel://service/ifname?k=v,...) "
         "or NS_NETWORKSERVICEMESH_IO (service/ifname?k=v,...)",
     )
+
+
+def _merged_labels(
+    variable: str,
+    env: Mapping[str, str],
+    own: Mapping[str, str],
+    extra: FrozenLabels,
+    clientinfo: FrozenLabels,
+) -> FrozenLabels:
+    """A link's labels: its URL's, then NSM_LABELS, then clientinfo; the union must still be a sane map."""
+    merged = with_missing_labels(with_missing_labels(own, extra), clientinfo)
+    return checked_labels(variable, env[variable], merged)

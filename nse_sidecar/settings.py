@@ -53,6 +53,7 @@ from nsm_sdk.protocol.envvalues import (
     absolute_path,
     agent_name,
     boolean,
+    client_info,
     duration,
     env_value,
     log_level,
@@ -61,7 +62,8 @@ from nsm_sdk.protocol.envvalues import (
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.labels import (
     FrozenLabels,
-    client_info_labels,
+    checked_labels,
+    label_problem,
     parse_colon_labels,
     parse_equals_labels,
     with_missing_labels,
@@ -144,12 +146,8 @@ class NseSettings:
         """Build and validate the settings from ``env`` (e.g. ``os.environ``); raise the first ConfigError."""
         warnings: list[str] = []
         services = _services(env, warnings)
-        labels = _labels(env, warnings)
-        clientinfo = client_info_labels(
-            pod_name=env_value(env, "POD_NAME"),
-            node_name=env_value(env, "NODE_NAME"),
-            cluster_name=env_value(env, "CLUSTER_NAME"),
-        )
+        labels_variable, labels_value, labels = _labels(env, warnings)
+        clientinfo = client_info(env)
         warnings.extend(
             f"{variable} is set but ignored: {why}"
             for variable, why in _IGNORED_LEGACY.items()
@@ -157,7 +155,7 @@ class NseSettings:
         )
         return cls(
             services=services,
-            labels=with_missing_labels(labels, clientinfo),
+            labels=checked_labels(labels_variable, labels_value, with_missing_labels(labels, clientinfo)),
             addressing=_addressing(env),
             name=agent_name(env),
             connect_to=socket_url(env, "NSM_CONNECT_TO"),
@@ -218,6 +216,8 @@ def parse_seed_pool(variable: str, text: str) -> IPNetwork:
 def _network(variable: str, text: str, cidr: str, *, smallest_prefix: dict[int, int], need: str) -> IPNetwork:
     if "/" not in cidr:
         raise ConfigError(variable, text, f"{cidr!r} has no prefix length; expected a CIDR like 10.60.1.0/24")
+    if "%" in cidr:  # ipaddress takes an IPv6 zone (fe80::%eth0/64); a pool has none
+        raise ConfigError(variable, text, f"{cidr!r} has a zone ('%'); expected a CIDR like fd00::/64")
     try:
         network = ipaddress.ip_network(cidr, strict=False)
     except ValueError:
@@ -259,15 +259,16 @@ def _check_service(variable: str, value: str, name: str) -> None:
         raise ConfigError(variable, value, problem)
 
 
-def _labels(env: Mapping[str, str], notes: list[str]) -> FrozenLabels:
+def _labels(env: Mapping[str, str], notes: list[str]) -> tuple[str, str, FrozenLabels]:
+    """(variable, its value, the labels) of whichever label variable is set (NSM_LABELS, "" if none)."""
     seed_variable, seed = _aliased(env, "ENDPOINT_LABELS", "ADVERTISE_NSE_LABELS", notes)
     nsm = env_value(env, "NSM_LABELS")
     if seed is not None and nsm is not None:
         problem = f"NSM_LABELS is also set; set only one of {seed_variable} and NSM_LABELS"
         raise ConfigError(seed_variable, seed, problem)
     if seed is not None:
-        return parse_equals_labels(seed_variable, seed)
-    return parse_colon_labels("NSM_LABELS", nsm or "")
+        return seed_variable, seed, parse_equals_labels(seed_variable, seed)
+    return "NSM_LABELS", nsm or "", parse_colon_labels("NSM_LABELS", nsm or "")
 
 
 def _addressing(env: Mapping[str, str]) -> AddressingSettings:
@@ -295,6 +296,9 @@ def parse_endpoint_links(variable: str, text: str, pool: IPNetwork) -> tuple[str
             raise ConfigError(variable, text, f"entry {position} is empty")
         if link in links[:position]:
             raise ConfigError(variable, text, f"{link!r} is listed twice")
+        problem = label_problem("link", link)
+        if problem is not None:
+            raise ConfigError(variable, text, problem)
     blocks = pool.num_addresses // 4
     if len(links) > blocks:
         raise ConfigError(variable, text, f"{len(links)} links; IP_ADDRESS {pool} holds {blocks} blocks")
@@ -311,17 +315,9 @@ def _aliased(env: Mapping[str, str], variable: str, alias: str, notes: list[str]
     return (alias, legacy) if legacy is not None else (variable, None)
 
 
-
-
-
-
-
-
 def _listen_url(env: Mapping[str, str], variable: str) -> SocketUrl | None:
     value = env_value(env, variable)
     return None if value is None else parse_socket_url(variable, value, allow_tcp=False)
-
-
 
 
 def _payload(env: Mapping[str, str], variable: str) -> Payload:
@@ -332,6 +328,3 @@ def _payload(env: Mapping[str, str], variable: str) -> Payload:
     if payload is None:
         raise ConfigError(variable, value, "payload must be ETHERNET or IP")
     return payload
-
-
-

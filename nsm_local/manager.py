@@ -58,14 +58,16 @@ from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.agent.security import authorize_server
 from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.protocol.errors import NsmError, ProtocolError, TemporaryError
+from nsm_sdk.protocol.errors import DeadlineError, NotFoundError, NsmError, ProtocolError, TemporaryError
 from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
+from nsm_sdk.protocol.labels import label_map_problem
 from nsm_sdk.protocol.matching import RoundRobin, select_endpoints
 from nsm_sdk.protocol.path import copy_caller_token, prev_expires, restore_index, set_own_token, update_path
 from nsm_sdk.protocol.timing import server_close_deadline
 from nsm_sdk.transport.errors import FdNotReceivedError
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.server import ServerHandle
+from nsm_sdk.transport.status import abort
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -88,8 +90,24 @@ class StreamBroke(TemporaryError):
         self.worked = worked
 
 
-class NotFound(TemporaryError):
+class NotFound(NotFoundError):
     """No service, endpoint or candidate yet: it may be registered later, so the client retries."""
+
+
+class EndpointsFailed(TemporaryError):
+    """Every candidate endpoint failed. Its status is theirs when they agree on one a client can act on
+    (unreachable: UNAVAILABLE; malformed request: INVALID_ARGUMENT; no addresses: RESOURCE_EXHAUSTED),
+    else UNKNOWN (Go's "all forwarders have failed")."""
+
+    def __init__(self, failures: list[str], codes: set[grpc.StatusCode]) -> None:
+        super().__init__("all endpoints failed: " + "; ".join(failures))
+        reached = {_UNREACHABLE.get(code, code) for code in codes}
+        if len(reached) == 1 and (code := reached.pop()) in _RELAYED:
+            self.grpc_status = code.name
+
+
+_UNREACHABLE = {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
+_RELAYED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
 
 
 def client_connection_id(manager_view: Connection) -> str:
@@ -144,20 +162,22 @@ def _kernel_mechanism(request: NetworkServiceRequest) -> Mechanism:
 
 
 def _inode_of(url: str, who: str) -> tuple[int, int]:
-    if not is_inode_url(url):
-        raise ProtocolError(
-            f"{who} netns URL {url!r}: must be inode://<dev>/<ino> with the netns fd passed on the same "
-            "connection (grpcfd); nsm-local never resolves another process's file:// path"
-        )
-    return parse_inode_url(url)
+    try:
+        if is_inode_url(url):
+            return parse_inode_url(url)
+    except ValueError as exc:  # urlsplit's own complaint ("Invalid IPv6 URL")
+        raise ProtocolError(f"{who} netns URL {url!r}: {exc}") from None
+    raise ProtocolError(
+        f"{who} netns URL {url!r}: must be inode://<dev>/<ino> with the netns fd passed on the same "
+        "connection (grpcfd); nsm-local never resolves another process's file:// path"
+    )
 
 
-def _status_of(exc: NsmError | KernelError) -> grpc.StatusCode:
-    if isinstance(exc, PermissionDenied):
-        return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(exc, LinkNameInUse):
-        return grpc.StatusCode.ALREADY_EXISTS
-    return grpc.StatusCode.UNKNOWN  # what nsmgr answers for a plain error (§7)
+def _check_request(request: NetworkServiceRequest) -> None:
+    """Malformed before anything looks at it: an absurd label map (`label_map_problem`)."""
+    problem = label_map_problem(request.connection.labels)
+    if problem is not None:
+        raise ProtocolError(f"connection labels: {problem}")
 
 
 class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -222,6 +242,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         conn = Connection()
         conn.CopyFrom(request.connection)
         try:
+            _check_request(request)
             caller_index = self._step_onto_path(conn, token, expires, connection, caller)
             self.owners.check(conn.id, caller)
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
@@ -237,8 +258,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 caller=caller or "-",
                 reason=str(exc),
             )
-            await context.abort(_status_of(exc), str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, exc)
         return reply
 
     async def _request(
@@ -354,7 +374,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         try:
             fd = await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
         except FdNotReceivedError as exc:
-            raise TemporaryError(f"timeout in recvfd waiting for {url}") from exc
+            raise DeadlineError(f"timeout in recvfd waiting for {url}") from exc
         return fd, ino
 
     def _forwarder_hop(
@@ -403,7 +423,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         session: Session | None,
         context: Context,
     ) -> tuple[str, EndpointChannel, Connection]:
-        failures = []
+        failures: list[str] = []
+        codes: set[grpc.StatusCode] = set()
         service = self.registry.services.get(conn.network_service)
         for name in self._candidates(conn):
             entry = self.registry.endpoints.get(name)
@@ -425,16 +446,18 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 reply = await channel.client.request(outgoing, timeout, wait_for_ready=False)
             except RpcFailed as exc:
                 failures.append(f"{name}: {exc}")
+                codes.add(exc.code)
                 if exc.code == grpc.StatusCode.UNAVAILABLE:
                     await self.dialer.drop(channel.key)
                 continue
             if reply.mechanism.type != KERNEL or not reply.mechanism.parameters.get("name"):
                 failures.append(f"{name}: reply has no KERNEL mechanism with an interface name")
+                codes.add(grpc.StatusCode.UNKNOWN)
                 with contextlib.suppress(RpcFailed):
                     await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
                 continue
             return name, channel, reply
-        raise TemporaryError("all endpoints failed: " + "; ".join(failures))
+        raise EndpointsFailed(failures, codes)
 
     async def _endpoint_netns_fd(
         self, name: str, reply: Connection, channel: EndpointChannel, context: Context
@@ -446,7 +469,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         try:
             fd = await channel.relay.wait_fd(dev, ino, min(5.0, context.time_remaining() or 5.0))
         except FdNotReceivedError as exc:
-            raise TemporaryError(f"timeout in recvfd waiting for the endpoint's {url}") from exc
+            raise DeadlineError(f"timeout in recvfd waiting for the endpoint's {url}") from exc
         return fd, ino
 
     def _store(self, new: Session, old: Session | None, deadline: float, channel: EndpointChannel) -> None:
@@ -588,8 +611,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             self.owners.check(mine.id, caller)
         except NsmError as exc:
             self._log.warning("close.denied", conn=conn.id, caller=caller or "-", reason=str(exc))
-            await context.abort(_status_of(exc), str(exc))
-            raise AssertionError("unreachable") from exc
+            await abort(context, exc)
         async with self._locks.setdefault(mine.id, asyncio.Lock()):
             session = self.sessions.get(mine.id)
             if session is not None:

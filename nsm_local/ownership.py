@@ -26,7 +26,9 @@ from nsm_sdk.protocol.errors import NsmError
 
 
 class LinkNameInUse(NsmError):
-    """An interface name a live connection already holds in that namespace (gRPC ALREADY_EXISTS)."""
+    """An interface name a live connection already holds in that namespace."""
+
+    grpc_status = "ALREADY_EXISTS"
 
 
 def check_caller_subject(token: str, caller: str | None, secure: bool) -> None:

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -140,8 +140,11 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
 
     async def _dial_target(self, nse: NetworkServiceEndpoint, context: Context) -> tuple[str, int | None]:
         url = nse.url
-        if is_inode_url(url):
-            dev, ino = parse_inode_url(url)
+        if _is_inode(url):
+            try:
+                dev, ino = parse_inode_url(url)
+            except UrlError as exc:
+                await abort(context, exc, "endpoint url: ")
             connection = self._server().connection_for(context)
             if connection is None:
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no fd passing on this connection")
@@ -173,6 +176,7 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service endpoint name is required")
         if not nse.url:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"endpoint {nse.name}: url is required")
+        await refuse_if(context, endpoint_labels_problem(nse))
         call = await self.paths.update(context)
         old = await self._owned_by_caller(nse.name, call, context)
         token_expiry = call.expiry
@@ -228,6 +232,7 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
     async def Register(self, service: NetworkService, context: Context) -> NetworkService:
         if not service.name:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "network service name is required")
+        await refuse_if(context, service_labels_problem(service))
         call = await self.paths.update(context)
         await self._check_local(service.name, context)
         await self._check_owner(service.name, call, context)
@@ -252,7 +257,7 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
             self.registry.check_local(name)
         except ClusterManaged as exc:
             self._log.warning("service.cluster_managed", name=name, origin=exc.origin)
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            await abort(context, exc)
 
     async def _check_owner(self, name: str, call: RegistryCall, context: Context) -> None:
         """`client_allowed`, except for the operator, who manages services on behalf of everyone."""

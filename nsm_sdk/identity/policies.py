@@ -31,6 +31,8 @@ from nsm_sdk.protocol.errors import NsmError
 class PermissionDenied(NsmError):
     """A call broke an authorization policy; nothing was changed."""
 
+    grpc_status = "PERMISSION_DENIED"
+
     def __init__(self, policy: str, detail: str) -> None:
         self.policy = policy
         self.detail = detail

@@ -26,8 +26,13 @@ UNIT_NANOSECONDS: dict[str, int] = {
 }
 
 _MAX_NANOSECONDS = 2**63 - 1
-_NUMBER = r"(?:\d+\.?\d*|\.\d+)"
-_TERM = re.compile(rf"({_NUMBER})([^\d.]*)")
+# ASCII digits only, as Go: `\d` would also take other scripts' digits.
+_NUMBER = r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
+_TERM = re.compile(rf"({_NUMBER})([^0-9.]*)")
+# More integer digits than this (after leading zeros) is beyond 2**63 ns in any unit; fraction digits past
+# this many are below a nanosecond in any unit. Bounding both keeps huge inputs cheap and within int().
+_MAX_INTEGER_DIGITS = 20
+_MAX_FRACTION_DIGITS = 30
 _HINT = "use Go duration syntax, e.g. 300ms, 15s, 1m30s, 10m"
 
 
@@ -53,12 +58,25 @@ def parse_go_duration(variable: str, text: str) -> float:
             raise ConfigError(variable, text, f"missing unit after {number!r}; {_HINT}")
         if unit not in UNIT_NANOSECONDS:
             raise ConfigError(variable, text, f"unknown unit {unit!r}; {_HINT}")
-        nanoseconds += Fraction(number) * UNIT_NANOSECONDS[unit]
+        value = _decimal(number)
+        if value is None:
+            raise ConfigError(variable, text, "duration is too large (more than about 292 years)")
+        nanoseconds += value * UNIT_NANOSECONDS[unit]
         position = match.end()
     whole = int(nanoseconds)  # truncates like Go
     if whole > _MAX_NANOSECONDS:
         raise ConfigError(variable, text, "duration is too large (more than about 292 years)")
     return sign * whole / 1e9
+
+
+def _decimal(number: str) -> Fraction | None:
+    """``number`` (ASCII digits, at most one ``.``) exactly, or None when it is beyond any duration."""
+    whole, _, fraction = number.partition(".")
+    whole = whole.lstrip("0")
+    if len(whole) > _MAX_INTEGER_DIGITS:
+        return None
+    fraction = fraction[:_MAX_FRACTION_DIGITS]
+    return Fraction(int(whole or "0")) + Fraction(int(fraction or "0"), 10 ** len(fraction))
 
 
 def parse_positive_duration(variable: str, text: str) -> float:

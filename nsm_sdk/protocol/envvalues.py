@@ -11,6 +11,7 @@ from typing import Literal
 
 from nsm_sdk.protocol.durations import parse_positive_duration
 from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.protocol.labels import FrozenLabels, client_info_labels, label_problem
 from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, SocketUrl, parse_socket_url
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"]
@@ -46,6 +47,28 @@ def agent_name(env: Mapping[str, str]) -> str | None:
                 raise ConfigError(variable, value, "name must not contain whitespace or control characters")
             return name
     return None
+
+
+def client_info(env: Mapping[str, str]) -> FrozenLabels:
+    """NSM's clientinfo labels from ``POD_NAME``, ``NODE_NAME`` and ``CLUSTER_NAME`` (trimmed), each value
+    checked like any label's."""
+    found: dict[str, str] = {}
+    for variable, key in _CLIENT_INFO.items():
+        value = env_value(env, variable)
+        if value is None:
+            continue
+        problem = label_problem(key, value.strip())
+        if problem is not None:
+            raise ConfigError(variable, value, problem)
+        found[variable] = value.strip()
+    return client_info_labels(
+        pod_name=found.get("POD_NAME"),
+        node_name=found.get("NODE_NAME"),
+        cluster_name=found.get("CLUSTER_NAME"),
+    )
+
+
+_CLIENT_INFO = {"POD_NAME": "podName", "NODE_NAME": "nodeName", "CLUSTER_NAME": "clusterName"}
 
 
 def socket_url(env: Mapping[str, str], variable: str) -> SocketUrl:

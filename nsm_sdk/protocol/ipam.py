@@ -34,6 +34,8 @@ Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 class PoolExhausted(TemporaryError):
     """No free block/pair left in the pool (Go: "IPPool is empty"); a Close elsewhere may free one."""
 
+    grpc_status = "RESOURCE_EXHAUSTED"
+
 
 @dataclass(frozen=True)
 class P2PAddresses:

@@ -11,6 +11,10 @@ leading spaces is never what was meant). An empty or blank string means no label
 We are stricter than the seed: there, a pair that does not split into exactly two parts silently became
 the label ``""=""``. Here a pair without the separator, with the separator twice, with an empty key, an
 empty pair (``a=1,,b=2``) or a repeated key is a ConfigError naming the variable.
+
+Every label map, from configuration or from the wire, is also bounded (`label_map_problem`): at most
+`MAX_LABELS` pairs, keys and values of at most `MAX_LABEL_BYTES` bytes of valid UTF-8 (what a protobuf
+string must be). Real maps hold a handful of short pairs; an absurd one is refused, not copied around.
 """
 
 from __future__ import annotations
@@ -18,6 +22,40 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping
 
 from nsm_sdk.protocol.errors import ConfigError
+
+#: Most pairs one label map may hold (config, a Request's labels, a registration's).
+MAX_LABELS = 128
+
+#: Longest label key or value, in UTF-8 bytes (Kubernetes allows 63 for a value, 317 for a key).
+MAX_LABEL_BYTES = 1024
+
+
+def label_problem(key: str, value: str) -> str | None:
+    """Why ``key=value`` cannot be a label (too long, or not encodable as UTF-8), or None."""
+    for part in (key, value):
+        try:
+            size = len(part.encode("utf-8"))
+        except UnicodeEncodeError:
+            return f"label {_short(key)}={_short(value)} is not valid UTF-8 text"
+        if size > MAX_LABEL_BYTES:
+            return f"label {_short(key)}={_short(value)} is {size} bytes long; at most {MAX_LABEL_BYTES}"
+    return None
+
+
+def label_map_problem(labels: Mapping[str, str]) -> str | None:
+    """Why ``labels`` is not an acceptable label map (`MAX_LABELS`, `label_problem`), or None."""
+    if len(labels) > MAX_LABELS:
+        return f"{len(labels)} labels; at most {MAX_LABELS} are accepted"
+    for key, value in labels.items():
+        problem = label_problem(key, value)
+        if problem is not None:
+            return problem
+    return None
+
+
+def _short(text: str) -> str:
+    """``repr`` of at most 40 characters of ``text`` (messages stay readable for huge values)."""
+    return repr(text) if len(text) <= 40 else repr(text[:40]) + "..."
 
 
 class FrozenLabels(Mapping[str, str]):
@@ -118,5 +156,13 @@ def _parse_pairs(variable: str, text: str, separator: str) -> FrozenLabels:
         else:
             labels[parts[0].strip()] = parts[1].strip()
             continue
+        raise ConfigError(variable, text, problem)
+    return checked_labels(variable, text, labels)
+
+
+def checked_labels(variable: str, text: str, labels: Mapping[str, str]) -> FrozenLabels:
+    """``labels`` as FrozenLabels, or a ConfigError for ``variable`` if `label_map_problem` finds one."""
+    problem = label_map_problem(labels)
+    if problem is not None:
         raise ConfigError(variable, text, problem)
     return FrozenLabels(labels)

@@ -27,6 +27,7 @@ Choices that differ from upstream, on purpose:
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from urllib.parse import quote, unquote, unquote_plus
 
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.ifname import indexed_interface_name, interface_name_problem
-from nsm_sdk.protocol.labels import FrozenLabels
+from nsm_sdk.protocol.labels import FrozenLabels, label_map_problem
 
 #: Mechanism type of every link we request (nsm-v1-protocol.md §5.2).
 KERNEL_MECHANISM = "KERNEL"
@@ -210,8 +211,13 @@ def _parse_query(query: str, *, join_repeated: bool, fail: Callable[[str], Confi
             raise fail(f"query parameter {pair!r} has an empty key")
         values.setdefault(key, []).append(unquote_plus(raw_value))
     if join_repeated:
-        return FrozenLabels((key, ",".join(found)) for key, found in values.items())
-    return FrozenLabels((key, found[0]) for key, found in values.items())
+        labels = FrozenLabels((key, ",".join(found)) for key, found in values.items())
+    else:
+        labels = FrozenLabels((key, found[0]) for key, found in values.items())
+    problem = label_map_problem(labels)
+    if problem is not None:
+        raise fail(problem)
+    return labels
 
 
 def _format_query(labels: Mapping[str, str]) -> str:
@@ -280,14 +286,19 @@ def _unix_path(variable: str, text: str, path: str) -> str:
         raise ConfigError(variable, text, "unix socket path must not contain '?', '#' or NUL")
     if path.endswith("/"):
         raise ConfigError(variable, text, "unix socket path must name a file, not a directory")
-    if len(path.encode()) > _MAX_UNIX_PATH_BYTES:
+    try:
+        size = len(os.fsencode(path))  # the bytes the kernel gets (undecodable env bytes come back as is)
+    except UnicodeEncodeError:
+        raise ConfigError(variable, text, "unix socket path is not a valid file name") from None
+    if size > _MAX_UNIX_PATH_BYTES:
         raise ConfigError(variable, text, f"unix socket path is longer than {_MAX_UNIX_PATH_BYTES} bytes")
     return path
 
 
 def _tcp_host_port(variable: str, text: str, rest: str) -> tuple[str, int]:
     host, separator, port_text = rest.rpartition(":")
-    if not separator or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5  # int() takes '²' too
+    if not separator or not digits or not 0 < int(port_text) < 65536:
         raise ConfigError(variable, text, "tcp URL needs a port from 1 to 65535 (tcp://host:port)")
     bracketed = host.startswith("[") and host.endswith("]") and len(host) > 2
     if not (bracketed and _is_ipv6(host[1:-1])) and not _HOSTNAME.fullmatch(host):

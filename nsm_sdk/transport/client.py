@@ -35,12 +35,21 @@ from nsm_sdk.transport.urls import TcpAddress, UnixAddress, abstract_target, par
 _log = logging.getLogger(__name__)
 _UCRED = struct.Struct("3i")
 
+#: Largest gRPC message sent or received, clients and servers alike (grpc-go's default receive limit; NSM
+#: messages are a few KiB). A bigger one fails with RESOURCE_EXHAUSTED instead of being parsed.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MESSAGE_SIZE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+)
+
 #: Keepalive no more often than grpc-go servers tolerate (§12 item 9): their default policy allows one
 #: ping per 5 min and only with active streams; 5.5 min leaves room for timer jitter.
 CHANNEL_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.keepalive_time_ms", 330_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 0),
+    *MESSAGE_SIZE_OPTIONS,
 )
 
 

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from nsm_sdk.transport.client import MESSAGE_SIZE_OPTIONS
 from nsm_sdk.transport.errors import ListenPathError
 from nsm_sdk.transport.fdpass import FdSocket
 from nsm_sdk.transport.fdstore import FdStore
@@ -209,7 +210,7 @@ async def serve(
     relay = ServerRelay(listen_path, backend_name, security=security, socket_mode=socket_mode)
     try:
         interceptors = [RelayOnlyInterceptor(relay.is_relayed)] if relay_only else []
-        server = grpc.aio.server(interceptors=interceptors, options=list(options))
+        server = grpc.aio.server(interceptors=interceptors, options=[*MESSAGE_SIZE_OPTIONS, *options])
         register(server)
         server.add_insecure_port(abstract_target(backend_name))
         await server.start()

@@ -1,6 +1,8 @@
 """nsm-local's NetworkService Request: the refusals a client sees before any link is made (no root).
 
-Errors are plain Go errors in NSM, so they reach the client as UNKNOWN with the Go text (§7).
+Each carries the Go text (§7) and the status of its error class: NOT_FOUND for what is not registered,
+INVALID_ARGUMENT for a malformed request, PERMISSION_DENIED for a policy (Go's nsmgr answers UNKNOWN for
+all but the last; clients retry whatever the code).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def test_request_for_an_unknown_service_is_refused_as_not_found(
         with own_netns_fd() as netns:
             async with control_plane(sock_dir) as plane, plane.client(send_fds=[netns]) as client:
                 error = await refused(client, request_for("nope", inode_url_for_fd(netns)))
-                assert error.code == grpc.StatusCode.UNKNOWN
+                assert error.code == grpc.StatusCode.NOT_FOUND
                 assert "network service nope is not found" in error.details
 
     run_async(bounded(main))
@@ -80,7 +82,7 @@ def test_request_with_no_matching_endpoint_is_refused_as_candidates_not_found(
                 match.routes.add(destination_selector={"device": "device-2"})
                 await client.register_service(service, RegistryPath(), 5.0)
                 error = await refused(client, request_for("p2p", inode_url_for_fd(netns), {"link": "net-0"}))
-                assert error.code == grpc.StatusCode.UNKNOWN
+                assert error.code == grpc.StatusCode.NOT_FOUND
                 assert "network service endpoint candidates not found" in error.details
 
     run_async(bounded(main))
@@ -90,7 +92,7 @@ def test_file_netns_url_is_refused_pointing_at_inode_urls(run_async: AsyncRunner
     async def main() -> None:
         async with control_plane(sock_dir) as plane, plane.client() as client:
             error = await refused(client, request_for("p2p", "file:///proc/thread-self/ns/net"))
-            assert error.code == grpc.StatusCode.UNKNOWN
+            assert error.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "file:///proc/thread-self/ns/net" in error.details
             assert "inode://" in error.details
 
@@ -104,7 +106,7 @@ def test_file_netns_url_is_refused_pointing_at_inode_urls(run_async: AsyncRunner
         # an empty token and nsmgr's tokens_valid policy refuses it before anything else looks at it
         (False, grpc.StatusCode.PERMISSION_DENIED, "policy tokens_valid"),
         # insecure (no policies): Go's timeout server is what refuses it
-        (True, grpc.StatusCode.UNKNOWN, "expiration for the previous path segment cannot be nil"),
+        (True, grpc.StatusCode.INVALID_ARGUMENT, "expiration for the previous path segment cannot be nil"),
     ],
     ids=["secure", "insecure"],
 )

@@ -247,14 +247,14 @@ def test_reply_to_a_forwarder_request_is_complete_chains_and_its_netns_fd_arrive
     run_async(bounded(main))
 
 
-def test_refused_request_reaches_the_forwarder_as_unknown_with_the_reason(
+def test_malformed_request_reaches_the_forwarder_as_invalid_argument_with_the_reason(
     run_async: AsyncRunner, sock_dir: Path, ca: DevCA
 ) -> None:
     async def main() -> None:
         async with running_endpoint(sock_dir, ca) as nse:
             with pytest.raises(RpcFailed) as caught:
                 await nse.client.request(forwarder_request({"peerif": "name-much-too-long"}), timeout=5.0)
-            assert caught.value.code == grpc.StatusCode.UNKNOWN
+            assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
             assert "label peerif='name-much-too-long'" in caught.value.details
             assert nse.allocator.allocate("probe")[0].dst_ip == "169.254.0.0/32"  # nothing was held
             assert nse.accepted == []
@@ -455,7 +455,7 @@ def test_request_without_any_caller_expiry_is_refused_and_holds_nothing(
             stub = networkservice_pb2_grpc.NetworkServiceStub(nse.client.channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.Request(request, timeout=5.0)
-            assert caught.value.code() == grpc.StatusCode.UNKNOWN
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "expiration for the previous path segment cannot be nil" in (caught.value.details() or "")
             assert nse.allocator.allocate("probe")[0].dst_ip == "169.254.0.0/32"
             assert nse.hub.connections == {}
