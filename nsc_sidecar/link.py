@@ -8,7 +8,10 @@ are listed in `TRANSITIONS`; anything else is a bug and raises. Retries never en
   the link is still healthy (present, up, carrier) we refresh; otherwise we reselect: Close the old
   connection, then Request again with the endpoint choice cleared;
 * verify: after every successful Request, our interface must exist under the requested name (renamed if
-  the forwarder gave it another one), be up, and carry the returned addresses and routes.
+  the forwarder gave it another one), be up, and carry the returned addresses and routes;
+* adopt: before the first Request, ask the manager what it still holds for our connection id (a previous
+  run of ours, killed without closing); if it holds it, the first Request is a refresh of it, like
+  cmd-nsc's start-up recovery (§5.4), so the link keeps its interface and addresses.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ import contextlib
 import enum
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+
+import grpc
 
 from nsm_sdk._proto.networkservice.connection_pb2 import (
     Connection,
@@ -38,6 +43,7 @@ from nsm_sdk.kernel.state import LinkState as KernelLinkState
 from nsm_sdk.kernel.state import read_link_states
 from nsm_sdk.protocol.nsurl import LinkSpec
 from nsm_sdk.protocol.requests import (
+    KERNEL,
     connection_id,
     first_request,
     kernel_preference,
@@ -47,6 +53,11 @@ from nsm_sdk.protocol.requests import (
 )
 from nsm_sdk.protocol.timing import Backoff, client_refresh_delay
 
+NAME_PARAM = "name"
+UNREACHABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+OUTCOME_UNKNOWN = UNREACHABLE | {grpc.StatusCode.CANCELLED, grpc.StatusCode.ALREADY_EXISTS}
+"""A first Request that failed so may still have been carried out: look before asking again."""
+"""Lookup failures that a Request would meet too (no manager yet): retried before the first Request."""
 RETRY = Backoff(base=0.2, factor=2.0, cap=5.0, jitter=0.1)
 
 
@@ -123,6 +134,7 @@ class Link:
         delays = RETRY.delays(random.Random())
         attempts, last_reason = 0, ""
         while not stop.is_set():
+            outcome_unknown = False
             try:
                 return await self.client.request(request, self.request_timeout, check_reply=True)
             except RpcFailed as exc:
@@ -132,6 +144,9 @@ class Link:
                         "request.failed", code=exc.code.name, reason=exc.details, attempt=attempts
                     )
                     last_reason = exc.details
+                outcome_unknown = exc.code in OUTCOME_UNKNOWN
+            if outcome_unknown and not request.connection.network_service_endpoint_name:
+                request = await self._adopt_if_made(request)
             if (
                 request.connection.network_service_endpoint_name
                 and self.conn is not None
@@ -149,12 +164,10 @@ class Link:
         return stop.is_set()
 
     async def run(self, stop: asyncio.Event) -> None:
-        request = first_request(
-            self.client_name, self.conn_id, self.spec.network_service, self.spec.labels, self.preference
-        )
         monitor: asyncio.Task[None] | None = None
         try:
-            while True:
+            request = await self._initial_request(stop)
+            while request is not None:
                 reply = await self._request(request, stop)
                 if reply is None:
                     break
@@ -182,6 +195,74 @@ class Link:
                 await asyncio.gather(monitor, return_exceptions=True)
             self._on_ready(self.spec.interface_name, False)
         await self.close()
+
+    async def _adopt_if_made(self, request: NetworkServiceRequest) -> NetworkServiceRequest:
+        """After a Request whose outcome we do not know (our deadline passed, the stream broke, or the
+        manager says our interface name is taken), ask whether the manager made the connection after all:
+        then the next attempt refreshes it instead of asking for a second one."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.conn_id)])
+        try:
+            held = await self.client.held_connections(selector, self.request_timeout)
+        except RpcFailed:
+            return request
+        previous = previous_connection(held, self.conn_id)
+        if previous is None:
+            return request
+        self._log.info(
+            "link.adopting", endpoint=previous.network_service_endpoint_name, reason="outcome_unknown"
+        )
+        return refresh_request(previous, self.preference)
+
+    def _first_request(self) -> NetworkServiceRequest:
+        return first_request(
+            self.client_name, self.conn_id, self.spec.network_service, self.spec.labels, self.preference
+        )
+
+    async def _initial_request(self, stop: asyncio.Event) -> NetworkServiceRequest | None:
+        """A refresh of the connection the manager still holds for our id, else a first Request; None when
+        stopping. Asked until the manager answers: a first Request sent blindly would open a second
+        connection beside the one we left behind (or be refused for taking its interface name)."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.conn_id)])  # cmd-nsc's selector
+        delays = RETRY.delays(random.Random())
+        last_reason = ""
+        while not stop.is_set():
+            try:
+                held = await self.client.held_connections(selector, self.request_timeout)
+            except RpcFailed as exc:
+                if exc.details != last_reason:
+                    self._log.warning("adopt.lookup_failed", code=exc.code.name, reason=exc.details)
+                    last_reason = exc.details
+                if exc.code not in UNREACHABLE:  # the manager answers, but not this: nothing to adopt
+                    return self._first_request()
+                if await self._pause(stop, next(delays)):
+                    return None
+                continue
+            previous = previous_connection(held, self.conn_id)
+            if previous is None:
+                return self._first_request()
+            return await self._adoption_request(previous)
+        return None
+
+    async def _adoption_request(self, previous: Connection) -> NetworkServiceRequest:
+        """Refresh what a previous run left (cmd-nsc `constructRequest`): as it is when it still fits our
+        link; reselected when the manager reports it DOWN and our side is gone; closed and requested anew
+        when our configuration names another service or interface now."""
+        name = previous.mechanism.parameters.get(NAME_PARAM, "")
+        if previous.network_service != self.spec.network_service or name != self.spec.interface_name:
+            self._log.warning("adopt.mismatch", previous_service=previous.network_service, previous_if=name)
+            with contextlib.suppress(RpcFailed):
+                await self.client.close(previous, self.request_timeout)
+            return self._first_request()
+        self.conn = previous
+        self._log.info(
+            "link.adopting",
+            endpoint=previous.network_service_endpoint_name,
+            src=",".join(previous.context.ip_context.src_ip_addrs),
+            state=State.Name(previous.state),
+        )
+        if previous.state == State.DOWN and await self._data_plane_problems(previous):
+            return reselect_request(previous, self.preference)
+        return refresh_request(previous, self.preference)
 
     async def _respond(self, trigger: Trigger, reply: Connection) -> NetworkServiceRequest:
         if trigger in (Trigger.REFRESH_DUE, Trigger.REFRESH_REQUESTED):
@@ -307,6 +388,23 @@ class Link:
             self._log.warning("link.remove_failed", reason=str(exc))
         if self.state != LinkState.CLOSED:
             self._move(LinkState.CLOSED)
+
+
+def previous_connection(held: Iterable[Connection], conn_id: str) -> Connection | None:
+    """Ours among the manager's connections (cmd-nsc's match: the manager's view, index 1, whose first
+    segment is our id, with our mechanism type), as our own view: index 0 and our id."""
+    for conn in held:
+        segments = conn.path.path_segments
+        if conn.path.index != 1 or len(segments) < 2 or segments[0].id != conn_id:
+            continue
+        if conn.mechanism.type != KERNEL:
+            continue
+        ours = Connection()
+        ours.CopyFrom(conn)
+        ours.path.index = 0
+        ours.id = conn_id
+        return ours
+    return None
 
 
 def _read_own_links() -> list[KernelLinkState]:

@@ -5,7 +5,8 @@ segment and our own signed token (addressed to the caller) into ours; NSM's serv
 to our segment (`authorize_server`, §3.4); addresses from the allocator (idempotent per connection id,
 recovering what a refresh carries after we restarted); the KERNEL mechanism chosen from the caller's
 preferences with our netns as `inodeURL` and our side's name from the `peerif` label; path trimmed to our
-segment; reply with the caller's index and id.
+segment; reply with the caller's index and id. What our interfaces still carry from before a restart is
+kept for them (`EndpointServicer`), and only a refresh for the same interface name recovers it.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ def choose_mechanism(request: NetworkServiceRequest) -> Mechanism:
             return chosen
     offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
     raise ProtocolError(
-        f"cannot support any of the requested mechanisms ({offered}): only {KERNEL} is served")
+        f"cannot support any of the requested mechanisms ({offered}): only {KERNEL} is served"
+    )
 
 
 def _drop_unheld(ip_context: IPContext, held: tuple[P2PAddresses, ...]) -> None:
@@ -79,8 +81,10 @@ def _drop_unheld(ip_context: IPContext, held: tuple[P2PAddresses, ...]) -> None:
     wanted_dst = {a.dst_ip for a in held}
     dropped_src = {a for a in ip_context.src_ip_addrs if a not in wanted_src}
     dropped_dst = {a for a in ip_context.dst_ip_addrs if a not in wanted_dst}
-    for addresses, dropped in ((ip_context.src_ip_addrs, dropped_src),
-                               (ip_context.dst_ip_addrs, dropped_dst)):
+    for addresses, dropped in (
+        (ip_context.src_ip_addrs, dropped_src),
+        (ip_context.dst_ip_addrs, dropped_dst),
+    ):
         kept = [a for a in addresses if a not in dropped]
         del addresses[:]
         addresses.extend(kept)
@@ -172,6 +176,7 @@ class EndpointCore:
             dst_addrs=list(ip_context.dst_ip_addrs),
             excluded=list(ip_context.excluded_prefixes),
             key=conn.labels.get(LINK_LABEL),
+            interface=name,
         )
         _drop_unheld(ip_context, held)
         apply_to_ip_context(ip_context, held)

@@ -23,7 +23,12 @@ import grpc
 from google.protobuf.message import Message
 
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
-from nsm_sdk._proto.networkservice.connection_pb2 import Connection, ConnectionEvent, MonitorScopeSelector
+from nsm_sdk._proto.networkservice.connection_pb2 import (
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+)
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk._proto.registry import registry_pb2_grpc
 from nsm_sdk._proto.registry.registry_pb2 import (
@@ -186,6 +191,21 @@ class NsmClient:
         async with contextlib.aclosing(_drain(method, call, self.relay)) as stream:
             async for event in stream:
                 yield event
+
+    async def held_connections(self, selector: MonitorScopeSelector, timeout: float) -> list[Connection]:
+        """What the server holds for `selector` right now: the INITIAL_STATE_TRANSFER of a monitor stream,
+        which is closed again at once. cmd-nsc finds its connections from before a restart this way."""
+        method = "MonitorConnection/MonitorConnections"
+        deadline = time.monotonic() + timeout
+        metadata, _ = await self._metadata(method, deadline)
+        call = self._monitor.MonitorConnections(
+            selector, timeout=_left(deadline), metadata=metadata, wait_for_ready=True
+        )
+        async with contextlib.aclosing(_drain(method, call, self.relay)) as stream:
+            async for event in stream:
+                if event.type == ConnectionEventType.INITIAL_STATE_TRANSFER:
+                    return list(event.connections.values())
+        raise RpcFailed(method, grpc.StatusCode.UNAVAILABLE, "the stream ended before its initial state")
 
     async def _registry_write(
         self,

@@ -15,6 +15,11 @@ Two policies (architecture.md "Decisions already taken"):
 Both are deterministic, pure bookkeeping: `request()` is the whole per-Request flow (reuse what the id
 holds unless it became excluded, else recover what the request carries, else allocate); `release()` runs
 on Close. `src` is always the client side and `dst` the endpoint side.
+
+After an endpoint restart the pool starts empty while links made before are still live. The endpoint
+therefore `keep_for_interface()`s what its own interfaces still carry: kept addresses are never allocated;
+only a refresh for that same interface that carries them recovers them (`request(..., interface=...)`),
+and `release_interface()` frees them once the interface no longer carries them.
 """
 
 from __future__ import annotations
@@ -57,11 +62,18 @@ class P2PAllocator(Protocol):
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
         key: str | None = None,
+        interface: str | None = None,
     ) -> tuple[P2PAddresses, ...]: ...
 
     def held(self, conn_id: str) -> tuple[P2PAddresses, ...]: ...
 
     def release(self, conn_id: str) -> tuple[P2PAddresses, ...]: ...
+
+    def keep_for_interface(self, ifname: str, addresses: Iterable[str]) -> frozenset[str]: ...
+
+    def kept(self) -> dict[str, frozenset[str]]: ...
+
+    def release_interface(self, ifname: str) -> frozenset[str]: ...
 
 
 def parse_excluded(prefixes: Iterable[str]) -> list[Network]:
@@ -119,6 +131,7 @@ class SeedP2PAllocator:
         self._reserved = {key: block for block, key in enumerate(reserved)}
         self._by_id: dict[str, int] = {}
         self._owner: dict[int, str] = {}
+        self._kept_for: dict[int, str] = {}  # block -> the interface of ours that still carries it
 
     def _block_start(self, block: int) -> int:
         return int(self.pool.network_address) + 4 * block
@@ -142,13 +155,49 @@ class SeedP2PAllocator:
             last = _excluded_end(start, start + 3, self.pool.version, excluded)
             if last is not None:
                 block = (last - int(self.pool.network_address)) // 4 + 1
-            elif block in self._owner:
+            elif block in self._owner or block in self._kept_for:
                 block += 1
             else:
                 return block
         return None
 
+    def _free(self, block: int) -> bool:
+        return block not in self._owner and block not in self._kept_for
+
+    def _block_of_address(self, text: str) -> int | None:
+        """The pool's block an `addr/len` of block length lies in (what our side of a link carries)."""
+        interface = _as_interface(text)
+        if interface is None or interface.version != self.pool.version:
+            return None
+        if interface.network.prefixlen != self.block_prefix or interface.ip not in self.pool:
+            return None
+        return (int(interface.ip) - int(self.pool.network_address)) // 4
+
+    def keep_for_interface(self, ifname: str, addresses: Iterable[str]) -> frozenset[str]:
+        """Keep the free blocks that `addresses` (what our interface `ifname` carries) lie in; returns the
+        endpoint addresses (network+2) of the blocks now kept for it."""
+        for text in addresses:
+            block = self._block_of_address(text)
+            if block is not None and self._free(block):
+                self._kept_for[block] = ifname
+        return self.kept().get(ifname, frozenset())
+
+    def kept(self) -> dict[str, frozenset[str]]:
+        """Interface -> the endpoint addresses kept for it."""
+        found: dict[str, set[str]] = {}
+        for block, ifname in self._kept_for.items():
+            found.setdefault(ifname, set()).add(self._addresses(block).dst_ip)
+        return {ifname: frozenset(addresses) for ifname, addresses in found.items()}
+
+    def release_interface(self, ifname: str) -> frozenset[str]:
+        """Stop keeping what is kept for `ifname`; returns the endpoint addresses freed."""
+        blocks = [block for block, kept in self._kept_for.items() if kept == ifname]
+        for block in blocks:
+            del self._kept_for[block]
+        return frozenset(self._addresses(block).dst_ip for block in blocks)
+
     def _claim(self, conn_id: str, block: int) -> P2PAddresses:
+        self._kept_for.pop(block, None)
         self._by_id[conn_id] = block
         self._owner[block] = conn_id
         return self._addresses(block)
@@ -165,7 +214,7 @@ class SeedP2PAllocator:
             return self._addresses(self._by_id[conn_id])
         networks = parse_excluded(excluded)
         mine = self._reserved.get(key) if key is not None else None
-        if mine is not None and mine not in self._owner and not self._is_excluded(mine, networks):
+        if mine is not None and self._free(mine) and not self._is_excluded(mine, networks):
             return self._claim(conn_id, mine)
         block = self._lowest_free(networks)
         if block is None:
@@ -189,12 +238,14 @@ class SeedP2PAllocator:
             return None
         return (start - int(self.pool.network_address)) // 4
 
-    def recover(self, conn_id: str, src: str, dst: str, excluded: Iterable[str] = ()) -> P2PAddresses | None:
+    def recover(
+        self, conn_id: str, src: str, dst: str, excluded: Iterable[str] = (), interface: str | None = None
+    ) -> P2PAddresses | None:
         """Re-claim the pair a refresh carries (e.g. after an endpoint restart lost the pool).
 
         Succeeds when `src`/`dst` are network+1/network+2 of one /30 of the pool that overlaps no excluded
-        prefix and is free (or already this id's). Returns None, changing nothing, otherwise; an id that
-        holds a different block keeps it.
+        prefix and is free (or already this id's, or kept for `interface`). Returns None, changing nothing,
+        otherwise; an id that holds a different block keeps it.
         """
         block = self._block_of_pair(src, dst)
         if block is None or self._is_excluded(block, parse_excluded(excluded)):
@@ -203,6 +254,9 @@ class SeedP2PAllocator:
         if owner == conn_id:
             return self._addresses(block)
         if owner is not None or conn_id in self._by_id:
+            return None
+        kept = self._kept_for.get(block)
+        if kept is not None and kept != interface:
             return None
         return self._claim(conn_id, block)
 
@@ -213,9 +267,10 @@ class SeedP2PAllocator:
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
         key: str | None = None,
+        interface: str | None = None,
     ) -> tuple[P2PAddresses, ...]:
-        """Per-Request flow: keep the held block unless now excluded, else recover, else allocate (the
-        block reserved for `key` first).
+        """Per-Request flow: keep the held block unless now excluded, else recover (also a block kept for
+        `interface`, our side's name), else allocate (the block reserved for `key` first).
 
         A request that fails (PoolExhausted) changes nothing, not even an excluded block it held.
         """
@@ -227,7 +282,7 @@ class SeedP2PAllocator:
             self.release(conn_id)
         for src in src_addrs:
             for dst in dst_addrs:
-                recovered = self.recover(conn_id, src, dst, excluded)
+                recovered = self.recover(conn_id, src, dst, excluded, interface)
                 if recovered is not None:
                     return (recovered,)
         try:
@@ -246,7 +301,10 @@ class SeedP2PAllocator:
         return (self._addresses(block),)
 
     def __repr__(self) -> str:
-        return f"SeedP2PAllocator(pool={self.pool}, reserved={len(self._reserved)}, live={len(self._by_id)})"
+        return (
+            f"SeedP2PAllocator(pool={self.pool}, reserved={len(self._reserved)}, live={len(self._by_id)}, "
+            f"kept={len(self._kept_for)})"
+        )
 
 
 @dataclass(frozen=True)
@@ -276,7 +334,8 @@ class NsmP2PAllocator:
             tuple(_as_network(prefix, variable) for prefix in group) for group in groups
         )
         self._held: dict[str, tuple[_Pair, ...]] = {}
-        self._taken: set[Address] = set()
+        self._taken: set[Address] = set()  # held by a connection or kept for an interface
+        self._kept_for: dict[Address, str] = {}  # address -> the interface of ours that still uses it
 
     @staticmethod
     def _is_excluded(address: Address, excluded: Sequence[Network]) -> bool:
@@ -319,13 +378,15 @@ class NsmP2PAllocator:
         dst_addrs: Sequence[str],
         excluded: Sequence[Network],
         taken: set[Address],
+        interface: str | None = None,
     ) -> _Pair | None:
         def usable(text: str, pool: Network, also_taken: Address | None) -> Address | None:
-            interface = _as_interface(text)
-            if interface is None or interface.version != pool.version:
+            parsed = _as_interface(text)
+            if parsed is None or parsed.version != pool.version:
                 return None
-            address = interface.ip
-            if address not in pool or address in taken or address == also_taken:
+            address = parsed.ip
+            mine = interface is not None and self._kept_for.get(address) == interface
+            if address not in pool or (address in taken and not mine) or address == also_taken:
                 return None
             return None if self._is_excluded(address, excluded) else address
 
@@ -346,6 +407,9 @@ class NsmP2PAllocator:
     def _commit(self, conn_id: str, pairs: Sequence[_Pair], taken: set[Address]) -> tuple[P2PAddresses, ...]:
         self._held[conn_id] = tuple(pairs)
         self._taken = taken
+        for pair in pairs:
+            self._kept_for.pop(pair.src, None)
+            self._kept_for.pop(pair.dst, None)
         return self.held(conn_id)
 
     def allocate(self, conn_id: str, excluded: Iterable[str] = ()) -> tuple[P2PAddresses, ...]:
@@ -362,17 +426,23 @@ class NsmP2PAllocator:
         return self._commit(conn_id, pairs, taken)
 
     def recover(
-        self, conn_id: str, src_addrs: Sequence[str], dst_addrs: Sequence[str], excluded: Iterable[str] = ()
+        self,
+        conn_id: str,
+        src_addrs: Sequence[str],
+        dst_addrs: Sequence[str],
+        excluded: Iterable[str] = (),
+        interface: str | None = None,
     ) -> tuple[P2PAddresses, ...] | None:
         """Claim what the request carries for every group (Go `recoverAddrs`): per group, the first src and
-        the first dst address that lie in one of its prefixes, are not excluded and are free. None, with
-        nothing changed, when any group cannot be recovered or the id already holds addresses."""
+        the first dst address that lie in one of its prefixes, are not excluded and are free (or kept for
+        `interface`). None, with nothing changed, when any group cannot be recovered or the id already
+        holds addresses."""
         if conn_id in self._held:
             return None
         networks, taken = parse_excluded(excluded), set(self._taken)
         pairs = []
         for group in self.groups:
-            pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken)
+            pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken, interface)
             if pair is None:
                 return None
             pairs.append(pair)
@@ -385,10 +455,12 @@ class NsmP2PAllocator:
         dst_addrs: Sequence[str] = (),
         excluded: Iterable[str] = (),
         key: str | None = None,
+        interface: str | None = None,
     ) -> tuple[P2PAddresses, ...]:
         """Per-Request flow, group by group as Go's groupipam chain: keep the held pair unless an address
-        of it is now excluded; else recover from `src_addrs`/`dst_addrs`; else allocate. `key` is not
-        used: NSM's allocator has no reservations (pairs of single addresses, as Go's)."""
+        of it is now excluded; else recover from `src_addrs`/`dst_addrs` (also addresses kept for
+        `interface`, our side's name); else allocate. `key` is not used: NSM's allocator has no
+        reservations (pairs of single addresses, as Go's)."""
         networks, taken = parse_excluded(excluded), set(self._taken)
         previous = self._held.get(conn_id, ())
         pairs = []
@@ -400,7 +472,7 @@ class NsmP2PAllocator:
                 taken.difference_update((pair.src, pair.dst))
                 pair = None
             if pair is None:
-                pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken)
+                pair = self._recover_group(group, src_addrs, dst_addrs, networks, taken, interface)
             if pair is None:
                 pair = self._allocate_group(group, networks, taken)
             if pair is None:
@@ -415,9 +487,39 @@ class NsmP2PAllocator:
             self._taken.difference_update((pair.src, pair.dst))
         return tuple(pair.addresses() for pair in pairs)
 
+    def _in_pools(self, address: Address) -> bool:
+        return any(address.version == n.version and address in n for group in self.groups for n in group)
+
+    def keep_for_interface(self, ifname: str, addresses: Iterable[str]) -> frozenset[str]:
+        """Keep the free host addresses (/32, /128) of our pools among `addresses` (what our interface
+        `ifname` carries, its address and its route to the peer); returns all kept for it."""
+        for text in addresses:
+            parsed = _as_interface(text)
+            if parsed is None or parsed.network.prefixlen != parsed.max_prefixlen:
+                continue
+            if self._in_pools(parsed.ip) and parsed.ip not in self._taken:
+                self._taken.add(parsed.ip)
+                self._kept_for[parsed.ip] = ifname
+        return self.kept().get(ifname, frozenset())
+
+    def kept(self) -> dict[str, frozenset[str]]:
+        """Interface -> the addresses kept for it (as /32 or /128)."""
+        found: dict[str, set[str]] = {}
+        for address, ifname in self._kept_for.items():
+            found.setdefault(ifname, set()).add(f"{address}/{address.max_prefixlen}")
+        return {ifname: frozenset(addresses) for ifname, addresses in found.items()}
+
+    def release_interface(self, ifname: str) -> frozenset[str]:
+        """Stop keeping what is kept for `ifname`; returns the addresses freed."""
+        addresses = [address for address, kept in self._kept_for.items() if kept == ifname]
+        for address in addresses:
+            del self._kept_for[address]
+            self._taken.discard(address)
+        return frozenset(f"{address}/{address.max_prefixlen}" for address in addresses)
+
     def __repr__(self) -> str:
         groups = [[str(network) for network in group] for group in self.groups]
-        return f"NsmP2PAllocator(groups={groups}, live={len(self._held)})"
+        return f"NsmP2PAllocator(groups={groups}, live={len(self._held)}, kept={len(self._kept_for)})"
 
 
 def apply_to_ip_context(ip_context: IPContext, addresses: Iterable[P2PAddresses]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
@@ -57,7 +58,6 @@ def test_reserved_addresses_do_not_depend_on_the_order_links_arrive_in(order: li
     pool = SeedP2PAllocator("10.60.1.0/26", reserved=keys)
     got = {keys[i]: pool.request(f"conn-{i}", key=keys[i])[0].src_ip for i in order}
     assert got == {key: f"10.60.1.{4 * k + 1}/30" for k, key in enumerate(keys)}
-
 
 
 def test_seed_first_link_gets_network_plus_one_and_two_with_the_block_prefix() -> None:
@@ -441,3 +441,156 @@ def test_nsm_recovering_request_is_idempotent(src: str, dst: str, repeats: int) 
     assert len(results) == 1
     if src != dst:
         assert results == {(nsm_pair(src, dst),)}
+
+
+# --- after an endpoint restart: what live links carry is kept for them ------------------------------
+
+
+def test_seed_block_kept_for_an_interface_is_never_allocated() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    assert pool.keep_for_interface("eth21", ["10.60.1.2/30"]) == {"10.60.1.2/30"}
+    assert pool.request("new")[0].src_ip == "10.60.1.5/30"
+
+
+def test_seed_refresh_for_the_same_interface_recovers_its_kept_block() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    pool.keep_for_interface("eth21", ["10.60.1.2/30"])
+    got = pool.request("old", ["10.60.1.1/30"], ["10.60.1.2/30"], interface="eth21")
+    assert got == (P2PAddresses("10.60.1.1/30", "10.60.1.2/30"),)
+    assert pool.kept() == {}, "claimed: no longer kept, held by the connection"
+    assert pool.release("old") == got
+
+
+def test_seed_kept_block_is_not_recovered_by_a_refresh_for_another_interface() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    pool.keep_for_interface("eth21", ["10.60.1.2/30"])
+    got = pool.request("other", ["10.60.1.1/30"], ["10.60.1.2/30"], interface="eth31")
+    assert got == (P2PAddresses("10.60.1.5/30", "10.60.1.6/30"),)
+    assert pool.kept() == {"eth21": frozenset({"10.60.1.2/30"})}
+
+
+def test_seed_reserved_block_kept_for_its_link_is_not_given_to_a_second_connection_of_the_key() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24", reserved=("net-0", "net-1"))
+    pool.keep_for_interface("eth21", ["10.60.1.2/30"])
+    assert pool.request("stranger", key="net-0")[0].src_ip == "10.60.1.9/30"
+    again = pool.request("old", ["10.60.1.1/30"], ["10.60.1.2/30"], key="net-0", interface="eth21")
+    assert again[0].src_ip == "10.60.1.1/30"
+
+
+def test_seed_released_interface_frees_its_block_for_new_connections() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    pool.keep_for_interface("eth21", ["10.60.1.2/30", "10.60.1.0/30"])  # address and prefix route
+    assert pool.release_interface("eth21") == {"10.60.1.2/30"}
+    assert pool.release_interface("eth21") == frozenset()
+    assert pool.request("new")[0].src_ip == "10.60.1.1/30"
+
+
+@pytest.mark.parametrize(
+    "carried", ["10.61.1.2/30", "10.60.1.2/24", "10.60.1.2/32", "fd00::2/126", "garbage", "127.0.0.1/8"]
+)
+def test_seed_keeps_only_block_addresses_of_its_pool(carried: str) -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    assert pool.keep_for_interface("eth21", [carried]) == frozenset()
+    assert pool.request("new")[0].src_ip == "10.60.1.1/30"
+
+
+def test_seed_does_not_keep_a_block_a_connection_holds() -> None:
+    pool = SeedP2PAllocator("10.60.1.0/24")
+    pool.request("live")
+    assert pool.keep_for_interface("eth21", ["10.60.1.2/30"]) == frozenset()
+    assert pool.release("live") == (P2PAddresses("10.60.1.1/30", "10.60.1.2/30"),)
+
+
+def test_nsm_addresses_kept_for_an_interface_are_never_allocated() -> None:
+    pool = NsmP2PAllocator([["10.0.0.0/29"]])
+    kept = pool.keep_for_interface("nsm-1", ["10.0.0.0/32", "10.0.0.1/32"])
+    assert kept == {"10.0.0.0/32", "10.0.0.1/32"}
+    assert pool.request("new") == (nsm_pair("10.0.0.3/32", "10.0.0.2/32"),)
+
+
+def test_nsm_refresh_for_the_same_interface_recovers_its_kept_pair() -> None:
+    pool = NsmP2PAllocator([["10.0.0.0/29"]])
+    pool.keep_for_interface("nsm-1", ["10.0.0.0/32", "10.0.0.1/32"])
+    got = pool.request("old", ["10.0.0.1/32"], ["10.0.0.0/32"], interface="nsm-1")
+    assert got == (nsm_pair("10.0.0.1/32", "10.0.0.0/32"),)
+    assert pool.kept() == {}
+    assert pool.release("old") == got
+    assert pool.request("next") == got
+
+
+def test_nsm_kept_pair_is_not_recovered_by_a_refresh_for_another_interface() -> None:
+    pool = NsmP2PAllocator([["10.0.0.0/29"]])
+    pool.keep_for_interface("nsm-1", ["10.0.0.0/32", "10.0.0.1/32"])
+    got = pool.request("other", ["10.0.0.1/32"], ["10.0.0.0/32"], interface="nsm-2")
+    assert got == (nsm_pair("10.0.0.3/32", "10.0.0.2/32"),)
+
+
+def test_nsm_keeps_only_host_addresses_of_its_pools_and_release_frees_them() -> None:
+    pool = NsmP2PAllocator([["10.0.0.0/30"]])
+    kept = pool.keep_for_interface("nsm-1", ["10.0.0.0/32", "10.0.0.0/30", "0.0.0.0/0", "10.9.0.1/32", "x"])
+    assert kept == {"10.0.0.0/32"}
+    assert pool.release_interface("nsm-1") == {"10.0.0.0/32"}
+    assert pool.request("new") == (nsm_pair("10.0.0.1/32", "10.0.0.0/32"),)
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A fresh pool after an endpoint restart: links made before, and the order Requests arrive in."""
+
+    live: int
+    order: list[str]
+
+
+def restarts(max_live: int) -> st.SearchStrategy[Restart]:
+    def build(live: int, newcomers: int, seed: st.DataObject) -> Restart:
+        names = [f"old{i}" for i in range(live)] + [f"new{i}" for i in range(newcomers)]
+        return Restart(live, seed.draw(st.permutations(names)))
+
+    return st.builds(build, st.integers(0, max_live), st.integers(0, 4), st.data())
+
+
+def replay_restart(
+    before: SeedP2PAllocator | NsmP2PAllocator,
+    after: SeedP2PAllocator | NsmP2PAllocator,
+    restart: Restart,
+    carried_by_endpoint: Callable[[P2PAddresses], list[str]],
+) -> None:
+    """Links made on `before`; `after` keeps what each endpoint side carries, then serves refreshes (each
+    carrying its pair, for its interface) and new connections in `restart.order`."""
+    old = {f"old{i}": before.request(f"old{i}") for i in range(restart.live)}
+    for name, pairs in old.items():
+        after.keep_for_interface(f"if-{name}", [a for pair in pairs for a in carried_by_endpoint(pair)])
+    live_addresses = {a for pairs in old.values() for a in addresses_of(pairs)}
+    for name in restart.order:
+        if name in old:
+            src = [pair.src_ip for pair in old[name]]
+            dst = [pair.dst_ip for pair in old[name]]
+            assert after.request(name, src, dst, interface=f"if-{name}") == old[name], "a link kept its pair"
+        else:
+            try:
+                got = after.request(name, interface=f"if-{name}")
+            except PoolExhausted:
+                continue
+            assert not addresses_of(got) & live_addresses, f"{name} got an address a live link uses"
+    assert after.kept() == {}
+
+
+@given(restarts(max_live=6))
+def test_seed_after_a_restart_links_keep_their_blocks_and_newcomers_never_get_them(restart: Restart) -> None:
+    replay_restart(
+        SeedP2PAllocator("10.60.1.0/27"),
+        SeedP2PAllocator("10.60.1.0/27"),
+        restart,
+        lambda pair: [pair.dst_ip],
+    )
+
+
+@given(restarts(max_live=6))
+def test_nsm_after_a_restart_links_keep_their_pairs_and_newcomers_never_get_them(restart: Restart) -> None:
+    groups = [["10.0.0.0/28"], ["fd00::/124"]]
+    replay_restart(
+        NsmP2PAllocator(groups),
+        NsmP2PAllocator(groups),
+        restart,
+        lambda pair: [pair.dst_ip, *pair.dst_routes],
+    )
