@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from dataclasses import dataclass
 
 import grpc
@@ -17,6 +18,8 @@ import grpc
 from nsm_local.identities import Role
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.transport.client import ClientRelay, dial
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -33,6 +36,7 @@ class EndpointDialer:
         self.tokens = role.tokens
         self._channels: dict[str, EndpointChannel] = {}
         self._warming: set[asyncio.Task[None]] = set()
+        self._closing: set[asyncio.Task[None]] = set()
 
     def __repr__(self) -> str:
         return f"<EndpointDialer channels={len(self._channels)}>"
@@ -66,9 +70,22 @@ class EndpointDialer:
         if made is not None:
             await made.stack.aclose()
 
+    def forget(self, key: str) -> None:
+        """The endpoint behind `key` is no longer registered: close its channel (in a task of ours; calls
+        still on it fail, as they would against the gone endpoint)."""
+        if key in self._channels:
+            task = asyncio.get_running_loop().create_task(self.drop(key), name=f"forget {key}")
+            self._closing.add(task)
+            task.add_done_callback(self._closed)
+
+    def _closed(self, task: asyncio.Task[None]) -> None:
+        self._closing.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            _log.warning("endpoint.channel_close_failed", extra={"fields": {"error": repr(error)}})
+
     async def aclose(self) -> None:
         for task in list(self._warming):
             task.cancel()
-        await asyncio.gather(*self._warming, return_exceptions=True)
+        await asyncio.gather(*self._warming, *self._closing, return_exceptions=True)
         for key in list(self._channels):
             await self.drop(key)

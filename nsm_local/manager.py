@@ -37,7 +37,7 @@ from nsm_local.ownership import (
     check_caller_subject,
     check_own_namespace,
 )
-from nsm_local.registry import Registry, endpoint_view, service_view
+from nsm_local.registry import EndpointEntry, Registry, endpoint_view, service_view
 from nsm_local.registry_servicer import fd_wait
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import (
@@ -550,10 +550,31 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             raise StreamBroke(str(exc) or "no answer in time", worked=worked) from exc
         return False
 
+    def endpoint_gone(self, entry: EndpointEntry, why: str) -> None:
+        """The registry no longer has `entry`'s socket. Unregistered or replaced: the socket is gone, so
+        its connections go DOWN (their clients heal) and its channel closes. Expired: the endpoint may
+        still be there and register again, so the channel closes once no connection uses it (`_teardown`)."""
+        key = entry.record.url
+        users = [session for session in self.sessions.values() if session.endpoint_key == key]
+        if why != "expired":
+            for session in users:
+                if session.monitor is not None:
+                    session.monitor.cancel()
+                self._endpoint_lost(session, f"the endpoint {why}")
+        if why != "expired" or not users:
+            self.dialer.forget(key)
+
+    def _forget_unused_channel(self, key: str) -> None:
+        """After a teardown: the channel of an endpoint that is no longer registered, once unused, goes."""
+        registered = any(entry.record.url == key for entry in self.registry.endpoints.values())
+        if not registered and not any(session.endpoint_key == key for session in self.sessions.values()):
+            self.dialer.forget(key)
+
     def _endpoint_lost(self, session: Session, reason: str) -> None:
         session.monitor = None
-        self._log.warning("endpoint.lost", conn=session.manager_view.id, endpoint=session.endpoint_name,
-                          reason=reason)
+        self._log.warning(
+            "endpoint.lost", conn=session.manager_view.id, endpoint=session.endpoint_name, reason=reason
+        )
         down = Connection()
         down.CopyFrom(session.manager_view)
         down.state = State.DOWN
@@ -578,6 +599,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             await self._close_at_endpoint(session.endpoint_name, session.endpoint_conn)
         removed = await remove_cross_connect(session.xc)
         session.close_fds()
+        self._forget_unused_channel(session.endpoint_key)
         self.hub.delete(conn_id)  # before forgetting the owner: the owner's monitors must see the DELETE
         if conn_id not in self.sessions:
             self.owners.forget(conn_id)

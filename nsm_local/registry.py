@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import AsyncGenerator, Iterable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -32,16 +32,24 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceEndpointResponse,
     NetworkServiceResponse,
 )
-from nsm_sdk.protocol.errors import NsmError
+from nsm_sdk.protocol.errors import ExhaustedError, NsmError
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
 from nsm_sdk.protocol.matching import EndpointView, Match, ServiceView
 
 CLUSTER_ORIGIN = "k8s://"
+# Bounds (RESOURCE_EXHAUSTED beyond them): far above a lab of a thousand routers, well below what would
+# make one process slow or large; a registry that needs more is not a local one.
+MAX_SERVICES = 10_000
+MAX_ENDPOINTS = 10_000
+MAX_WATCHES = 1_000
+MAX_WATCH_BACKLOG = 1_000
 """`path_ids[0]` of a service that a Kubernetes object defines: `k8s://<namespace>/<object name>`."""
 
 
 class ClusterManaged(NsmError):
     """A service name that a Kubernetes NetworkService object defines: change it through the API."""
+
+    grpc_status = "FAILED_PRECONDITION"
 
     def __init__(self, name: str, origin: str) -> None:
         where = origin.removeprefix(CLUSTER_ORIGIN)
@@ -92,6 +100,7 @@ _P = TypeVar("_P", NetworkService, NetworkServiceEndpoint)
 @dataclass
 class _Watch:
     queue: asyncio.Queue[tuple[object, bool] | None] = field(default_factory=asyncio.Queue)
+    overflowed: bool = False
 
 
 def endpoint_matches(pattern: NetworkServiceEndpoint, record: NetworkServiceEndpoint) -> bool:
@@ -141,6 +150,9 @@ class Registry:
         self.load_problem: str | None = None
         self._service_watches: list[tuple[NetworkService, _Watch]] = []
         self._endpoint_watches: list[tuple[NetworkServiceEndpoint, _Watch]] = []
+        self.on_endpoint_gone: Callable[[EndpointEntry, str], None] | None = None
+        """Called with an entry whose socket is no longer registered, and why: "unregistered", "expired"
+        or "replaced" (the same name registered another socket)."""
         self._load()
 
     def __repr__(self) -> str:
@@ -154,8 +166,10 @@ class Registry:
         if self._state_file is None or not self._state_file.exists():
             return
         try:
-            loaded = [json_format.ParseDict(item, NetworkService())
-                      for item in json_format_list(self._state_file.read_text())]
+            loaded = [
+                json_format.ParseDict(item, NetworkService())
+                for item in json_format_list(self._state_file.read_text())
+            ]
         except (ValueError, json_format.ParseError) as exc:
             aside = self._state_file.with_name(self._state_file.name + ".damaged")
             os.replace(self._state_file, aside)
@@ -183,6 +197,8 @@ class Registry:
     def register_service(self, service: NetworkService) -> NetworkService:
         """Store (and persist) a locally registered service; `ClusterManaged` if an object defines it."""
         self.check_local(service.name)
+        if service.name not in self.services and len(self.services) >= MAX_SERVICES:
+            raise ExhaustedError(f"at most {MAX_SERVICES} network services; delete some first")
         stored = NetworkService()
         stored.CopyFrom(service)
         self.services[service.name] = stored
@@ -232,18 +248,29 @@ class Registry:
     # --- endpoints ------------------------------------------------------------------------------------
 
     def register_endpoint(self, entry: EndpointEntry) -> None:
+        """Store an endpoint (replacing one of the same name); ExhaustedError over `MAX_ENDPOINTS`."""
         old = self.endpoints.get(entry.record.name)
+        if old is None and len(self.endpoints) >= MAX_ENDPOINTS:
+            entry.close()  # its socket fd is ours now
+            raise ExhaustedError(f"at most {MAX_ENDPOINTS} endpoints are registered at a time")
         if old is not None and old.socket_fd != entry.socket_fd:
             old.close()
+        if old is not None and (old.record.url != entry.record.url or old.socket_fd != entry.socket_fd):
+            self._gone(old, "replaced")  # another socket now, even when its inode number came back
         self.endpoints[entry.record.name] = entry
         self._notify_endpoints(entry.record, deleted=False)
 
-    def unregister_endpoint(self, name: str) -> EndpointEntry | None:
+    def unregister_endpoint(self, name: str, why: str = "unregistered") -> EndpointEntry | None:
         entry = self.endpoints.pop(name, None)
         if entry is not None:
             self._notify_endpoints(entry.record, deleted=True)
             entry.close()
+            self._gone(entry, why)
         return entry
+
+    def _gone(self, entry: EndpointEntry, why: str) -> None:
+        if self.on_endpoint_gone is not None:
+            self.on_endpoint_gone(entry, why)
 
     def find_endpoints(self, pattern: NetworkServiceEndpoint) -> list[EndpointEntry]:
         return [e for e in self.endpoints.values() if endpoint_matches(pattern, e.record)]
@@ -252,7 +279,7 @@ class Registry:
         """Drop endpoints whose registration ran out; returns their names."""
         gone = [name for name, e in self.endpoints.items() if e.expires is not None and e.expires <= now]
         for name in gone:
-            self.unregister_endpoint(name)
+            self.unregister_endpoint(name, "expired")
         return gone
 
     def close(self) -> None:
@@ -265,14 +292,14 @@ class Registry:
     # --- watches --------------------------------------------------------------------------------------
 
     def _notify_services(self, service: NetworkService, deleted: bool) -> None:
-        for pattern, watch in self._service_watches:
+        for pattern, watch in list(self._service_watches):
             if service_matches(pattern, service):
-                watch.queue.put_nowait((service, deleted))
+                _offer(self._service_watches, (pattern, watch), (service, deleted))
 
     def _notify_endpoints(self, record: NetworkServiceEndpoint, deleted: bool) -> None:
-        for pattern, watch in self._endpoint_watches:
+        for pattern, watch in list(self._endpoint_watches):
             if endpoint_matches(pattern, record):
-                watch.queue.put_nowait((record, deleted))
+                _offer(self._endpoint_watches, (pattern, watch), (record, deleted))
 
     async def watch_services(
         self, pattern: NetworkService, watch: bool
@@ -284,7 +311,7 @@ class Registry:
         with _subscription(self._service_watches, pattern) as subscription:
             for service in self.find_services(pattern):
                 yield NetworkServiceResponse(network_service=service)
-            while (item := await subscription.queue.get()) is not None:
+            while (item := await _next_change(subscription)) is not None:
                 changed, deleted = item
                 assert isinstance(changed, NetworkService)
                 yield NetworkServiceResponse(network_service=changed, deleted=deleted)
@@ -299,16 +326,40 @@ class Registry:
         with _subscription(self._endpoint_watches, pattern) as subscription:
             for entry in self.find_endpoints(pattern):
                 yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
-            while (item := await subscription.queue.get()) is not None:
+            while (item := await _next_change(subscription)) is not None:
                 changed, deleted = item
                 assert isinstance(changed, NetworkServiceEndpoint)
                 yield NetworkServiceEndpointResponse(network_service_endpoint=changed, deleted=deleted)
+
+
+def _offer(
+    watches: list[tuple[_P, _Watch]], subscribed: tuple[_P, _Watch], item: tuple[object, bool]
+) -> None:
+    """Queue a change for a watcher; one that has fallen `MAX_WATCH_BACKLOG` changes behind is dropped
+    (its stream ends with RESOURCE_EXHAUSTED, and it can watch again from a fresh listing)."""
+    watch = subscribed[1]
+    if watch.queue.qsize() < MAX_WATCH_BACKLOG:
+        watch.queue.put_nowait(item)
+        return
+    watch.overflowed = True
+    watch.queue.put_nowait(None)
+    with contextlib.suppress(ValueError):
+        watches.remove(subscribed)
+
+
+async def _next_change(watch: _Watch) -> tuple[object, bool] | None:
+    item = await watch.queue.get()
+    if item is None and watch.overflowed:
+        raise ExhaustedError(f"the watch fell {MAX_WATCH_BACKLOG} changes behind: watch again")
+    return item
 
 
 @contextlib.contextmanager
 def _subscription(watches: list[tuple[_P, _Watch]], pattern: _P) -> Iterator[_Watch]:
     """Subscribe BEFORE listing the current objects, so that a change made while they are being sent
     is queued instead of lost; unsubscribe as soon as the stream is closed (not when it is collected)."""
+    if len(watches) >= MAX_WATCHES:
+        raise ExhaustedError(f"at most {MAX_WATCHES} watches of one kind at a time")
     watch = _Watch()
     entry = (pattern, watch)
     watches.append(entry)

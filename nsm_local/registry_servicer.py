@@ -40,11 +40,14 @@ from nsm_sdk._proto.registry.registry_pb2 import (
 from nsm_sdk.agent.credentials import caller_token, metadata_value
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.identity.policies import PermissionDenied, check_owner, check_server
+from nsm_sdk.protocol.errors import ExhaustedError, ProtocolError
 from nsm_sdk.protocol.gotime import epoch_to_timestamp, format_rfc3339nano
+from nsm_sdk.protocol.labels import MAX_LABELS, label_map_problem
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath, RegistrySegment
-from nsm_sdk.transport.errors import FdNotReceivedError
+from nsm_sdk.transport.errors import FdNotReceivedError, UrlError
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.server import ServerHandle
+from nsm_sdk.transport.status import abort
 from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -114,9 +117,58 @@ class RegistryPathKeeper:
         return RegistryCall(updated, expiry, caller, connection, self.tokens.spiffe_id)
 
 
-async def deny(context: Context, exc: PermissionDenied) -> None:
-    await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"registry: {exc}")
-    raise AssertionError("unreachable") from exc
+def _unlinked(fd: int | None) -> bool:
+    """The socket file behind a registration's fd was deleted: a restarted endpoint's new socket may
+    have got the same inode number (the same `inode://` URL), and must not be dialled through the old."""
+    if fd is None:
+        return False
+    try:
+        return os.fstat(fd).st_nlink == 0
+    except OSError:
+        return True
+
+
+async def deny(context: Context, exc: PermissionDenied) -> NoReturn:
+    await abort(context, exc, "registry: ")
+
+
+def endpoint_labels_problem(nse: NetworkServiceEndpoint) -> str | None:
+    """Why the endpoint's label maps are absurd (`label_map_problem`, and at most `MAX_LABELS` maps)."""
+    maps = nse.network_service_labels
+    if len(maps) > MAX_LABELS:
+        return f"{len(maps)} network service label maps; at most {MAX_LABELS} are accepted"
+    for service, labels in maps.items():
+        problem = label_map_problem(labels.labels)
+        if problem is not None:
+            return f"labels of {service[:40]!r}: {problem}"
+    return None
+
+
+def service_labels_problem(service: NetworkService) -> str | None:
+    """Why the service's selectors are absurd (`label_map_problem`, and at most `MAX_LABELS` of them)."""
+    selectors = [match.source_selector for match in service.matches]
+    selectors += [route.destination_selector for match in service.matches for route in match.routes]
+    if len(selectors) > MAX_LABELS:
+        return f"{len(selectors)} selectors; at most {MAX_LABELS} are accepted"
+    for selector in selectors:
+        problem = label_map_problem(selector)
+        if problem is not None:
+            return f"selector: {problem}"
+    return None
+
+
+async def refuse_if(context: Context, problem: str | None) -> None:
+    """A malformed registration (INVALID_ARGUMENT)."""
+    if problem is not None:
+        await abort(context, ProtocolError(problem))
+
+
+def _is_inode(url: str) -> bool:
+    """`is_inode_url`, False for what urlsplit cannot even split (the url is refused as not unix://)."""
+    try:
+        return is_inode_url(url)
+    except ValueError:
+        return False
 
 
 class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryServicer):
@@ -193,13 +245,16 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
         del record.path_ids[:]
         record.path_ids.extend(call.path_ids)
         credentials = call.connection.credentials if call.connection is not None else None
-        fresh = old is None or old.record.url != nse.url
+        fresh = old is None or old.record.url != nse.url or _unlinked(old.socket_fd)
         if old is not None and not fresh and old.socket_fd is not None and fd is not None:
             os.close(fd)  # same socket file as before: keep the fd (and the /proc path) we already dial
             dial_url, fd = old.dial_url, old.socket_fd
         netns = credentials.netns if credentials is not None else None
         entry = EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd, netns=netns)
-        self.registry.register_endpoint(entry)
+        try:
+            self.registry.register_endpoint(entry)
+        except ExhaustedError as exc:
+            await abort(context, exc, "registry: ")
         if fresh and self._on_registered is not None:
             self._on_registered(entry)
         if fresh:
@@ -210,8 +265,11 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
     async def Find(
         self, query: NetworkServiceEndpointQuery, context: Context
     ) -> AsyncIterator[NetworkServiceEndpointResponse]:
-        async for response in self.registry.watch_endpoints(query.network_service_endpoint, query.watch):
-            yield response
+        try:
+            async for response in self.registry.watch_endpoints(query.network_service_endpoint, query.watch):
+                yield response
+        except ExhaustedError as exc:
+            await abort(context, exc, "registry: ")
 
     async def Unregister(self, nse: NetworkServiceEndpoint, context: Context) -> Empty:
         if not nse.name:
@@ -240,7 +298,10 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
         record.CopyFrom(service)
         del record.path_ids[:]
         record.path_ids.extend(call.path_ids)
-        stored = self.registry.register_service(record)
+        try:
+            stored = self.registry.register_service(record)
+        except ExhaustedError as exc:
+            await abort(context, exc, "registry: ")
         self._log.info("service.registered", name=service.name, payload=service.payload,
                        matches=len(service.matches))
         return stored
@@ -248,8 +309,11 @@ class ServiceRegistryServicer(registry_pb2_grpc.NetworkServiceRegistryServicer):
     async def Find(
         self, query: NetworkServiceQuery, context: Context
     ) -> AsyncIterator[NetworkServiceResponse]:
-        async for response in self.registry.watch_services(query.network_service, query.watch):
-            yield response
+        try:
+            async for response in self.registry.watch_services(query.network_service, query.watch):
+                yield response
+        except ExhaustedError as exc:
+            await abort(context, exc, "registry: ")
 
     async def _check_local(self, name: str, context: Context) -> None:
         """A name a Kubernetes NetworkService object defines is changed through the API, not here."""

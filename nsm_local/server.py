@@ -198,6 +198,7 @@ async def _serve(
 
     paths = RegistryPathKeeper(MANAGER_NAME, identity, current)
     manager = ManagerServicer(registry, dialer, identity, owners, hub, current, log)
+    registry.on_endpoint_gone = manager.endpoint_gone
 
     def register(server: grpc.aio.Server) -> None:
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(manager, server)

@@ -7,7 +7,7 @@ a bad URL is a `ProtocolError` (the sender must change), a missing fd or a close
 
 from __future__ import annotations
 
-from nsm_sdk.protocol.errors import NsmError, ProtocolError, TemporaryError
+from nsm_sdk.protocol.errors import ExhaustedError, NsmError, ProtocolError, TemporaryError
 
 
 class UrlError(ProtocolError):
@@ -27,6 +27,13 @@ class FdNotReceivedError(TemporaryError):
         self.ino = ino
         self.timeout = timeout
         super().__init__(f"no fd for inode://{dev}/{ino} received within {timeout}s")
+
+
+class FdCapError(ExhaustedError):
+    """The peer sent more distinct fds on one connection than we keep (`fdstore.MAX_FDS_PER_CONNECTION`)."""
+
+    def __init__(self, dev: int, ino: int, cap: int) -> None:
+        super().__init__(f"inode://{dev}/{ino} was refused: a connection may pass at most {cap} distinct fds")
 
 
 class ConnectionClosedError(TemporaryError):

@@ -2,17 +2,23 @@
 
 The store owns every fd in it. A second fd for a key already held is closed at once; a waiter gets a
 `dup` it must close itself; `close()` closes everything and wakes the waiters, who then raise
-`ConnectionClosedError`.
+`ConnectionClosedError`. At most `MAX_FDS_PER_CONNECTION` distinct files are kept: NSM passes a few per
+connection (a netns, a socket file), so more is a peer trying to use up our fd table; the extra fds are
+closed at once and a call waiting for one fails with `FdCapError` (RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Callable
 from typing import NamedTuple
 
-from nsm_sdk.transport.errors import ConnectionClosedError, FdNotReceivedError
+from nsm_sdk.transport.errors import ConnectionClosedError, FdCapError, FdNotReceivedError
+
+MAX_FDS_PER_CONNECTION = 64
+_log = logging.getLogger(__name__)
 
 
 class InodeKey(NamedTuple):
@@ -31,7 +37,11 @@ def inode_key_of(fd: int) -> InodeKey:
 class FdStore:
     """Received fds of one connection; used from the event loop's thread only."""
 
-    def __init__(self, on_add: Callable[[InodeKey], None] | None = None) -> None:
+    def __init__(
+        self, on_add: Callable[[InodeKey], None] | None = None, cap: int = MAX_FDS_PER_CONNECTION
+    ) -> None:
+        self._cap = cap
+        self._refused: set[InodeKey] = set()  # remembered up to `cap` too, so waiters fail fast
         self._fds: dict[InodeKey, int] = {}
         self._waiters: dict[InodeKey, list[asyncio.Future[None]]] = {}
         self._on_add = on_add
@@ -67,6 +77,10 @@ class FdStore:
         if key in self._fds:
             os.close(fd)
             return None
+        if len(self._fds) >= self._cap:
+            os.close(fd)
+            self._refuse(key)
+            return None
         self._fds[key] = fd
         for waiter in self._waiters.pop(key, []):
             if not waiter.done():
@@ -75,10 +89,25 @@ class FdStore:
             self._on_add(key)
         return key
 
+    def _refuse(self, key: InodeKey) -> None:
+        if not self._refused:
+            _log.warning(
+                "relay.fd_cap",
+                extra={"fields": {"cap": self._cap, "refused": f"inode://{key.dev}/{key.ino}"}},
+            )
+        if len(self._refused) < self._cap:
+            self._refused.add(key)
+        for waiter in self._waiters.pop(key, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
     def dup(self, dev: int, ino: int) -> int | None:
-        """A new fd for the file with this key, or None if it has not arrived (yet)."""
+        """A new fd for the file with this key, or None if it has not arrived (yet); `FdCapError` if it
+        came over the cap."""
         if self._closed:
             raise ConnectionClosedError("the connection that received the fds is closed")
+        if (dev, ino) in self._refused:
+            raise FdCapError(dev, ino, self._cap)
         fd = self._fds.get(InodeKey(dev, ino))
         return None if fd is None else os.dup(fd)
 

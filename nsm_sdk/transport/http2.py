@@ -37,18 +37,23 @@ class FrameBoundaries:
         self._header = b""  # the part of a frame header seen so far
         self._payload_left = 0
         self._started = False
+        self._began: int | None = None  # the type of the frame whose header the last step completed
 
     @property
     def at_boundary(self) -> bool:
         """True between two frames (or before the first)."""
         return not self._header and not self._payload_left
 
-    def feed(self, data: bytes) -> None:
-        """Account for `data`, which went on in this direction."""
+    def feed(self, data: bytes) -> list[int]:
+        """Account for `data`, which went on in this direction; the types of the frames it began."""
         self._started = self._started or bool(data)
-        position = 0
+        position, kinds = 0, []
         while position < len(data):
             position = self._step(data, position)
+            if self._began is not None:
+                kinds.append(self._began)
+                self._began = None
+        return kinds
 
     def first_boundary(self, data: bytes) -> int | None:
         """The smallest k such that after `data[:k]` the stream is between two frames, at least one frame
@@ -74,6 +79,7 @@ class FrameBoundaries:
         self._header += piece
         if len(self._header) == FRAME_HEADER:
             self._payload_left = int.from_bytes(self._header[:3], "big")
+            self._began = self._header[3]
             self._header = b""
         return position + len(piece)
 

@@ -36,7 +36,7 @@ from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
 from nsm_sdk.transport.fdstore import FdStore
-from nsm_sdk.transport.http2 import FrameBoundaries, PingAckFilter, goaway_frame, ping_frame
+from nsm_sdk.transport.http2 import GOAWAY, FrameBoundaries, PingAckFilter, goaway_frame, ping_frame
 from nsm_sdk.transport.peercred import PeerCredentials
 from nsm_sdk.transport.security import SecureSession
 
@@ -72,7 +72,8 @@ class RelayConnection:
     `peer` is the authenticated peer (None in plaintext), `credentials` who connected to our socket
     (accepted unix connections only). `local_is_server` says which side speaks HTTP/2's server part:
     grpcio behind `local` (a server relay) or the peer (a client relay). `on_drain` is called once the
-    GOAWAY of a retirement is on its way to the HTTP/2 client.
+    GOAWAY of a retirement has been processed by the HTTP/2 client, or a client relay has seen the
+    server's own GOAWAY go by.
     """
 
     def __init__(
@@ -105,6 +106,7 @@ class RelayConnection:
         self._toward_server = PingAckFilter()
         self._goaway: bytes | None = None  # GOAWAY + PING waiting for the next frame boundary
         self._drain_announced = False
+        self._server_goaway = False
         self.failure: str | None = None
         """Why the connection broke, if it did (e.g. the TLS peer refused us)."""
         self._established = asyncio.get_running_loop().create_future()
@@ -197,7 +199,9 @@ class RelayConnection:
 
     @property
     def retiring(self) -> bool:
-        return self._retire_now.is_set()
+        """No new calls should go out on this connection: we retired it, or (a client relay) the server
+        sent a GOAWAY, so grpcio takes new calls to a new connection, whose SVID tokens must match."""
+        return self._retire_now.is_set() or self._server_goaway
 
     @property
     def drain_announced(self) -> bool:
@@ -237,7 +241,12 @@ class RelayConnection:
         """Pass HTTP/2 server-to-client bytes on, with a pending GOAWAY slipped in between two frames."""
         async with self._toward_client_lock:
             boundary = None if self._goaway is None else self._toward_client.first_boundary(data)
-            self._toward_client.feed(data)  # whole frames slipped in between two change nothing
+            began = self._toward_client.feed(data)  # whole frames slipped in between two change nothing
+            if GOAWAY in began and not self._local_is_server and not self._server_goaway:
+                self._server_goaway = True
+                _log.debug("relay.server_goaway", extra={"fields": {"name": self.name}})
+                if self._on_drain is not None:
+                    self._on_drain()
             if boundary is not None and self._goaway is not None:
                 data = data[:boundary] + self._goaway + data[boundary:]
                 self._goaway = None

@@ -20,6 +20,7 @@ import grpc
 import pytest
 from local_plane import MANAGER_ID, control_plane, own_workload_id
 
+from nsm_local import registry as registry_module
 from nsm_local.manager import MANAGER_NAME
 from nsm_local.server import ServeSettings
 from nsm_sdk._proto.registry import registry_pb2_grpc
@@ -269,6 +270,24 @@ def test_network_service_register_find_unregister(run_async: AsyncRunner, sock_d
     run_async(bounded(main))
 
 
+def test_a_service_over_the_cap_is_refused_as_resource_exhausted_and_the_rest_stay(
+    run_async: AsyncRunner, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_module, "MAX_SERVICES", 1)
+
+    async def main() -> None:
+        async with control_plane(sock_dir) as plane, plane.client() as client:
+            await client.register_service(NetworkService(name="p2p"), RegistryPath(), 5.0)
+            with pytest.raises(RpcFailed) as refused:
+                await client.register_service(NetworkService(name="more"), RegistryPath(), 5.0)
+            assert refused.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "at most 1 network services" in refused.value.details
+            query = NetworkServiceQuery(network_service=NetworkService())
+            assert [r.network_service.name async for r in client.find_services(query, timeout=5.0)] == ["p2p"]
+
+    run_async(bounded(main))
+
+
 def test_registered_network_service_survives_a_control_plane_restart(
     run_async: AsyncRunner, sock_dir: Path
 ) -> None:
@@ -298,3 +317,17 @@ def test_state_and_the_ca_key_stay_out_of_the_socket_directory(
     assert (state / "nsm-local-ca" / "ca-key.pem").is_file() and (state / "nsm-local-services.json").is_file()
     assert state.stat().st_mode & 0o777 == 0o700
     assert sorted(p.name for p in sock_dir.iterdir()) == ["state"], "only sockets (now closed) and state"
+
+
+def test_a_registration_whose_socket_file_was_deleted_is_not_dialled_again(sock_dir: Path) -> None:
+    from nsm_local.registry_servicer import _unlinked
+
+    path = sock_dir / "gone.sock"
+    path.write_text("")
+    fd = os.open(path, os.O_PATH)
+    try:
+        assert not _unlinked(fd) and not _unlinked(None)
+        path.unlink()
+        assert _unlinked(fd), "a new socket with the same inode number must be dialled through its own fd"
+    finally:
+        os.close(fd)

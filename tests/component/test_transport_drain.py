@@ -95,8 +95,11 @@ def test_a_server_svid_rotation_lets_the_call_in_flight_finish(
                 slow = asyncio.create_task(call(channel, "Sleep", b"1.0"))
                 await within(lambda: len(servicer.connections) == 1)
                 (old,) = servicer.connections
+                (client_side,) = client_relay.connections
                 svids.append(ca.issue(SERVER_ID, TTL))
                 await within(lambda: old.drain_announced)
+                # the client relay saw the server's GOAWAY go by: tokens are no longer signed for it
+                assert client_side.retiring and client_relay.current_connection() is not client_side
 
                 assert await call(channel, "Sleep", b"0") == b"0"
                 assert servicer.connections[-1] is not old

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nsm_sdk.transport.errors import ConnectionClosedError, FdNotReceivedError
+from nsm_sdk.transport.errors import ConnectionClosedError, FdCapError, FdNotReceivedError
 from nsm_sdk.transport.fdpass import MAX_FDS_PER_WRITE, FdSocket, open_netns_fd, open_socket_file_fd
 from nsm_sdk.transport.fdstore import FdStore, InodeKey, inode_key_of
 
@@ -126,7 +126,7 @@ def test_at_most_64_fds_per_write_rest_on_next_write(run_async: AsyncRunner) -> 
     async def main() -> None:
         ours, peer = socket.socketpair()
         fdsock = FdSocket(ours, FdStore())
-        store = FdStore()
+        store = FdStore(cap=MAX_FDS_PER_WRITE + 6)  # more than a connection may keep: this is about writes
         peer_side = FdSocket(peer, store)
         with pipes(MAX_FDS_PER_WRITE + 6) as fds:
             try:
@@ -241,6 +241,33 @@ def test_waiting_for_an_fd_that_never_comes_times_out(run_async: AsyncRunner) ->
             await store.wait(1, 2, timeout=0.01)
         assert (caught.value.dev, caught.value.ino) == (1, 2)
         assert caught.value.temporary
+
+    run_async(main)
+
+
+def test_fds_over_the_cap_are_closed_and_their_waiters_fail_as_exhausted(
+    run_async: AsyncRunner, fd_count: Callable[[], int]
+) -> None:
+    async def main() -> None:
+        before = fd_count()
+        store = FdStore(cap=2)
+        pipes = [os.pipe() for _ in range(3)]
+        keys = [inode_key_of(read_end) for read_end, _ in pipes]
+        late = asyncio.create_task(store.wait(*keys[2], timeout=10))
+        await asyncio.sleep(0)
+        assert [store.add(os.dup(read_end)) for read_end, _ in pipes] == [keys[0], keys[1], None]
+        with pytest.raises(FdCapError) as caught:
+            await late
+        assert caught.value.grpc_status == "RESOURCE_EXHAUSTED" and "at most 2" in str(caught.value)
+        with pytest.raises(FdCapError):
+            store.dup(*keys[2])
+        assert store.add(os.dup(pipes[0][0])) is None, "a duplicate of a kept file is still just closed"
+        assert len(store) == 2
+        store.close()
+        for read_end, write_end in pipes:
+            os.close(read_end)
+            os.close(write_end)
+        assert fd_count() == before
 
     run_async(main)
 

@@ -7,11 +7,13 @@ Each test gets its own nsm-local on a socket under its tmp_path, so tests never 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 from lab import Lab
+
+LOG_TAIL = 60
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -20,6 +22,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "system" in str(item.path):
             item.add_marker(pytest.mark.skip(reason="system tests need root for network namespaces"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Attach the end of every process log of a failing test's lab to its report."""
+    report = yield
+    lab = getattr(item, "funcargs", {}).get("lab")
+    if report.failed and isinstance(lab, Lab):
+        for process in lab.processes:
+            lines = process.log.splitlines()[-LOG_TAIL:] if process.log_path.exists() else ["(no log)"]
+            report.sections.append((f"{process.log_path.name} (last {LOG_TAIL} lines)", "\n".join(lines)))
+    return report
 
 
 @pytest.fixture

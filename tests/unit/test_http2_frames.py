@@ -56,6 +56,15 @@ def test_the_first_boundary_of_each_chunk_is_the_next_frame_end(stream: list[byt
             break
 
 
+def test_feeding_reports_the_type_of_each_frame_begun() -> None:
+    boundaries = FrameBoundaries()
+    stream = frame(6, kind=4) + goaway_frame("bye") + frame(3, kind=0)
+    assert boundaries.feed(stream[:5]) == []
+    assert boundaries.feed(stream[5:20]) == [4]  # the GOAWAY's header is not complete yet
+    assert boundaries.feed(stream[20:24]) == [GOAWAY]
+    assert boundaries.feed(stream[24:]) == [0]
+
+
 def test_nothing_goes_before_the_servers_first_frame() -> None:
     boundaries = FrameBoundaries()
     assert boundaries.at_boundary

@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from nsm_local import registry as registry_module
 from nsm_local.registry import EndpointEntry, Registry, endpoint_view, service_view
 from nsm_sdk._proto.registry.registry_pb2 import (
     Match,
@@ -21,6 +22,7 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceLabels,
     NetworkServiceResponse,
 )
+from nsm_sdk.protocol.errors import ExhaustedError
 from nsm_sdk.protocol.gotime import epoch_to_timestamp
 
 T = TypeVar("T")
@@ -34,8 +36,13 @@ def run(main: Callable[[], Awaitable[T]]) -> T:
     return asyncio.run(bounded())
 
 
-def nse(name: str, services: tuple[str, ...] = ("p2p",), url: str = "", expires: float | None = None,
-        labels: dict[str, str] | None = None) -> NetworkServiceEndpoint:
+def nse(
+    name: str,
+    services: tuple[str, ...] = ("p2p",),
+    url: str = "",
+    expires: float | None = None,
+    labels: dict[str, str] | None = None,
+) -> NetworkServiceEndpoint:
     record = NetworkServiceEndpoint(name=name, url=url or f"unix:///tmp/{name}.sock")
     record.network_service_names.extend(services)
     for service in services:
@@ -224,11 +231,14 @@ def test_views_for_matching_use_the_labels_of_the_service() -> None:
     assert endpoint_view(item, "other").labels_for_service == {}
     service = NetworkService(name="p2p")
     service.matches.add(source_selector={"link": "net-0"}, fallthrough=True).routes.add(
-        destination_selector={"device": "d2"})
+        destination_selector={"device": "d2"}
+    )
     service.matches.add().metadata.SetInParent()
     matches = service_view(service).matches
     assert (dict(matches[0].source_selector), [dict(r) for r in matches[0].routes]) == (
-        {"link": "net-0"}, [{"device": "d2"}])
+        {"link": "net-0"},
+        [{"device": "d2"}],
+    )
     assert matches[0].fallthrough and matches[0].metadata_labels is None
     assert matches[1].metadata_labels == {}
 
@@ -323,8 +333,7 @@ def test_service_watch_streams_registrations_and_unregistrations() -> None:
 def test_closing_the_registry_ends_every_watch() -> None:
     async def main() -> tuple[list[NetworkServiceEndpointResponse], list[NetworkServiceResponse]]:
         registry = Registry()
-        endpoints = asyncio.create_task(
-            _collect(registry.watch_endpoints(NetworkServiceEndpoint(), True)))
+        endpoints = asyncio.create_task(_collect(registry.watch_endpoints(NetworkServiceEndpoint(), True)))
         services = asyncio.create_task(_collect(registry.watch_services(NetworkService(), True)))
         await asyncio.sleep(0)
         registry.close()
@@ -360,3 +369,87 @@ def test_damaged_state_file_is_moved_aside_and_the_registry_starts_empty(tmp_pat
     assert registry.load_problem is not None and "moved to" in registry.load_problem
     assert (tmp_path / "nsm-local-services.json.damaged").read_text() == "{not json"
     assert not state.exists()
+
+
+def test_an_endpoint_socket_no_longer_registered_is_reported_gone_once() -> None:
+    registry = Registry()
+    gone: list[str] = []
+    registry.on_endpoint_gone = lambda entry, why: gone.append(f"{entry.record.url} {why}")
+    registry.register_endpoint(entry("a", url="inode://1/10"))
+    registry.register_endpoint(entry("a", url="inode://1/10"))  # a refresh: the same socket
+    assert gone == []
+    registry.register_endpoint(entry("a", url="inode://1/11"))  # restarted: a new socket, same name
+    assert gone == ["inode://1/10 replaced"]
+    registry.unregister_endpoint("a")
+    registry.unregister_endpoint("a")
+    assert gone == ["inode://1/10 replaced", "inode://1/11 unregistered"]
+    registry.register_endpoint(entry("b", url="inode://1/12", expires=100.0))
+    assert registry.expire(now=101.0) == ["b"]
+    assert gone == ["inode://1/10 replaced", "inode://1/11 unregistered", "inode://1/12 expired"]
+
+
+def test_registries_over_their_caps_refuse_new_names_as_exhausted_and_keep_what_they_have(
+    monkeypatch: pytest.MonkeyPatch, pipe_fds: Callable[[], int]
+) -> None:
+    monkeypatch.setattr(registry_module, "MAX_SERVICES", 2)
+    monkeypatch.setattr(registry_module, "MAX_ENDPOINTS", 1)
+    registry = Registry()
+    registry.register_service(NetworkService(name="a"))
+    registry.register_service(NetworkService(name="b"))
+    with pytest.raises(ExhaustedError, match="at most 2 network services"):
+        registry.register_service(NetworkService(name="c"))
+    registry.register_service(NetworkService(name="a", payload="IP"))  # replacing one is fine
+    assert sorted(registry.services) == ["a", "b"]
+    registry.register_endpoint(entry("x"))
+    refused_fd = pipe_fds()
+    refused = entry("y")
+    refused.socket_fd = refused_fd
+    with pytest.raises(ExhaustedError) as caught:
+        registry.register_endpoint(refused)
+    assert caught.value.grpc_status == "RESOURCE_EXHAUSTED"
+    assert not is_open(refused_fd), "the refused endpoint's socket fd is closed, not leaked"
+    registry.register_endpoint(entry("x", url="unix:///tmp/x2.sock"))  # re-registering a name is fine
+    assert list(registry.endpoints) == ["x"]
+
+
+def test_a_watcher_that_falls_too_far_behind_is_cut_off_and_the_others_go_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(registry_module, "MAX_WATCH_BACKLOG", 3)
+
+    async def main() -> None:
+        registry = Registry()
+        registry.register_service(NetworkService(name="first"))
+        slow = registry.watch_services(NetworkService(), watch=True)
+        fast = registry.watch_services(NetworkService(), watch=True)
+        for watcher in (slow, fast):  # the listing; from here on each is subscribed
+            assert (await anext(watcher)).network_service.name == "first"
+        seen_by_fast = []
+        for number in range(5):
+            registry.register_service(NetworkService(name=f"s{number}"))
+            seen_by_fast.append((await anext(fast)).network_service.name)
+        assert seen_by_fast == [f"s{n}" for n in range(5)]
+        names = [(await anext(slow)).network_service.name for _ in range(3)]
+        assert names == ["s0", "s1", "s2"]
+        with pytest.raises(ExhaustedError, match="fell 3 changes behind"):
+            await anext(slow)
+        await slow.aclose()
+        await fast.aclose()
+
+    run(main)
+
+
+def test_an_endpoint_registering_another_socket_under_the_same_url_replaces_the_old_one(
+    pipe_fds: Callable[[], int],
+) -> None:
+    """A restarted endpoint's new socket file can get the inode number (so the URL) of the deleted one."""
+    registry = Registry()
+    gone: list[str] = []
+    registry.on_endpoint_gone = lambda entry, why: gone.append(why)
+    first, second = entry("a", url="inode://1/10"), entry("a", url="inode://1/10")
+    old_fd, new_fd = pipe_fds(), pipe_fds()
+    first.socket_fd, second.socket_fd = old_fd, new_fd
+    registry.register_endpoint(first)
+    registry.register_endpoint(second)
+    assert gone == ["replaced"]
+    assert not is_open(old_fd) and is_open(new_fd)
