@@ -192,6 +192,7 @@ async def _serve(
                     await registrar.unregister()
             # Names first: closing forgets them (EndpointSides.closed), and we must still remove them.
             open_links = [sides.interface_of(conn_id) for conn_id in list(hub.connections)]
+            await servicer.aclose()
             servicer.close_all()
             await asyncio.sleep(0.1)  # let monitor streams deliver the DELETE events
             await sides.remove_all([name for name in open_links if name])

@@ -29,8 +29,10 @@ from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk.agent.credentials import caller_token
+from nsm_sdk.agent.keyed_locks import KeyedLocks
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
+from nsm_sdk.agent.tasks import OwnedTasks
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.netlink import netlink_in
 from nsm_sdk.kernel.state import LinkState, read_link_states
@@ -102,14 +104,12 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self._on_closed = on_closed
         self._log = log
         self._clock = clock
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()  # by the id the caller sends: Request, Close and expiry never interleave
         self._expiry_timers: dict[str, asyncio.TimerHandle] = {}
+        self._tasks = OwnedTasks("nse-sidecar servicer")
         self._carried = carried
         self._scanned = False
         self._scan_lock = asyncio.Lock()
-
-    def _lock(self, conn_id: str) -> asyncio.Lock:
-        return self._locks.setdefault(conn_id, asyncio.Lock())
 
     async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
         token, expires = caller_token(context.invocation_metadata())
@@ -120,7 +120,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             await self._keep_what_links_carry()
         except KernelError as exc:
             await self._refuse(context, "request.refused", request.connection.id, exc)
-        async with self._lock(request.connection.id):
+        async with self._locks.hold(request.connection.id):
             try:
                 check_labels(request.connection)
                 accepted = self.core.request(request, token, expires, peer, presented)
@@ -188,7 +188,7 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         connection = self._connection_for(context)
         peer = connection.peer if connection is not None else None
         presented = connection.presented if connection is not None else None
-        async with self._lock(conn.id):
+        async with self._locks.hold(conn.id):
             try:
                 mine = self.core.close(conn, token, expires, peer, presented)
             except NsmError as exc:
@@ -201,7 +201,6 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         timer = self._expiry_timers.pop(mine.id, None)
         if timer is not None:
             timer.cancel()
-        self._locks.pop(_caller_id(mine), None)  # locks are keyed by the id the caller sends
         self.hub.delete(mine.id)
         self._on_closed(mine)
 
@@ -217,9 +216,20 @@ class EndpointServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self._expiry_timers[own.id] = loop.call_later(delay, self._expire, stored)
 
     def _expire(self, own: Connection) -> None:
-        self._log.warning("connection.expired", conn=own.id)
-        self.core.allocator.release(own.id)
-        self._forget(own)
+        timer = self._expiry_timers.get(own.id)
+        self._tasks.spawn(self._expire_now(own, timer), f"expire {own.id}")
+
+    async def _expire_now(self, own: Connection, timer: asyncio.TimerHandle | None) -> None:
+        async with self._locks.hold(_caller_id(own)):
+            if self._expiry_timers.get(own.id) is not timer:  # refreshed (re-armed) or closed meanwhile
+                return
+            self._log.warning("connection.expired", conn=own.id)
+            self.core.allocator.release(own.id)
+            self._forget(own)
+
+    async def aclose(self) -> None:
+        """Cancel expiries under way (the agent's shutdown closes what is open with `close_all`)."""
+        await self._tasks.aclose()
 
     def close_all(self) -> list[Connection]:
         """Shutdown: release everything we hold and tell monitors (DELETE), returning what was open."""

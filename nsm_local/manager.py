@@ -7,6 +7,9 @@ then create the veth pair in both namespaces from the two netns fds (the client'
 the endpoint's from its reply). Sessions are keyed by our (nsmgr) segment id, which a refresh keeps, so
 a refresh after a restart of nsm-local finds its veth again.
 
+The rules it applies live next to it: `request_rules` (what a Request must carry), `endpoint_calls`
+(choosing and calling endpoints), `endpoint_watch` (following a connection at its endpoint), `sessions`.
+
 Security (§3.4 and `ownership`): the caller is authenticated by mTLS; Request and Close pass nsmgr's
 default policies on the left side of the path; a connection belongs to the identity that opened it; the
 client's and the endpoint's namespaces must be their own; a link name in use is never taken over.
@@ -21,13 +24,14 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
 
+from nsm_local.endpoint_calls import ENDPOINT_CALL_TIMEOUT, EndpointCaller
 from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
+from nsm_local.endpoint_watch import StreamBroke, follow_endpoint
 from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
 from nsm_local.identities import ControlPlaneIdentity
 from nsm_local.ownership import (
@@ -37,147 +41,40 @@ from nsm_local.ownership import (
     check_caller_subject,
     check_own_namespace,
 )
-from nsm_local.registry import EndpointEntry, Registry, endpoint_view, service_view
+from nsm_local.registry import EndpointEntry, Registry
 from nsm_local.registry_servicer import fd_wait
+from nsm_local.request_rules import check_request, client_interface_name, inode_of, kernel_mechanism
+from nsm_local.sessions import Session, client_connection_id
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import (
     Connection,
     ConnectionEvent,
-    ConnectionEventType,
     Mechanism,
     MonitorScopeSelector,
     PathSegment,
     State,
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
 from nsm_sdk.agent.credentials import caller_token
+from nsm_sdk.agent.keyed_locks import KeyedLocks
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
 from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.agent.security import authorize_server
+from nsm_sdk.agent.tasks import OwnedTasks
 from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.protocol.errors import DeadlineError, NotFoundError, NsmError, ProtocolError, TemporaryError
-from nsm_sdk.protocol.ifname import generate_interface_name, interface_name_problem
-from nsm_sdk.protocol.labels import label_map_problem
-from nsm_sdk.protocol.matching import RoundRobin, select_endpoints
+from nsm_sdk.protocol.errors import DeadlineError, NsmError, ProtocolError
 from nsm_sdk.protocol.path import copy_caller_token, prev_expires, restore_index, set_own_token, update_path
 from nsm_sdk.protocol.timing import server_close_deadline
 from nsm_sdk.transport.errors import FdNotReceivedError
 from nsm_sdk.transport.relay import RelayConnection
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.status import abort
-from nsm_sdk.transport.urls import is_inode_url, parse_inode_url
 
 Context = grpc.aio.ServicerContext[Any, Any]
-KERNEL = "KERNEL"
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
-ENDPOINT_CALL_TIMEOUT = 10.0
-
-
-ENDPOINT_MONITOR_RESUME = 3.0
-"""How long a (re-)opened monitor stream to an endpoint may take to deliver its first event."""
-
-
-class StreamBroke(TemporaryError):
-    """A monitor stream to an endpoint broke (`worked`: after delivering its first event)."""
-
-    def __init__(self, reason: str, worked: bool) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.worked = worked
-
-
-class NotFound(NotFoundError):
-    """No service, endpoint or candidate yet: it may be registered later, so the client retries."""
-
-
-class EndpointsFailed(TemporaryError):
-    """Every candidate endpoint failed. Its status is theirs when they agree on one a client can act on
-    (unreachable: UNAVAILABLE; malformed request: INVALID_ARGUMENT; no addresses: RESOURCE_EXHAUSTED),
-    else UNKNOWN (Go's "all forwarders have failed")."""
-
-    def __init__(self, failures: list[str], codes: set[grpc.StatusCode]) -> None:
-        super().__init__("all endpoints failed: " + "; ".join(failures))
-        reached = {_UNREACHABLE.get(code, code) for code in codes}
-        if len(reached) == 1 and (code := reached.pop()) in _RELAYED:
-            self.grpc_status = code.name
-
-
-_UNREACHABLE = {grpc.StatusCode.DEADLINE_EXCEEDED: grpc.StatusCode.UNAVAILABLE}
-_RELAYED = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED}
-
-
-def client_connection_id(manager_view: Connection) -> str:
-    """The id the client knows the connection by: its own path segment's, the one before ours."""
-    path = manager_view.path
-    return path.path_segments[path.index - 1].id if 0 < path.index <= len(path.path_segments) else ""
-
-
-@dataclass
-class Session:
-    manager_view: Connection  # index 1, id = our segment id; what monitors see
-    endpoint_name: str
-    endpoint_key: str
-    endpoint_conn: Connection  # the endpoint's reply (forwarder's view), re-sent on refresh and Close
-    xc: CrossConnect  # owns the client's netns fd (the endpoint's is closed once the pair exists)
-    owner: str | None  # the identity that opened it
-    ends: tuple[LinkEnd, LinkEnd]  # (client, endpoint) interface names and their namespaces
-    expiry: asyncio.TimerHandle | None = None
-    monitor: asyncio.Task[None] | None = None
-    fds_closed: bool = field(default=False)
-
-    @property
-    def forwarder_id(self) -> str:
-        return self.endpoint_conn.path.path_segments[2].id
-
-    def close_fds(self) -> None:
-        if not self.fds_closed:
-            self.fds_closed = True
-            with contextlib.suppress(OSError):
-                os.close(self.xc.client_ns_fd)
-
-
-def _kernel_mechanism(request: NetworkServiceRequest) -> Mechanism:
-    conn = request.connection
-    if conn.HasField("mechanism") and conn.mechanism.type == KERNEL:
-        chosen = Mechanism()
-        chosen.CopyFrom(conn.mechanism)
-        for preference in request.mechanism_preferences:  # a refresh re-sends the original preference
-            if preference.type == KERNEL and preference.parameters.get("inodeURL"):
-                chosen.parameters["inodeURL"] = preference.parameters["inodeURL"]
-        return chosen
-    for preference in request.mechanism_preferences:
-        if preference.type == KERNEL:
-            chosen = Mechanism()
-            chosen.CopyFrom(preference)
-            chosen.cls = chosen.cls or "LOCAL"
-            return chosen
-    offered = ", ".join(p.type for p in request.mechanism_preferences) or "none"
-    raise ProtocolError(
-        f"cannot support any of the requested mechanisms ({offered}): nsm-local forwards KERNEL"
-    )
-
-
-def _inode_of(url: str, who: str) -> tuple[int, int]:
-    try:
-        if is_inode_url(url):
-            return parse_inode_url(url)
-    except ValueError as exc:  # urlsplit's own complaint ("Invalid IPv6 URL")
-        raise ProtocolError(f"{who} netns URL {url!r}: {exc}") from None
-    raise ProtocolError(
-        f"{who} netns URL {url!r}: must be inode://<dev>/<ino> with the netns fd passed on the same "
-        "connection (grpcfd); nsm-local never resolves another process's file:// path"
-    )
-
-
-def _check_request(request: NetworkServiceRequest) -> None:
-    """Malformed before anything looks at it: an absurd label map (`label_map_problem`)."""
-    problem = label_map_problem(request.connection.labels)
-    if problem is not None:
-        raise ProtocolError(f"connection labels: {problem}")
 
 
 class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -203,8 +100,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self._log = log
         self._clock = clock
         self.sessions: dict[str, Session] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
-        self._round_robin = RoundRobin()
+        self.endpoints = EndpointCaller(registry, dialer, clock)
+        self._locks = KeyedLocks()  # Request, Close, expiry and teardown of one connection never interleave
+        self._tasks = OwnedTasks("nsm-local manager")
 
     def __repr__(self) -> str:
         return f"<ManagerServicer sessions={len(self.sessions)}>"
@@ -242,11 +140,11 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         conn = Connection()
         conn.CopyFrom(request.connection)
         try:
-            _check_request(request)
+            check_request(request)
             caller_index = self._step_onto_path(conn, token, expires, connection, caller)
             self.owners.check(conn.id, caller)
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
-            async with self._locks.setdefault(conn.id, asyncio.Lock()):
+            async with self._locks.hold(conn.id):
                 reply = await self._request(
                     request, conn, caller, connection, caller_index, deadline, context
                 )
@@ -271,13 +169,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         deadline: float,
         context: Context,
     ) -> Connection:
-        mechanism = _kernel_mechanism(request)
-        client_ifname = mechanism.parameters.get("name") or generate_interface_name(
-            conn.network_service, secrets.token_bytes
-        )
-        problem = interface_name_problem(client_ifname)
-        if problem is not None:
-            raise ProtocolError(f"mechanism parameter name={client_ifname!r}: {problem}")
+        mechanism = kernel_mechanism(request)
+        client_ifname = client_interface_name(conn, mechanism, secrets.token_bytes)
         mechanism.parameters["name"] = client_ifname
         client_ns_fd, client_netns = await self._client_netns_fd(mechanism, connection, context)
         try:
@@ -288,12 +181,12 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 await self._teardown(session, "reselect requested", call_endpoint=True)
                 session = None
             forwarded = self._forwarder_hop(conn, session, connection)
-            endpoint_name, channel, reply = await self._call_endpoints(
-                request, conn, forwarded, session, context
+            endpoint_name, channel, reply = await self.endpoints.call(
+                conn, forwarded, session, context.time_remaining()
             )
             try:
-                endpoint_ns_fd, endpoint_netns = await self._endpoint_netns_fd(
-                    endpoint_name, reply, channel, context
+                endpoint_ns_fd, endpoint_netns = await self.endpoints.netns_fd(
+                    endpoint_name, reply, channel, context.time_remaining()
                 )
                 endpoint_end = LinkEnd(endpoint_netns, reply.mechanism.parameters["name"])
                 self._check_link_free(endpoint_end, conn.id)
@@ -366,7 +259,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self, mechanism: Mechanism, connection: RelayConnection | None, context: Context
     ) -> tuple[int, int]:
         url = mechanism.parameters.get("inodeURL", "")
-        dev, ino = _inode_of(url, "client")
+        dev, ino = inode_of(url, "client")
         if connection is None:
             raise ProtocolError("this connection cannot carry file descriptors")
         credentials = connection.credentials
@@ -396,82 +289,6 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             forwarded.mechanism.CopyFrom(session.endpoint_conn.mechanism)
         return forwarded
 
-    def _candidates(self, conn: Connection) -> list[str]:
-        if conn.network_service_endpoint_name and conn.state != State.RESELECT_REQUESTED:
-            name = conn.network_service_endpoint_name
-            if name not in self.registry.endpoints:
-                raise NotFound(f"network service endpoint {name} is not found")
-            return [name]
-        service = self.registry.services.get(conn.network_service)
-        if service is None:
-            raise NotFound(f"network service {conn.network_service} is not found")
-        entries = self.registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[service.name]))
-        views = [endpoint_view(entry, service.name) for entry in entries]
-        chosen = select_endpoints(service_view(service), dict(conn.labels), views, self._clock())
-        if not chosen:
-            raise NotFound(
-                f"network service endpoint candidates not found for {service.name} "
-                f"(client labels {dict(sorted(conn.labels.items()))})"
-            )
-        return [view.name for view in self._round_robin.order(service.name, chosen)]
-
-    async def _call_endpoints(
-        self,
-        request: NetworkServiceRequest,
-        conn: Connection,
-        forwarded: Connection,
-        session: Session | None,
-        context: Context,
-    ) -> tuple[str, EndpointChannel, Connection]:
-        failures: list[str] = []
-        codes: set[grpc.StatusCode] = set()
-        service = self.registry.services.get(conn.network_service)
-        for name in self._candidates(conn):
-            entry = self.registry.endpoints.get(name)
-            if entry is None:
-                continue
-            outgoing = NetworkServiceRequest()
-            outgoing.connection.CopyFrom(forwarded)
-            outgoing.connection.network_service_endpoint_name = name
-            if service is not None:
-                outgoing.connection.payload = service.payload
-            outgoing.mechanism_preferences.append(Mechanism(cls="LOCAL", type=KERNEL))
-            if session is not None and session.endpoint_name != name:
-                outgoing.connection.ClearField("mechanism")
-            channel = await self.dialer.get(entry.record.url, entry.dial_url)
-            timeout = min(
-                ENDPOINT_CALL_TIMEOUT, max(0.1, (context.time_remaining() or ENDPOINT_CALL_TIMEOUT) - 0.5)
-            )
-            try:
-                reply = await channel.client.request(outgoing, timeout, wait_for_ready=False)
-            except RpcFailed as exc:
-                failures.append(f"{name}: {exc}")
-                codes.add(exc.code)
-                if exc.code == grpc.StatusCode.UNAVAILABLE:
-                    await self.dialer.drop(channel.key)
-                continue
-            if reply.mechanism.type != KERNEL or not reply.mechanism.parameters.get("name"):
-                failures.append(f"{name}: reply has no KERNEL mechanism with an interface name")
-                codes.add(grpc.StatusCode.UNKNOWN)
-                with contextlib.suppress(RpcFailed):
-                    await channel.client.close(reply, ENDPOINT_CALL_TIMEOUT)
-                continue
-            return name, channel, reply
-        raise EndpointsFailed(failures, codes)
-
-    async def _endpoint_netns_fd(
-        self, name: str, reply: Connection, channel: EndpointChannel, context: Context
-    ) -> tuple[int, int]:
-        url = reply.mechanism.parameters.get("inodeURL", "")
-        dev, ino = _inode_of(url, "endpoint")
-        entry = self.registry.endpoints.get(name)
-        check_own_namespace(f"endpoint {name}", ino, entry.netns if entry is not None else None)
-        try:
-            fd = await channel.relay.wait_fd(dev, ino, min(5.0, context.time_remaining() or 5.0))
-        except FdNotReceivedError as exc:
-            raise DeadlineError(f"timeout in recvfd waiting for the endpoint's {url}") from exc
-        return fd, ino
-
     def _store(self, new: Session, old: Session | None, deadline: float, channel: EndpointChannel) -> None:
         conn_id = new.manager_view.id
         if old is not None:
@@ -487,7 +304,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         delay = max(0.0, deadline - self._clock())
         new.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
         if new.monitor is None:
-            new.monitor = asyncio.create_task(self._watch_endpoint(conn_id, channel))
+            new.monitor = self._tasks.spawn(self._watch_endpoint(conn_id, channel), f"watch {conn_id}")
         self.hub.update(new.manager_view)
 
     # --- endpoint side events -----------------------------------------------------------------------------
@@ -507,7 +324,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         reopened = False
         while True:
             try:
-                deleted = await self._follow_endpoint(channel, selector, check_listed=reopened)
+                deleted = await follow_endpoint(channel, selector, reopened, self._log)
             except StreamBroke as broke:
                 current = self.sessions.get(conn_id)
                 if current is None or current.forwarder_id != forwarder_id:
@@ -519,36 +336,12 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 self._endpoint_lost(current, broke.reason)
                 return
             if deleted:
-                current = self.sessions.get(conn_id)
-                if current is not None and current.forwarder_id == forwarder_id:
-                    current.monitor = None
-                    await self._teardown(current, "endpoint closed the connection", call_endpoint=False)
+                async with self._locks.hold(conn_id):
+                    current = self.sessions.get(conn_id)
+                    if current is not None and current.forwarder_id == forwarder_id:
+                        current.monitor = None
+                        await self._teardown(current, "endpoint closed the connection", call_endpoint=False)
             return
-
-    async def _follow_endpoint(
-        self, channel: EndpointChannel, selector: MonitorScopeSelector, check_listed: bool
-    ) -> bool:
-        """Events of one connection until it is deleted (True) or the stream ends (False); StreamBroke if
-        it breaks, or (`check_listed`) if the endpoint's first answer does not list the connection."""
-        stream = channel.client.monitor(selector)
-        worked = False
-        try:
-            async with contextlib.aclosing(stream):  # type: ignore[type-var]
-                async with asyncio.timeout(ENDPOINT_MONITOR_RESUME):
-                    first = await anext(stream)
-                if check_listed:
-                    if first.type == ConnectionEventType.INITIAL_STATE_TRANSFER and not first.connections:
-                        raise StreamBroke("the endpoint no longer knows the connection", worked=False)
-                    self._log.debug("endpoint.monitor_resumed", forwarder_id=selector.path_segments[0].id)
-                worked = True
-                if first.type == ConnectionEventType.DELETE:
-                    return True
-                async for event in stream:
-                    if event.type == ConnectionEventType.DELETE:
-                        return True
-        except (RpcFailed, TimeoutError) as exc:
-            raise StreamBroke(str(exc) or "no answer in time", worked=worked) from exc
-        return False
 
     def endpoint_gone(self, entry: EndpointEntry, why: str) -> None:
         """The registry no longer has `entry`'s socket. Unregistered or replaced: the socket is gone, so
@@ -583,9 +376,13 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
     def _expire(self, conn_id: str) -> None:
         session = self.sessions.get(conn_id)
         if session is not None:
-            asyncio.get_running_loop().create_task(
-                self._teardown(session, "path expired", call_endpoint=True)
-            )
+            self._tasks.spawn(self._expire_now(session), f"expire {conn_id}")
+
+    async def _expire_now(self, session: Session) -> None:
+        conn_id = session.manager_view.id
+        async with self._locks.hold(conn_id):
+            if self.sessions.get(conn_id) is session:  # not refreshed while we waited for the lock
+                await self._teardown(session, "path expired", call_endpoint=True)
 
     async def _teardown(self, session: Session, reason: str, call_endpoint: bool) -> None:
         conn_id = session.manager_view.id
@@ -612,14 +409,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         )
 
     async def _close_at_endpoint(self, endpoint_name: str, endpoint_conn: Connection) -> None:
-        entry = self.registry.endpoints.get(endpoint_name)
-        if entry is None:
-            return
-        try:
-            channel = await self.dialer.get(entry.record.url, entry.dial_url)
-            await channel.client.close(endpoint_conn, ENDPOINT_CALL_TIMEOUT)
-        except RpcFailed as exc:
-            self._log.warning("endpoint.close_failed", endpoint=endpoint_name, reason=str(exc))
+        failure = await self.endpoints.close_at(endpoint_name, endpoint_conn)
+        if failure is not None:
+            self._log.warning("endpoint.close_failed", endpoint=endpoint_name, reason=failure)
 
     # --- Close ------------------------------------------------------------------------------------------
 
@@ -634,7 +426,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         except NsmError as exc:
             self._log.warning("close.denied", conn=conn.id, caller=caller or "-", reason=str(exc))
             await abort(context, exc)
-        async with self._locks.setdefault(mine.id, asyncio.Lock()):
+        async with self._locks.hold(mine.id):
             session = self.sessions.get(mine.id)
             if session is not None:
                 await self._teardown(session, "closed by client", call_endpoint=True)
@@ -645,7 +437,6 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 forwarded.CopyFrom(mine)
                 update_path(forwarded, FORWARDER_NAME)
                 await self._close_at_endpoint(mine.network_service_endpoint_name, forwarded)
-        self._locks.pop(mine.id, None)
         return Empty()
 
     async def aclose(self) -> None:
@@ -653,10 +444,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         for session in list(self.sessions.values()):
             if session.expiry is not None:
                 session.expiry.cancel()
-            if session.monitor is not None:
-                session.monitor.cancel()
             session.close_fds()
         self.sessions.clear()
+        await self._tasks.aclose()  # endpoint watches, expiries under way
 
 
 class ManagerMonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):

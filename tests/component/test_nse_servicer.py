@@ -371,7 +371,7 @@ def test_monitor_sends_initial_then_update_then_delete_after_close(
                 assert delete.connections[own_id].state == State.DOWN
                 assert [c.id for c in nse.closed] == [own_id]
                 assert nse.allocator.held(own_id) == ()
-                assert nse.servicer._locks == {}  # internal bookkeeping: nothing kept for a closed id
+                assert len(nse.servicer._locks) == 0  # internal bookkeeping: nothing kept for a closed id
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
@@ -435,7 +435,7 @@ def test_connection_is_closed_by_the_endpoint_at_the_callers_expiry(
                 assert [c.id for c in nse.closed] == [own_id]
                 assert nse.allocator.held(own_id) == ()
                 assert nse.hub.connections == {}
-                assert nse.servicer._locks == {}
+                assert len(nse.servicer._locks) == 0
             finally:
                 await events.aclose()  # type: ignore[attr-defined]
 
