@@ -21,6 +21,7 @@ import grpc
 import pytest
 from aio_helpers import grpc_calls_settled
 from relay_helpers import eventually
+from token_oracle import verify
 
 from nse_sidecar.endpoint import Accepted, EndpointCore
 from nse_sidecar.servicer import EndpointServicer
@@ -42,7 +43,7 @@ from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.agent.security import secure_identity
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.policies import check_client
-from nsm_sdk.identity.tokens import TokenSigner, verify
+from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
 from nsm_sdk.protocol.ipam import NsmP2PAllocator

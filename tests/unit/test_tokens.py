@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from token_oracle import verify
 
 from nsm_local.dev_ca import DevCA
 from nsm_sdk.agent.credentials import TOKEN_KEY, CallTokens, caller_token
@@ -19,7 +20,6 @@ from nsm_sdk.identity.tokens import (
     UnsupportedKeyError,
     decode_header,
     decode_unverified,
-    verify,
 )
 from nsm_sdk.identity.x509 import X509Material
 
