@@ -12,12 +12,13 @@ import asyncio
 from dataclasses import dataclass
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
-from nsm_sdk.kernel.addresses import Route
+from nsm_sdk.kernel.addresses import Route, parse_interface
 from nsm_sdk.kernel.configure import configure_link
-from nsm_sdk.kernel.errors import KernelError, LinkNameTaken, LinkNotFound
+from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken, LinkNotFound
 from nsm_sdk.kernel.links import End, create_veth_pair, delete_link
 from nsm_sdk.kernel.state import inspect_link
-from nsm_sdk.protocol.sides import Side, side_config
+from nsm_sdk.protocol.errors import ProtocolError
+from nsm_sdk.protocol.sides import SideConfig, side_config
 
 
 @dataclass(frozen=True)
@@ -46,14 +47,45 @@ def _owned_by(ns_fd: int, ifname: str, alias: str) -> bool:
         return False
 
 
-def _configure(ns_fd: int, ifname: str, conn: Connection, side: Side, alias: str) -> None:
-    config = side_config(conn.context.ip_context, side)
+MTU_RANGE = range(68, 65536)
+"""What a veth takes (IPv4's minimum to the kernel's maximum); NSM's field is a uint32."""
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Both ends' configuration, worked out (and checked) before anything is created."""
+
+    client: SideConfig
+    endpoint: SideConfig
+    mtu: int | None
+
+
+def _plan(conn: Connection) -> _Plan:
+    """ProtocolError for what no kernel would take: a malformed address or route, an impossible MTU."""
+    try:
+        client, endpoint = (side_config(conn.context.ip_context, side) for side in ("client", "endpoint"))
+        for config in (client, endpoint):
+            for address in config.addresses:
+                parse_interface(address)
+            for route in config.routes:
+                Route(route.prefix, route.via)
+    except (ValueError, InvalidArgument) as exc:
+        raise ProtocolError(f"the connection's IP context: {exc}") from None
+    mtu = conn.context.MTU or None
+    if mtu is not None and mtu not in MTU_RANGE:
+        raise ProtocolError(
+            f"the connection's MTU {mtu}: a veth takes {MTU_RANGE.start}-{MTU_RANGE.stop - 1}"
+        )
+    return _Plan(client, endpoint, mtu)
+
+
+def _configure(ns_fd: int, ifname: str, config: SideConfig, mtu: int | None, alias: str) -> None:
     configure_link(
         ns_fd,
         ifname,
         list(config.addresses),
         [Route(r.prefix, r.via) for r in config.routes],
-        mtu=conn.context.MTU or None,
+        mtu=mtu,
         alias=alias,
     )
 
@@ -61,9 +93,10 @@ def _configure(ns_fd: int, ifname: str, conn: Connection, side: Side, alias: str
 def _ensure(xc: CrossConnect, conn: Connection) -> None:
     conn_id = conn.path.path_segments[0].id
     assert xc.endpoint_ns_fd is not None, "creating a pair needs both namespaces"
+    plan = _plan(conn)
     ends = (End(xc.client_ns_fd, xc.client_ifname), End(xc.endpoint_ns_fd, xc.endpoint_ifname))
     try:
-        create_veth_pair(*ends)
+        created = create_veth_pair(*ends)
     except LinkNameTaken:
         # A link of ours from before a restart (or from a reselect to another endpoint) holds a name:
         # replace it, but never touch an interface that our alias does not mark as ours.
@@ -74,9 +107,14 @@ def _ensure(xc: CrossConnect, conn: Connection) -> None:
             removed |= delete_link(xc.endpoint_ns_fd, xc.endpoint_ifname)
         if not removed:
             raise
-        create_veth_pair(*ends)
-    _configure(xc.client_ns_fd, xc.client_ifname, conn, "client", client_alias(conn_id))
-    _configure(xc.endpoint_ns_fd, xc.endpoint_ifname, conn, "endpoint", endpoint_alias(conn_id))
+        created = create_veth_pair(*ends)
+    try:
+        _configure(xc.client_ns_fd, xc.client_ifname, plan.client, plan.mtu, client_alias(conn_id))
+        _configure(xc.endpoint_ns_fd, xc.endpoint_ifname, plan.endpoint, plan.mtu, endpoint_alias(conn_id))
+    except BaseException:
+        if created:  # no half-made link: a pair this request made goes with its failure
+            _remove(xc)
+        raise
 
 
 def _remove(xc: CrossConnect) -> bool:

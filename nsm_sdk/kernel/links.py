@@ -49,7 +49,7 @@ def find_link(ipr: Any, name: str) -> int | None:
     return None if link is None else int(link["index"])
 
 
-def create_veth_pair(a: End, b: End) -> None:
+def create_veth_pair(a: End, b: End) -> bool:
     """Ensure that a veth pair joins `a` and `b`, each end under its final name in its own netns.
 
     One RTM_NEWLINK, sent from our own netns, carries IFLA_NET_NS_FD for the link and for the peer, so
@@ -57,7 +57,8 @@ def create_veth_pair(a: End, b: End) -> None:
     our netns under a name that could collide there (the v0 forwarder's bug, legacy-contract).
 
     Succeeds without change if both ends exist and are each other's peer; raises LinkNameTaken if
-    either name is held by anything else. Raises InvalidArgument for a pair that cannot exist.
+    either name is held by anything else. Raises InvalidArgument for a pair that cannot exist. Returns
+    whether it created the pair (False: it was there already).
     """
     check_ifname(a.ifname)
     check_ifname(b.ifname)
@@ -66,7 +67,7 @@ def create_veth_pair(a: End, b: End) -> None:
         raise InvalidArgument(f"both veth ends are named {a.ifname!r} in the same netns")
     with netlink_in(a.ns_fd) as ipr_a, netlink_in(b.ns_fd) as ipr_b:
         if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
-            return
+            return False
         try:
             with netlink_in(None) as own, kernel_errors(f"create veth {a.ifname} <-> {b.ifname}"):
                 own.link("add", kind="veth", **_veth_end(a), peer=_veth_end(b))
@@ -75,8 +76,9 @@ def create_veth_pair(a: End, b: End) -> None:
                 raise
             # A name was taken since we looked: fine if a concurrent caller created exactly our pair.
             if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
-                return
+                return False
             raise LinkNameTaken(f"cannot create veth {a.ifname} <-> {b.ifname}: {exc}") from exc
+        return True
 
 
 def _veth_end(end: End) -> dict[str, Any]:
