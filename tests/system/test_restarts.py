@@ -214,3 +214,21 @@ def test_killed_client_and_endpoint_both_restarted_keep_the_link(lab: Lab) -> No
     assert_one_pair_each(lab, dev2, before_2)
     assert one_per_link(lab, ["eth12"]), connection_lines(lab)
     assert lab.ping(dev1, "10.60.1.2")
+
+
+def test_killed_nsm_local_restarted_brings_back_every_link_on_both_sides_without_touching_a_sidecar(
+    lab: Lab,
+) -> None:
+    dev1, dev2, nse, nsc = start_links(lab, LINKS)
+    before = ifindexes(dev1), ifindexes(dev2), lab.addresses(dev1), lab.addresses(dev2)
+    manager = lab.processes[0]
+    manager.signal(signal.SIGKILL)
+    manager.wait(10)
+    assert all(lab.ping(dev1, f"10.60.1.{4 * i + 2}") for i in range(len(LINKS))), "the data plane stays"
+    lab.nsm_local()
+    wait_until(lambda: one_per_link(lab, [c for c, _, _ in LINKS]), 40, "every connection back in nsm-local")
+    assert (ifindexes(dev1), ifindexes(dev2), lab.addresses(dev1), lab.addresses(dev2)) == before
+    assert nse.alive() and nsc.alive(), "no sidecar was restarted"
+    assert len(lab.processes) == 4, "and no other was started"
+    assert all(lab.ping(dev1, f"10.60.1.{4 * i + 2}") for i in range(len(LINKS)))
+    assert not nse.events("ipam.kept"), "the endpoint never restarted, so it kept nothing aside"
