@@ -55,8 +55,10 @@ class TestLink:
     def test_returned_connection_is_kernel_with_our_name_four_segments_and_ip_context(
         self, link: Link
     ) -> None:
-        replies = link.lab.events("nsmgr.request", id=CONN_ID)
-        assert replies, "the nsmgr never answered the client"
+        # the harness logs the reply after sending it: the client may have its link a moment before
+        replies = wait_until(
+            lambda: link.lab.events("nsmgr.request", id=CONN_ID), 10, "the nsmgr's reply to the client"
+        )
         sent = replies[0]["request"]
         assert sent["mechanism_preferences"][0]["parameters"]["inodeURL"].startswith("inode://")
         check_connection(replies[-1]["connection"])
@@ -110,10 +112,12 @@ class TestLink:
     def test_sigterm_on_the_client_closes_and_removes_both_interfaces(self, link: Link) -> None:
         endpoint_if = link.endpoint_ifname()
         assert link.nsc.stop(signal.SIGTERM) == 0, link.nsc.log
-        closes = link.lab.events("nsmgr.close", id=CONN_ID)
+        # the harness logs a call after answering it: wait for the lines, then check them exactly
+        closes = wait_until(lambda: link.lab.events("nsmgr.close", id=CONN_ID), 10, "the nsmgr's Close")
         assert len(closes) == 1 and "error" not in closes[0], closes
+        wait_until(lambda: link.lab.events("veth.deleted"), 10, "the veth deleted")
         assert [e["why"] for e in link.lab.events("veth.deleted")] == ["close"]
-        assert link.lab.events("endpoint.close")  # the Close went all the way to the endpoint
+        assert wait_until(lambda: link.lab.events("endpoint.close"), 10, "the Close at the endpoint")
         assert IFNAME not in link.lab.links(link.nsc_ns)
         assert endpoint_if not in link.lab.links(link.nse_ns)
 
