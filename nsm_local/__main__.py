@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import sys
 from collections.abc import Mapping
 from functools import partial
@@ -251,6 +253,17 @@ def _kube_node(settings: KubeSettings, trust_domain: str) -> KubeNode:
         raise ConfigError(variable, value, str(exc)) from None
 
 
+def raise_fd_limit() -> int:
+    """Lift the soft open-file limit to the hard one, as Go's runtime does for nsmgr: every connection
+    holds its client's netns fd, and 1024 (a common soft default) is a few hundred links."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        wanted = min(hard, 1 << 20) if hard != resource.RLIM_INFINITY else 1 << 20
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, wanted), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 def _metrics(listen_on: str) -> MetricsEndpoint | None:
     """The metrics endpoint, listening, if asked for (ConfigError for a bad or busy address)."""
     if not listen_on.strip():
@@ -304,6 +317,7 @@ def main(argv: list[str] | None = None) -> None:
                 kubernetes=kube_settings(args, os.environ),
             )
             metrics = _metrics(args.prometheus_listen_on)
+            raise_fd_limit()
             setup_logging("nsm-local", args.log_level)
             try:
                 if metrics is not None:

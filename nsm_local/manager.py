@@ -64,7 +64,7 @@ from nsm_sdk.agent.security import authorize_server
 from nsm_sdk.agent.tasks import OwnedTasks
 from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.protocol.errors import DeadlineError, NsmError, ProtocolError
+from nsm_sdk.protocol.errors import DeadlineError, ExhaustedError, NsmError, ProtocolError
 from nsm_sdk.protocol.path import copy_caller_token, prev_expires, restore_index, set_own_token, update_path
 from nsm_sdk.protocol.timing import server_close_deadline
 from nsm_sdk.transport.errors import FdNotReceivedError
@@ -75,6 +75,9 @@ from nsm_sdk.transport.status import abort
 Context = grpc.aio.ServicerContext[Any, Any]
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
+MAX_CONNECTIONS = 20_000
+"""A bound, well above a thousand-router lab's links, so a flood of Requests cannot exhaust the host's fds
+(each connection holds its client's netns fd)."""
 
 
 class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -143,6 +146,8 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             check_request(request)
             caller_index = self._step_onto_path(conn, token, expires, connection, caller)
             self.owners.check(conn.id, caller)
+            if conn.id not in self.sessions and len(self.sessions) >= MAX_CONNECTIONS:
+                raise ExhaustedError(f"nsm-local holds at most {MAX_CONNECTIONS} connections")
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
             async with self._locks.hold(conn.id):
                 reply = await self._request(
@@ -465,5 +470,8 @@ class ManagerMonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
         def visible(conn: Connection) -> bool:
             return identity.is_operator(caller) or (caller is not None and owners.owner(conn.id) == caller)
 
-        async for event in self.manager.hub.subscribe(selector, visible):
-            yield event
+        try:
+            async for event in self.manager.hub.subscribe(selector, visible):
+                yield event
+        except NsmError as exc:
+            await abort(context, exc)

@@ -3,7 +3,9 @@
 Each subscriber first gets INITIAL_STATE_TRANSFER with every matching connection, then UPDATE/DELETE
 events filtered by its selector, and by a `visible` predicate when the server shows callers only their
 own connections (nsm-local). Subscribers are plain asyncio queues, so a slow monitor never blocks a
-Request; the stream ends when the client cancels or the hub is closed.
+Request; the stream ends when the client cancels or the hub is closed. Both are bounded: at most
+`MAX_SUBSCRIBERS` streams, and a subscriber `MAX_BACKLOG` events behind is cut off (its stream ends with
+RESOURCE_EXHAUSTED; a client then monitors again and gets the current state).
 """
 
 from __future__ import annotations
@@ -22,8 +24,12 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     MonitorScopeSelector,
     State,
 )
+from nsm_sdk.protocol.errors import ExhaustedError, NsmError
 from nsm_sdk.protocol.monitor import build_event
+from nsm_sdk.transport.status import abort
 
+MAX_SUBSCRIBERS = 1_000
+MAX_BACKLOG = 1_000
 _CLOSED = None
 Visible = Callable[[Connection], bool]
 
@@ -38,6 +44,7 @@ class MonitorHub:
         self._subscribers: dict[
             asyncio.Queue[ConnectionEvent | None], tuple[MonitorScopeSelector, Visible]
         ] = {}
+        self._overflowed: set[asyncio.Queue[ConnectionEvent | None]] = set()
 
     def __repr__(self) -> str:
         return f"<MonitorHub connections={len(self._connections)} subscribers={len(self._subscribers)}>"
@@ -64,12 +71,19 @@ class MonitorHub:
             if not visible(conn):
                 continue
             event = build_event(kind, selector, [conn])
-            if event is not None:
+            if event is None or queue in self._overflowed:
+                continue
+            if queue.qsize() >= MAX_BACKLOG:
+                self._overflowed.add(queue)
+                queue.put_nowait(_CLOSED)
+            else:
                 queue.put_nowait(event)
 
     async def subscribe(
         self, selector: MonitorScopeSelector, visible: Visible = _everything
     ) -> AsyncIterator[ConnectionEvent]:
+        if len(self._subscribers) >= MAX_SUBSCRIBERS:
+            raise ExhaustedError(f"at most {MAX_SUBSCRIBERS} monitor streams at a time")
         queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
         initial = build_event(
             ConnectionEventType.INITIAL_STATE_TRANSFER,
@@ -83,8 +97,11 @@ class MonitorHub:
             while (event := await queue.get()) is not _CLOSED:
                 assert event is not None
                 yield event
+            if queue in self._overflowed:
+                raise ExhaustedError(f"the monitor stream fell {MAX_BACKLOG} events behind: monitor again")
         finally:
             self._subscribers.pop(queue, None)
+            self._overflowed.discard(queue)
 
     def close(self) -> None:
         """End every subscription (server shutdown)."""
@@ -101,5 +118,8 @@ class MonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
     async def MonitorConnections(
         self, selector: MonitorScopeSelector, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[ConnectionEvent]:
-        async for event in self.hub.subscribe(selector):
-            yield event
+        try:
+            async for event in self.hub.subscribe(selector):
+                yield event
+        except NsmError as exc:
+            await abort(context, exc)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ import grpc
 import pytest
 from local_plane import control_plane
 
+from nsm_local import manager as manager_module
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk._proto.registry.registry_pb2 import NetworkService
@@ -115,8 +118,10 @@ def test_missing_token_expiry_is_refused_like_nsmgr(
 ) -> None:
     async def main() -> None:
         with own_netns_fd() as netns:
-            async with control_plane(sock_dir, insecure=insecure) as plane, \
-                    plane.client(send_fds=[netns]) as client:
+            async with (
+                control_plane(sock_dir, insecure=insecure) as plane,
+                plane.client(send_fds=[netns]) as client,
+            ):
                 request = request_for("p2p", inode_url_for_fd(netns))
                 stub = networkservice_pb2_grpc.NetworkServiceStub(client.channel)
                 peer = await client.peer("test", 5.0)
@@ -133,3 +138,35 @@ def test_missing_token_expiry_is_refused_like_nsmgr(
                 assert "network service p2p is not found" in (caught.value.details() or "")
 
     run_async(bounded(main))
+
+
+def test_a_new_connection_over_the_cap_is_refused_as_resource_exhausted(
+    run_async: AsyncRunner, sock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(manager_module, "MAX_CONNECTIONS", 0)
+
+    async def main() -> None:
+        with own_netns_fd() as netns:
+            async with control_plane(sock_dir) as plane, plane.client(send_fds=[netns]) as client:
+                error = await refused(client, request_for("p2p", inode_url_for_fd(netns)))
+                assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert "at most 0 connections" in error.details
+
+    run_async(bounded(main))
+
+
+def test_nsm_local_lifts_its_soft_open_file_limit_to_the_hard_one() -> None:
+    probe = (
+        "import resource\n"
+        "from nsm_local.__main__ import raise_fd_limit\n"
+        "print(raise_fd_limit(), resource.getrlimit(resource.RLIMIT_NOFILE)[1])"
+    )
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -Sn 256 && exec "$0" -c "$1"', sys.executable, probe],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    soft, hard = (int(field) for field in result.stdout.split())
+    assert soft == min(hard, 1 << 20) and soft > 256
