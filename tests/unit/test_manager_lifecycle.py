@@ -1,0 +1,200 @@
+"""nsm-local's manager after a connection is made: expiry, teardown and endpoints that go, against fakes
+(no kernel, no gRPC: the forwarder and the endpoint channels are replaced) and a fake clock."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+import nsm_local.manager as manager_module
+from nsm_local.forwarder import CrossConnect
+from nsm_local.manager import ManagerServicer
+from nsm_local.ownership import ConnectionOwners, LinkEnd
+from nsm_local.registry import EndpointEntry, Registry
+from nsm_local.sessions import Session
+from nsm_sdk._proto.networkservice.connection_pb2 import (
+    Connection,
+    ConnectionEvent,
+    ConnectionEventType,
+    MonitorScopeSelector,
+    State,
+)
+from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
+from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.monitor_hub import MonitorHub
+
+URL = "inode://1/100"
+
+
+class FakeDialer:
+    """Channels to endpoints: records the Closes sent through them and the channels forgotten."""
+
+    def __init__(self) -> None:
+        self.forgotten: list[str] = []
+        self.closed_at_endpoint: list[str] = []
+
+    def forget(self, key: str) -> None:
+        self.forgotten.append(key)
+
+    async def get(self, key: str, dial_url: str) -> Any:
+        async def close(conn: Connection, timeout: float) -> None:
+            self.closed_at_endpoint.append(conn.path.path_segments[-1].id)
+
+        return SimpleNamespace(key=key, client=SimpleNamespace(close=close))
+
+
+class Forwarder:
+    """Stands in for the kernel: which pairs were removed."""
+
+    def __init__(self) -> None:
+        self.removed: list[str] = []
+
+    async def remove(self, xc: CrossConnect) -> bool:
+        self.removed.append(xc.client_ifname)
+        return True
+
+
+@pytest.fixture
+def forwarder(monkeypatch: pytest.MonkeyPatch) -> Forwarder:
+    fake = Forwarder()
+    monkeypatch.setattr(manager_module, "remove_cross_connect", fake.remove)
+    return fake
+
+
+def make_manager(registry: Registry, dialer: FakeDialer, clock: list[float]) -> ManagerServicer:
+    identity: Any = SimpleNamespace(
+        manager=SimpleNamespace(tokens=None), forwarder=SimpleNamespace(tokens=None)
+    )
+    return ManagerServicer(
+        registry,
+        dialer,  # type: ignore[arg-type]
+        identity,
+        ConnectionOwners(None),
+        MonitorHub(),
+        lambda: None,  # type: ignore[arg-type,return-value]
+        EventLog("test"),
+        clock=lambda: clock[0],
+    )
+
+
+def session(conn_id: str, ifname: str = "eth12", key: str = URL) -> Session:
+    view = Connection(id=conn_id, network_service="p2p", state=State.UP)
+    view.path.index = 1
+    view.path.path_segments.add(name="nsc", id=f"client-{conn_id}")
+    view.path.path_segments.add(name="nsmgr-local", id=conn_id)
+    endpoint_conn = Connection()
+    for name in ("nsc", "nsmgr-local", "forwarder-local", "nse"):
+        endpoint_conn.path.path_segments.add(name=name, id=f"{name}-{conn_id}")
+    return Session(
+        manager_view=view,
+        endpoint_name="nse-1",
+        endpoint_key=key,
+        endpoint_conn=endpoint_conn,
+        xc=CrossConnect(-1, ifname, None, "eth21"),
+        owner="spiffe://nsm.local/nsc",
+        ends=(LinkEnd(1, ifname), LinkEnd(2, "eth21")),
+        fds_closed=True,  # no real fds here
+    )
+
+
+def hold(manager: ManagerServicer, new: Session) -> None:
+    """As `_store` does, without a watch task or an armed expiry."""
+    manager.sessions[new.manager_view.id] = new
+    manager.owners.set(new.manager_view.id, new.owner)
+    manager.hub.update(new.manager_view)
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    made = Registry()
+    made.register_endpoint(EndpointEntry(record=NetworkServiceEndpoint(name="nse-1", url=URL), dial_url=URL))
+    yield made
+    made.close()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_an_expiry_that_fires_during_a_refresh_leaves_the_refreshed_connection(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        manager = make_manager(registry, FakeDialer(), [0.0])
+        old = session("m-1")
+        hold(manager, old)
+        async with manager._locks.hold("m-1"):  # a refresh is under way
+            manager._expire("m-1")  # the old deadline fires meanwhile
+            await settle()
+            hold(manager, session("m-1"))  # the refresh stores its new session
+        await settle()
+        assert manager.sessions["m-1"] is not old
+        assert forwarder.removed == [], "the link of a refreshed connection is never torn down"
+        assert len(manager._locks) == 0
+
+    asyncio.run(main())
+
+
+def test_an_expiry_removes_the_link_closes_at_the_endpoint_tells_monitors_and_forgets_the_owner(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        dialer = FakeDialer()
+        manager = make_manager(registry, dialer, [0.0])
+        hold(manager, session("m-1"))
+        events = manager.hub.subscribe(MonitorScopeSelector())
+        await anext(events)
+        manager._expire("m-1")
+        deleted: ConnectionEvent = await asyncio.wait_for(anext(events), 5)
+        await settle()
+        assert deleted.type == ConnectionEventType.DELETE and "m-1" in deleted.connections
+        assert forwarder.removed == ["eth12"] and manager.sessions == {}
+        assert dialer.closed_at_endpoint == ["nse-m-1"], "the endpoint is told to release it"
+        assert manager.owners.owner("m-1") is None
+        await events.aclose()
+
+    asyncio.run(main())
+
+
+def test_an_unregistered_endpoint_takes_its_connections_down_and_its_channel_goes(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        dialer = FakeDialer()
+        manager = make_manager(registry, dialer, [0.0])
+        registry.on_endpoint_gone = manager.endpoint_gone
+        hold(manager, session("m-1"))
+        hold(manager, session("m-2", "eth13", key="inode://1/200"))  # another endpoint's
+        events = manager.hub.subscribe(MonitorScopeSelector())
+        await anext(events)
+        registry.unregister_endpoint("nse-1")
+        down = await asyncio.wait_for(anext(events), 5)
+        assert down.connections["m-1"].state == State.DOWN, "its client heals at once"
+        assert dialer.forgotten == [URL]
+        assert forwarder.removed == [], "the link itself goes when the client heals or closes"
+        await events.aclose()
+
+    asyncio.run(main())
+
+
+def test_the_channel_of_an_expired_registration_goes_only_once_unused(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        dialer = FakeDialer()
+        manager = make_manager(registry, dialer, [0.0])
+        registry.on_endpoint_gone = manager.endpoint_gone
+        hold(manager, session("m-1"))
+        registry.unregister_endpoint("nse-1", "expired")  # it may come back: keep the channel in use
+        assert dialer.forgotten == []
+        assert manager.sessions["m-1"].manager_view.state == State.UP
+        manager._expire("m-1")
+        await settle()
+        assert dialer.forgotten == [URL], "unused and unregistered: closed"
+
+    asyncio.run(main())
