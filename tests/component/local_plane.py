@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +25,7 @@ from nsm_sdk.agent.security import AgentIdentity, agent_identity
 from nsm_sdk.protocol.envvalues import SecuritySettings
 from nsm_sdk.protocol.nsurl import parse_socket_url
 from nsm_sdk.transport.client import dial
+from nsm_sdk.transport.fdpass import open_netns_fd
 
 TRUST_DOMAIN = "nsm.local"
 MANAGER_ID = f"spiffe://{TRUST_DOMAIN}/{MANAGER_PATH}"
@@ -93,3 +94,13 @@ async def control_plane(sock_dir: Path, **overrides: Any) -> AsyncIterator[Plane
         stop.set()
         await server
         await grpc_calls_settled()
+
+
+@contextlib.contextmanager
+def own_netns_fd() -> Iterator[int]:
+    """An fd on this process's own netns, closed afterwards (what a client passes with its Request)."""
+    fd = open_netns_fd()
+    try:
+        yield fd
+    finally:
+        os.close(fd)

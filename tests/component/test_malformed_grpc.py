@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_plane import Plane, control_plane
+from local_plane import Plane, control_plane, own_netns_fd
 from proto_strategies import messages
 from test_nse_servicer import Endpoint, forwarder_request, running_endpoint
 
@@ -41,7 +40,6 @@ from nsm_sdk.protocol.labels import MAX_LABEL_BYTES, MAX_LABELS
 from nsm_sdk.protocol.registry_path import PATH_METADATA_KEY, RegistryPath
 from nsm_sdk.protocol.requests import first_request, kernel_preference
 from nsm_sdk.transport.client import MAX_MESSAGE_BYTES, dial
-from nsm_sdk.transport.fdpass import open_netns_fd
 from nsm_sdk.transport.tls import TlsSecurity
 from nsm_sdk.transport.urls import inode_url_for_fd
 
@@ -274,15 +272,6 @@ def test_endpoint_serves_a_flood_of_requests_and_closes_them_all(
 
 
 # --- nsm-local: manager ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def own_netns_fd() -> Iterator[int]:
-    fd = open_netns_fd()
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def client_request(netns_url: str, service: str = "p2p") -> NetworkServiceRequest:

@@ -8,17 +8,15 @@ all but the last; clients retry whatever the code).
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-from local_plane import control_plane
+from local_plane import control_plane, own_netns_fd
 
 from nsm_local import manager as manager_module
 from nsm_sdk._proto.networkservice import networkservice_pb2_grpc
@@ -28,19 +26,9 @@ from nsm_sdk.agent.credentials import TOKEN_EXPIRES_KEY, TOKEN_KEY
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.protocol.registry_path import RegistryPath
 from nsm_sdk.protocol.requests import first_request, kernel_preference
-from nsm_sdk.transport.fdpass import open_netns_fd
 from nsm_sdk.transport.urls import inode_url_for_fd
 
 AsyncRunner = Callable[[Callable[[], Awaitable[Any]]], Any]
-
-
-@contextlib.contextmanager
-def own_netns_fd() -> Iterator[int]:
-    fd = open_netns_fd()
-    try:
-        yield fd
-    finally:
-        os.close(fd)
 
 
 def request_for(service: str, netns_url: str, labels: dict[str, str] | None = None) -> NetworkServiceRequest:
