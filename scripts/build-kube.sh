@@ -15,6 +15,8 @@
 # Environment: KUBE_BUILD_DIR (default ${XDG_CACHE_HOME:-~/.cache}/nsm-topology-sidecars/kube-build), GOMODCACHE and GOCACHE as the go command reads them.
 # Exit codes: 0 built or up to date, 3 no Go toolchain found, else a failure.
 set -euo pipefail
+# shellcheck source=lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 cd "$(dirname "$0")/.."
 
 KUBE_VERSION=v1.34.4
@@ -49,19 +51,7 @@ if [ "$FORCE" = 0 ] && up_to_date; then
     exit 0
 fi
 
-GO="$(command -v go || true)"
-if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then
-    GO=/usr/local/go/bin/go
-fi
-if [ -z "$GO" ]; then
-    echo "build-kube: no Go toolchain (neither 'go' on PATH nor /usr/local/go/bin/go); Go >= 1.24 is needed" >&2
-    exit 3
-fi
-# the go command needs a home for its module and build caches, also in a bare environment
-if [ -z "${HOME:-}" ]; then
-    HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
-    export HOME
-fi
+use_go build-kube 1.24
 # local: never fetch another toolchain; mod: the rewritten go.mod gains go.sum lines for the staging modules
 export GOTOOLCHAIN=local GOWORK=off GOFLAGS="-mod=mod -buildvcs=false"
 

@@ -6,6 +6,8 @@
 # Cold (empty module and build caches) about 9 min on 2 cores; a rebuild with a warm build cache is a link.
 # Exit codes: 0 built or up to date, 3 no Go toolchain found, else a failure.
 set -euo pipefail
+# shellcheck source=lib/go.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/go.sh"
 cd "$(dirname "$0")/../tests/interop/spire"
 
 up_to_date() {
@@ -19,20 +21,7 @@ if [ "${1:-}" != "--force" ] && up_to_date; then
     exit 0
 fi
 
-GO="$(command -v go || true)"
-if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then
-    GO=/usr/local/go/bin/go
-fi
-if [ -z "$GO" ]; then
-    echo "build-spire: no Go toolchain (neither 'go' on PATH nor /usr/local/go/bin/go); Go >= 1.25.3 is needed" >&2
-    exit 3
-fi
-
-# the go command needs a home for its module and build caches, also in a bare environment
-if [ -z "${HOME:-}" ]; then
-    HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
-    export HOME
-fi
+use_go build-spire 1.25.3
 # local: never fetch another toolchain; readonly: go.mod/go.sum are committed and must be complete
 export GOTOOLCHAIN=local GOFLAGS="-mod=readonly -buildvcs=false"
 echo "build-spire: $("$GO" version) -> tests/interop/spire/bin/spire-server, spire-agent" >&2
