@@ -90,7 +90,7 @@ class EndpointCaller:
             outgoing.mechanism_preferences.append(Mechanism(cls="LOCAL", type=KERNEL))
             if session is not None and session.endpoint_name != name:
                 outgoing.connection.ClearField("mechanism")
-            channel = await self.dialer.get(entry.record.url, entry.dial_url)
+            channel = await self.dialer.get(entry)
             timeout = min(ENDPOINT_CALL_TIMEOUT, max(0.1, (time_left or ENDPOINT_CALL_TIMEOUT) - 0.5))
             try:
                 reply = await channel.client.request(outgoing, timeout, wait_for_ready=False)
@@ -129,7 +129,7 @@ class EndpointCaller:
         if entry is None:
             return None
         try:
-            channel = await self.dialer.get(entry.record.url, entry.dial_url)
+            channel = await self.dialer.get(entry)
             await channel.client.close(endpoint_conn, ENDPOINT_CALL_TIMEOUT)
         except RpcFailed as exc:
             return str(exc)

@@ -1,9 +1,12 @@
 """Channels from nsm-local to registered endpoints, one per endpoint socket, reused across Requests.
 
 Like the Go forwarder we dial the endpoint's socket file through the fd it registered with
-(/proc/<pid>/fd/N). Each channel has its own relay, so the endpoint's netns fd, which it sends with its
-reply, is found on that relay. We dial as the forwarder: its mTLS identity, its tokens. `warm` connects
-as soon as an endpoint registers, so that the TLS handshake is not part of its first link's setup.
+(/proc/<pid>/fd/N). Each channel dials through a dup of its own, held as long as the channel: after the
+registration goes, its fd number may come back for another endpoint's socket, and a channel that
+reconnects must still reach the file it was made for. Each channel has its own relay, so the endpoint's
+netns fd, which it sends with its reply, is found on that relay. We dial as the forwarder: its mTLS
+identity, its tokens. `warm` connects as soon as an endpoint registers, so that the TLS handshake is not
+part of its first link's setup.
 """
 
 from __future__ import annotations
@@ -11,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from dataclasses import dataclass
 
 import grpc
 
 from nsm_local.identities import Role
+from nsm_local.registry import EndpointEntry
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.transport.client import ClientRelay, dial
 
@@ -41,27 +46,37 @@ class EndpointDialer:
     def __repr__(self) -> str:
         return f"<EndpointDialer channels={len(self._channels)}>"
 
-    async def get(self, key: str, dial_url: str) -> EndpointChannel:
-        """The channel for endpoint socket `key` (its registered URL), dialled at `dial_url` when new."""
+    async def get(self, entry: EndpointEntry) -> EndpointChannel:
+        """The channel for the endpoint socket `entry` registered (keyed by its URL), dialled when new."""
+        key = entry.record.url
         existing = self._channels.get(key)
         if existing is not None:
             return existing
         stack = contextlib.AsyncExitStack()
+        dial_url = entry.dial_url
+        if entry.socket_fd is not None:
+            own = os.dup(entry.socket_fd)
+            stack.callback(os.close, own)
+            dial_url = f"unix:///proc/{os.getpid()}/fd/{own}"
         channel: grpc.aio.Channel
-        channel, relay = await stack.enter_async_context(dial(dial_url, security=self.role.security))
+        try:
+            channel, relay = await stack.enter_async_context(dial(dial_url, security=self.role.security))
+        except BaseException:
+            await stack.aclose()
+            raise
         client = NsmClient(channel, self.tokens, relay)
         made = EndpointChannel(key=key, client=client, relay=relay, stack=stack)
         self._channels[key] = made
         return made
 
-    def warm(self, key: str, dial_url: str, timeout: float = 5.0) -> None:
+    def warm(self, entry: EndpointEntry, timeout: float = 5.0) -> None:
         """Connect to a newly registered endpoint in the background (errors are left to the first call)."""
-        task = asyncio.create_task(self._warm(key, dial_url, timeout), name=f"warm {key}")
+        task = asyncio.create_task(self._warm(entry, timeout), name=f"warm {entry.record.url}")
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
 
-    async def _warm(self, key: str, dial_url: str, timeout: float) -> None:
-        made = await self.get(key, dial_url)
+    async def _warm(self, entry: EndpointEntry, timeout: float) -> None:
+        made = await self.get(entry)
         with contextlib.suppress(RpcFailed):
             await made.client.connection("warm-up", timeout)
 

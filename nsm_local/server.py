@@ -210,7 +210,7 @@ async def _serve(
                 current,
                 settings.registration_expiry,
                 log,
-                on_registered=lambda entry: dialer.warm(entry.record.url, entry.dial_url),
+                on_registered=lambda entry: dialer.warm(entry),
             ),
             server,
         )

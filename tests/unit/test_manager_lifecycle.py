@@ -40,11 +40,11 @@ class FakeDialer:
     def forget(self, key: str) -> None:
         self.forgotten.append(key)
 
-    async def get(self, key: str, dial_url: str) -> Any:
+    async def get(self, entry: EndpointEntry) -> Any:
         async def close(conn: Connection, timeout: float) -> None:
             self.closed_at_endpoint.append(conn.path.path_segments[-1].id)
 
-        return SimpleNamespace(key=key, client=SimpleNamespace(close=close))
+        return SimpleNamespace(key=entry.record.url, client=SimpleNamespace(close=close))
 
 
 class Forwarder:
