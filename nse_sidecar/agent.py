@@ -103,15 +103,16 @@ class EndpointSides:
         else:
             log.info("link.verified", addresses=",".join(own.context.ip_context.dst_ip_addrs))
 
-    async def remove_all(self, names: list[str]) -> None:
+    async def remove_all(self, links: list[tuple[str, str]]) -> None:
+        """Remove our side of each (connection id, interface) at shutdown."""
         for conn_id in list(self._tasks):
             self._cancel(conn_id)
-        for ifname in names:
+        for conn_id, ifname in links:
             try:
                 found = await asyncio.to_thread(delete_link, None, ifname)
-                self._log.info("link.removed", ifname=ifname, found=found)
+                self._log.info("link.removed", conn=conn_id, ifname=ifname, found=found)
             except KernelError as exc:
-                self._log.warning("link.remove_failed", ifname=ifname, reason=str(exc))
+                self._log.warning("link.remove_failed", conn=conn_id, ifname=ifname, reason=str(exc))
 
     def interface_of(self, conn_id: str) -> str | None:
         return self._interfaces.get(conn_id)
@@ -191,11 +192,11 @@ async def _serve(
                     await registration
                     await registrar.unregister()
             # Names first: closing forgets them (EndpointSides.closed), and we must still remove them.
-            open_links = [sides.interface_of(conn_id) for conn_id in list(hub.connections)]
+            open_links = [(conn_id, sides.interface_of(conn_id)) for conn_id in list(hub.connections)]
             await servicer.aclose()
             servicer.close_all()
             await asyncio.sleep(0.1)  # let monitor streams deliver the DELETE events
-            await sides.remove_all([name for name in open_links if name])
+            await sides.remove_all([(conn_id, name) for conn_id, name in open_links if name])
             hub.close()
         finally:
             os.close(socket_fd)
