@@ -47,6 +47,7 @@ from nsm_sdk.protocol.envvalues import (
     env_value,
     log_level,
     socket_url,
+    token_lifetime,
 )
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.labels import FrozenLabels, checked_labels, parse_equals_labels, with_missing_labels
@@ -113,7 +114,7 @@ class NscSettings:
             connect_to=socket_url(env, "NSM_CONNECT_TO"),
             request_timeout=duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
             dial_timeout=duration(env, "NSM_DIAL_TIMEOUT", 5.0),
-            max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
+            max_token_lifetime=token_lifetime(env, duration(env, "NSM_REQUEST_TIMEOUT", 15.0)),
             readiness_file=absolute_path(env, "NSM_READY_FILE"),
             log_level=log_level(env, "NSM_LOG_LEVEL"),
             security=SecuritySettings.from_env(env),

@@ -58,6 +58,7 @@ from nsm_sdk.protocol.envvalues import (
     env_value,
     log_level,
     socket_url,
+    token_lifetime,
 )
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.labels import (
@@ -162,8 +163,8 @@ class NseSettings:
             listen_on=_listen_url(env, "NSM_LISTEN_ON"),
             register_service=boolean(env, "NSM_REGISTER_SERVICE", default=True),
             payload=_payload(env, "NSM_PAYLOAD"),
-            max_token_lifetime=duration(env, "NSM_MAX_TOKEN_LIFETIME", 600.0),
             request_timeout=duration(env, "NSM_REQUEST_TIMEOUT", 15.0),
+            max_token_lifetime=token_lifetime(env, duration(env, "NSM_REQUEST_TIMEOUT", 15.0)),
             readiness_file=absolute_path(env, "NSM_READY_FILE"),
             log_level=log_level(env, "NSM_LOG_LEVEL"),
             security=SecuritySettings.from_env(env),

@@ -24,6 +24,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from typing import Any
 
 import grpc
@@ -78,6 +79,17 @@ FORWARDER_NAME = "forwarder-local"
 MAX_CONNECTIONS = 20_000
 """A bound, well above a thousand-router lab's links, so a flood of Requests cannot exhaust the host's fds
 (each connection holds its client's netns fd)."""
+
+
+TimeLeft = Callable[[], float | None]
+
+
+def _time_left(remaining: float | None) -> TimeLeft:
+    """Seconds left of the caller's deadline as it was when its call came (None: it set none)."""
+    if remaining is None:
+        return lambda: None
+    ends = time.monotonic() + remaining
+    return lambda: max(0.0, ends - time.monotonic())
 
 
 class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
@@ -149,10 +161,20 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             if conn.id not in self.sessions and len(self.sessions) >= MAX_CONNECTIONS:
                 raise ExhaustedError(f"nsm-local holds at most {MAX_CONNECTIONS} connections")
             deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
-            async with self._locks.hold(conn.id):
-                reply = await self._request(
-                    request, conn, caller, connection, caller_index, deadline, context
-                )
+            time_left = _time_left(context.time_remaining())
+            # Detached from this call: once it touches the kernel, a Request runs to its end even if the
+            # caller gives up (its deadline passes): cut short, it would undo a refresh's live link or
+            # close fds a kernel thread still uses. A caller that gave up finds the result by its id.
+            work = self._tasks.spawn(
+                self._locked_request(request, conn, caller, connection, caller_index, deadline, time_left),
+                f"request {conn.id}",
+                report_errors=False,
+            )
+            try:
+                reply: Connection = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                work.add_done_callback(partial(self._log_abandoned, conn.id))
+                raise
         except (NsmError, KernelError) as exc:
             self._log.warning(
                 "request.failed" if not isinstance(exc, PermissionDenied) else "request.denied",
@@ -164,6 +186,31 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             await abort(context, exc)
         return reply
 
+    async def _locked_request(
+        self,
+        request: NetworkServiceRequest,
+        conn: Connection,
+        caller: str | None,
+        connection: RelayConnection | None,
+        caller_index: int,
+        deadline: float,
+        time_left: TimeLeft,
+    ) -> Connection:
+        async with self._locks.hold(conn.id):
+            return await self._request(request, conn, caller, connection, caller_index, deadline, time_left)
+
+    def _log_abandoned(self, conn_id: str, work: asyncio.Task[Connection]) -> None:
+        """The caller left before its Request ended: say how it ended (the caller finds out by its id)."""
+        if work.cancelled():
+            return
+        error = work.exception()
+        self._log.info(
+            "request.abandoned",
+            conn=conn_id,
+            outcome="failed" if error else "done",
+            reason=str(error) if error else "",
+        )
+
     async def _request(
         self,
         request: NetworkServiceRequest,
@@ -172,12 +219,12 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         connection: RelayConnection | None,
         caller_index: int,
         deadline: float,
-        context: Context,
+        time_left: TimeLeft,
     ) -> Connection:
         mechanism = kernel_mechanism(request)
         client_ifname = client_interface_name(conn, mechanism, secrets.token_bytes)
         mechanism.parameters["name"] = client_ifname
-        client_ns_fd, client_netns = await self._client_netns_fd(mechanism, connection, context)
+        client_ns_fd, client_netns = await self._client_netns_fd(mechanism, connection, time_left())
         try:
             client_end = LinkEnd(client_netns, client_ifname)
             self._check_link_free(client_end, conn.id)
@@ -186,12 +233,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 await self._teardown(session, "reselect requested", call_endpoint=True)
                 session = None
             forwarded = self._forwarder_hop(conn, session, connection)
-            endpoint_name, channel, reply = await self.endpoints.call(
-                conn, forwarded, session, context.time_remaining()
-            )
+            endpoint_name, channel, reply = await self.endpoints.call(conn, forwarded, session, time_left())
             try:
                 endpoint_ns_fd, endpoint_netns = await self.endpoints.netns_fd(
-                    endpoint_name, reply, channel, context.time_remaining()
+                    endpoint_name, reply, channel, time_left()
                 )
                 endpoint_end = LinkEnd(endpoint_netns, reply.mechanism.parameters["name"])
                 self._check_link_free(endpoint_end, conn.id)
@@ -261,7 +306,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 raise LinkNameInUse(f"interface {end} is in use by connection {other_id}")
 
     async def _client_netns_fd(
-        self, mechanism: Mechanism, connection: RelayConnection | None, context: Context
+        self, mechanism: Mechanism, connection: RelayConnection | None, remaining: float | None
     ) -> tuple[int, int]:
         url = mechanism.parameters.get("inodeURL", "")
         dev, ino = inode_of(url, "client")
@@ -270,7 +315,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         credentials = connection.credentials
         check_own_namespace("the client", ino, credentials.netns if credentials is not None else None)
         try:
-            fd = await connection.received.wait(dev, ino, fd_wait(context.time_remaining()))
+            fd = await connection.received.wait(dev, ino, fd_wait(remaining))
         except FdNotReceivedError as exc:
             raise DeadlineError(f"timeout in recvfd waiting for {url}") from exc
         return fd, ino

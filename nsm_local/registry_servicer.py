@@ -144,12 +144,17 @@ def endpoint_labels_problem(nse: NetworkServiceEndpoint) -> str | None:
     return None
 
 
+MAX_SELECTORS = 100_000
+"""A service's selectors, sources and destinations together: a topology has one match (two selectors) per
+link, so a lab of a thousand routers needs thousands; the 4 MiB message limit bounds them anyway."""
+
+
 def service_labels_problem(service: NetworkService) -> str | None:
-    """Why the service's selectors are absurd (`label_map_problem`, and at most `MAX_LABELS` of them)."""
+    """Why the service's selectors are absurd (`label_map_problem`, and at most `MAX_SELECTORS`)."""
     selectors = [match.source_selector for match in service.matches]
     selectors += [route.destination_selector for match in service.matches for route in match.routes]
-    if len(selectors) > MAX_LABELS:
-        return f"{len(selectors)} selectors; at most {MAX_LABELS} are accepted"
+    if len(selectors) > MAX_SELECTORS:
+        return f"{len(selectors)} selectors; at most {MAX_SELECTORS} are accepted"
     for selector in selectors:
         problem = label_map_problem(selector)
         if problem is not None:

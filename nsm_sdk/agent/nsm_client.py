@@ -71,6 +71,8 @@ def translate_errors(method: str, relay: ClientRelay | None = None) -> Iterator[
         if failure and exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             details += f" (last connection to {relay.target_url if relay else '?'} broke: {failure})"
         raise RpcFailed(method, exc.code(), details) from exc
+    except grpc.aio.UsageError as exc:  # the channel was closed under the call (its endpoint went away)
+        raise RpcFailed(method, grpc.StatusCode.UNAVAILABLE, f"channel closed: {exc}") from exc
 
 
 class NsmClient:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 _log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class OwnedTasks:
@@ -20,11 +21,20 @@ class OwnedTasks:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def spawn(self, work: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+    def spawn(
+        self, work: Coroutine[Any, Any, Any], name: str, report_errors: bool = True
+    ) -> asyncio.Task[Any]:
+        """Run `work` as a task of ours; with `report_errors` False its failure is whoever awaits it's to
+        report (it is still retrieved, so asyncio never complains of it)."""
         task = asyncio.get_running_loop().create_task(work, name=f"{self.owner}: {name}")
         self._tasks.add(task)
-        task.add_done_callback(self._finished)
+        task.add_done_callback(self._finished if report_errors else self._forget)
         return task
+
+    def _forget(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled():
+            task.exception()
 
     def _finished(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)

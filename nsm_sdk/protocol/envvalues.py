@@ -81,6 +81,22 @@ def duration(env: Mapping[str, str], variable: str, default: float) -> float:
     return default if value is None else parse_positive_duration(variable, value)
 
 
+def token_lifetime(env: Mapping[str, str], request_timeout: float, default: float = 600.0) -> float:
+    """NSM_MAX_TOKEN_LIFETIME, which must exceed twice the request timeout: a server closes a connection
+    at its token's expiry minus the request deadline (§4.4), so a shorter lifetime closes every link
+    right after it is made, over and over."""
+    lifetime = duration(env, "NSM_MAX_TOKEN_LIFETIME", default)
+    if lifetime <= 2 * request_timeout:
+        shown = env_value(env, "NSM_MAX_TOKEN_LIFETIME") or f"{default:g}s"
+        raise ConfigError(
+            "NSM_MAX_TOKEN_LIFETIME",
+            shown,
+            f"must be more than twice NSM_REQUEST_TIMEOUT ({request_timeout:g}s): servers close a connection "
+            "at the token's expiry minus the request deadline",
+        )
+    return lifetime
+
+
 def absolute_path(env: Mapping[str, str], variable: str) -> str | None:
     value = env_value(env, variable)
     if value is None:

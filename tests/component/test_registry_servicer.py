@@ -84,8 +84,10 @@ def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_conne
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
             url = inode_url_for_path(path)
-            async with control_plane(sock_dir, registration_expiry=30.0) as plane, \
-                    plane.client(send_fds=[fd]) as client:
+            async with (
+                control_plane(sock_dir, registration_expiry=30.0) as plane,
+                plane.client(send_fds=[fd]) as client,
+            ):
                 before = time.time()
                 reply, returned = await client.register_endpoint(endpoint(url), RegistryPath(), 5.0)
                 after = time.time()
@@ -104,9 +106,15 @@ def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_conne
                 assert decode_unverified(own.token)["sub"] == MANAGER_ID
                 assert parse_rfc3339nano(own.expires) > after
 
-                found = [r.network_service_endpoint async for r in client.find_endpoints(
-                    NetworkServiceEndpointQuery(network_service_endpoint=NetworkServiceEndpoint(name="nse-a")),
-                    timeout=5.0)]
+                found = [
+                    r.network_service_endpoint
+                    async for r in client.find_endpoints(
+                        NetworkServiceEndpointQuery(
+                            network_service_endpoint=NetworkServiceEndpoint(name="nse-a")
+                        ),
+                        timeout=5.0,
+                    )
+                ]
                 assert [f.name for f in found] == ["nse-a"]
 
     run_async(bounded(main))
@@ -115,8 +123,10 @@ def test_endpoint_registers_with_an_inode_url_whose_socket_fd_rides_on_the_conne
 def test_granted_expiry_never_outlives_the_callers_token(run_async: AsyncRunner, sock_dir: Path) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir, registration_expiry=60.0) as plane, \
-                    plane.client(send_fds=[fd], lifetime=5.0) as short:
+            async with (
+                control_plane(sock_dir, registration_expiry=60.0) as plane,
+                plane.client(send_fds=[fd], lifetime=5.0) as short,
+            ):
                 record = endpoint(inode_url_for_path(path))
                 reply, _ = await short.register_endpoint(record, RegistryPath(), 5.0)
                 # The token of that call expired at floor(sent + 5); a later token can only expire later.
@@ -185,12 +195,18 @@ def test_register_without_the_socket_fd_fails_naming_the_missing_inode(
     [
         (NetworkServiceEndpoint(url="unix:///x"), grpc.StatusCode.INVALID_ARGUMENT, "name is required"),
         (NetworkServiceEndpoint(name="nse-a"), grpc.StatusCode.INVALID_ARGUMENT, "url is required"),
-        (NetworkServiceEndpoint(name="nse-a", url="tcp://10.0.0.1:5000"), grpc.StatusCode.INVALID_ARGUMENT,
-         "must be unix:// or inode://"),
+        (
+            NetworkServiceEndpoint(name="nse-a", url="tcp://10.0.0.1:5000"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "must be unix:// or inode://",
+        ),
     ],
 )
 def test_unusable_registrations_are_refused_with_the_reason(
-    run_async: AsyncRunner, sock_dir: Path, record: NetworkServiceEndpoint, code: grpc.StatusCode,
+    run_async: AsyncRunner,
+    sock_dir: Path,
+    record: NetworkServiceEndpoint,
+    code: grpc.StatusCode,
     message: str,
 ) -> None:
     async def main() -> None:
@@ -224,13 +240,17 @@ def test_find_with_watch_streams_a_later_unregister_as_deleted(
 ) -> None:
     async def main() -> None:
         with endpoint_socket_file(sock_dir) as (path, fd):
-            async with control_plane(sock_dir) as plane, \
-                    plane.client(send_fds=[fd]) as nse_client, plane.client() as watcher:
+            async with (
+                control_plane(sock_dir) as plane,
+                plane.client(send_fds=[fd]) as nse_client,
+                plane.client() as watcher,
+            ):
                 record = endpoint(inode_url_for_path(path))
                 _, path_back = await nse_client.register_endpoint(record, RegistryPath(), 5.0)
 
                 query = NetworkServiceEndpointQuery(
-                    network_service_endpoint=NetworkServiceEndpoint(name="nse-a"), watch=True)
+                    network_service_endpoint=NetworkServiceEndpoint(name="nse-a"), watch=True
+                )
                 stream = watcher.find_endpoints(query)
                 try:
                     current = await anext(stream)
@@ -331,3 +351,18 @@ def test_a_registration_whose_socket_file_was_deleted_is_not_dialled_again(sock_
         assert _unlinked(fd), "a new socket with the same inode number must be dialled through its own fd"
     finally:
         os.close(fd)
+
+
+def test_a_service_with_a_match_per_link_of_a_big_topology_is_accepted(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    async def main() -> None:
+        async with control_plane(sock_dir) as plane, plane.client() as client:
+            service = NetworkService(name="topo", payload="IP")
+            for link in range(1500):  # what nsm-topo writes for a topology of 1500 links
+                match = service.matches.add(source_selector={"link": f"net-{link}"})
+                match.routes.add(destination_selector={"device": f"r{link % 1000}"})
+            stored = await client.register_service(service, RegistryPath(), 10.0)
+            assert len(stored.matches) == 1500
+
+    run_async(bounded(main))

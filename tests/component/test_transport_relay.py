@@ -351,3 +351,19 @@ def test_tcp_target_is_relayed_without_fds(run_async: AsyncRunner) -> None:
             await server.stop(None)
 
     run_async(main)
+
+
+def test_a_call_on_a_closed_channel_fails_as_unavailable_not_with_a_usage_error(
+    run_async: AsyncRunner, sock_dir: Path
+) -> None:
+    from nsm_sdk.agent.nsm_client import RpcFailed, translate_errors
+
+    async def main() -> None:
+        servicer = Servicer()
+        async with serving(sock_dir / "s.sock", servicer) as handle, dial(handle.url) as (channel, _):
+            await channel.close()
+            with pytest.raises(RpcFailed) as caught, translate_errors("Echo"):
+                await call(channel, "Echo", b"x")
+            assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "channel closed" in caught.value.details
+
+    run_async(main)

@@ -212,3 +212,18 @@ def test_bad_environment_raises_config_error_naming_variable_value_and_problem(
     assert problem in error.problem
     shown = "<unset>" if value is None else repr(value)
     assert str(error) == f"{variable}={shown}: {error.problem}"
+
+
+@pytest.mark.parametrize(
+    ("env", "shown"),
+    [
+        ({"NSM_MAX_TOKEN_LIFETIME": "5s"}, "'5s'"),  # default request timeout 15s
+        ({"NSM_MAX_TOKEN_LIFETIME": "4s", "NSM_REQUEST_TIMEOUT": "2s"}, "'4s'"),
+        ({"NSM_REQUEST_TIMEOUT": "5m"}, "'600s'"),  # the default lifetime, 10m, against a long timeout
+    ],
+)
+def test_a_token_lifetime_not_above_twice_the_request_timeout_is_refused(env: dict[str, str], shown: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        NscSettings.from_env({"NSM_NETWORK_SERVICES": "kernel://p2p/eth1", **env})
+    message = str(caught.value)
+    assert message.startswith(f"NSM_MAX_TOKEN_LIFETIME={shown}") and "twice NSM_REQUEST_TIMEOUT" in message
