@@ -364,6 +364,8 @@ def test_a_call_on_a_closed_channel_fails_as_unavailable_not_with_a_usage_error(
             await channel.close()
             with pytest.raises(RpcFailed) as caught, translate_errors("Echo"):
                 await call(channel, "Echo", b"x")
-            assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "channel closed" in caught.value.details
+            assert (
+                caught.value.code == grpc.StatusCode.UNAVAILABLE and "channel closed" in caught.value.details
+            )
 
     run_async(main)

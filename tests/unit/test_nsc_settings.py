@@ -222,7 +222,9 @@ def test_bad_environment_raises_config_error_naming_variable_value_and_problem(
         ({"NSM_REQUEST_TIMEOUT": "5m"}, "'600s'"),  # the default lifetime, 10m, against a long timeout
     ],
 )
-def test_a_token_lifetime_not_above_twice_the_request_timeout_is_refused(env: dict[str, str], shown: str) -> None:
+def test_a_token_lifetime_not_above_twice_the_request_timeout_is_refused(
+    env: dict[str, str], shown: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
         NscSettings.from_env({"NSM_NETWORK_SERVICES": "kernel://p2p/eth1", **env})
     message = str(caught.value)
