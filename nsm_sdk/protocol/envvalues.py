@@ -84,17 +84,24 @@ def duration(env: Mapping[str, str], variable: str, default: float) -> float:
 def token_lifetime(env: Mapping[str, str], request_timeout: float, default: float = 600.0) -> float:
     """NSM_MAX_TOKEN_LIFETIME, which must exceed twice the request timeout: a server closes a connection
     at its token's expiry minus the request deadline (§4.4), so a shorter lifetime closes every link
-    right after it is made, over and over."""
+    right after it is made, over and over. The error names whichever of the two was set (the lifetime
+    when both were)."""
     lifetime = duration(env, "NSM_MAX_TOKEN_LIFETIME", default)
-    if lifetime <= 2 * request_timeout:
-        shown = env_value(env, "NSM_MAX_TOKEN_LIFETIME") or f"{default:g}s"
+    if lifetime > 2 * request_timeout:
+        return lifetime
+    why = "servers close a connection at the token's expiry minus the request deadline"
+    set_lifetime = env_value(env, "NSM_MAX_TOKEN_LIFETIME")
+    if set_lifetime is not None:
         raise ConfigError(
             "NSM_MAX_TOKEN_LIFETIME",
-            shown,
-            f"must be more than twice NSM_REQUEST_TIMEOUT ({request_timeout:g}s): servers close a connection "
-            "at the token's expiry minus the request deadline",
+            set_lifetime,
+            f"must be more than twice NSM_REQUEST_TIMEOUT ({request_timeout:g}s): {why}",
         )
-    return lifetime
+    raise ConfigError(
+        "NSM_REQUEST_TIMEOUT",
+        env_value(env, "NSM_REQUEST_TIMEOUT"),
+        f"must be less than half NSM_MAX_TOKEN_LIFETIME ({lifetime:g}s, its default): {why}",
+    )
 
 
 def absolute_path(env: Mapping[str, str], variable: str) -> str | None:
