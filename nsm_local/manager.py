@@ -23,9 +23,9 @@ import dataclasses
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.empty_pb2 import Empty
@@ -74,6 +74,7 @@ from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
 MAX_CONNECTIONS = 20_000
@@ -166,7 +167,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             # caller gives up (its deadline passes): cut short, it would undo a refresh's live link or
             # close fds a kernel thread still uses. A caller that gave up finds the result by its id.
             work = self._tasks.spawn(
-                self._locked_request(request, conn, caller, connection, caller_index, deadline, time_left),
+                self._locked(
+                    conn.id,
+                    self._request(request, conn, caller, connection, caller_index, deadline, time_left),
+                ),
                 f"request {conn.id}",
                 report_errors=False,
             )
@@ -186,18 +190,13 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             await abort(context, exc)
         return reply
 
-    async def _locked_request(
-        self,
-        request: NetworkServiceRequest,
-        conn: Connection,
-        caller: str | None,
-        connection: RelayConnection | None,
-        caller_index: int,
-        deadline: float,
-        time_left: TimeLeft,
-    ) -> Connection:
-        async with self._locks.hold(conn.id):
-            return await self._request(request, conn, caller, connection, caller_index, deadline, time_left)
+    async def _locked(self, conn_id: str, work: Coroutine[Any, Any, T]) -> T:
+        """`work` (not started yet) under the connection's lock."""
+        try:
+            async with self._locks.hold(conn_id):
+                return await work
+        finally:
+            work.close()  # a no-op once it ran; cancelled while waiting for the lock, it never will
 
     def _log_abandoned(self, conn_id: str, work: asyncio.Task[Connection]) -> None:
         """The caller left before its Request ended: say how it ended (the caller finds out by its id)."""
