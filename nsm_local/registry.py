@@ -14,13 +14,12 @@ the state file (the API server keeps it), a local registration of its name is re
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import tempfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -32,6 +31,7 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceEndpointResponse,
     NetworkServiceResponse,
 )
+from nsm_sdk.agent.feed import Feed
 from nsm_sdk.protocol.errors import ExhaustedError, NsmError
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
 from nsm_sdk.protocol.matching import EndpointView, Match, ServiceView
@@ -97,10 +97,7 @@ class EndpointEntry:
 _P = TypeVar("_P", NetworkService, NetworkServiceEndpoint)
 
 
-@dataclass
-class _Watch:
-    queue: asyncio.Queue[tuple[object, bool] | None] = field(default_factory=asyncio.Queue)
-    overflowed: bool = False
+_Watch = Feed[tuple[object, bool]]
 
 
 def endpoint_matches(pattern: NetworkServiceEndpoint, record: NetworkServiceEndpoint) -> bool:
@@ -287,19 +284,19 @@ class Registry:
             entry.close()
         self.endpoints.clear()
         for _, watch in [*self._service_watches, *self._endpoint_watches]:
-            watch.queue.put_nowait(None)
+            watch.close()
 
     # --- watches --------------------------------------------------------------------------------------
 
     def _notify_services(self, service: NetworkService, deleted: bool) -> None:
-        for pattern, watch in list(self._service_watches):
+        for pattern, watch in self._service_watches:
             if service_matches(pattern, service):
-                _offer(self._service_watches, (pattern, watch), (service, deleted))
+                watch.offer((service, deleted))
 
     def _notify_endpoints(self, record: NetworkServiceEndpoint, deleted: bool) -> None:
-        for pattern, watch in list(self._endpoint_watches):
+        for pattern, watch in self._endpoint_watches:
             if endpoint_matches(pattern, record):
-                _offer(self._endpoint_watches, (pattern, watch), (record, deleted))
+                watch.offer((record, deleted))
 
     async def watch_services(
         self, pattern: NetworkService, watch: bool
@@ -311,7 +308,7 @@ class Registry:
         with _subscription(self._service_watches, pattern) as subscription:
             for service in self.find_services(pattern):
                 yield NetworkServiceResponse(network_service=service)
-            while (item := await _next_change(subscription)) is not None:
+            while (item := await subscription.next()) is not None:
                 changed, deleted = item
                 assert isinstance(changed, NetworkService)
                 yield NetworkServiceResponse(network_service=changed, deleted=deleted)
@@ -326,32 +323,10 @@ class Registry:
         with _subscription(self._endpoint_watches, pattern) as subscription:
             for entry in self.find_endpoints(pattern):
                 yield NetworkServiceEndpointResponse(network_service_endpoint=entry.record)
-            while (item := await _next_change(subscription)) is not None:
+            while (item := await subscription.next()) is not None:
                 changed, deleted = item
                 assert isinstance(changed, NetworkServiceEndpoint)
                 yield NetworkServiceEndpointResponse(network_service_endpoint=changed, deleted=deleted)
-
-
-def _offer(
-    watches: list[tuple[_P, _Watch]], subscribed: tuple[_P, _Watch], item: tuple[object, bool]
-) -> None:
-    """Queue a change for a watcher; one that has fallen `MAX_WATCH_BACKLOG` changes behind is dropped
-    (its stream ends with RESOURCE_EXHAUSTED, and it can watch again from a fresh listing)."""
-    watch = subscribed[1]
-    if watch.queue.qsize() < MAX_WATCH_BACKLOG:
-        watch.queue.put_nowait(item)
-        return
-    watch.overflowed = True
-    watch.queue.put_nowait(None)
-    with contextlib.suppress(ValueError):
-        watches.remove(subscribed)
-
-
-async def _next_change(watch: _Watch) -> tuple[object, bool] | None:
-    item = await watch.queue.get()
-    if item is None and watch.overflowed:
-        raise ExhaustedError(f"the watch fell {MAX_WATCH_BACKLOG} changes behind: watch again")
-    return item
 
 
 @contextlib.contextmanager
@@ -360,7 +335,7 @@ def _subscription(watches: list[tuple[_P, _Watch]], pattern: _P) -> Iterator[_Wa
     is queued instead of lost; unsubscribe as soon as the stream is closed (not when it is collected)."""
     if len(watches) >= MAX_WATCHES:
         raise ExhaustedError(f"at most {MAX_WATCHES} watches of one kind at a time")
-    watch = _Watch()
+    watch = _Watch(MAX_WATCH_BACKLOG, f"the watch fell {MAX_WATCH_BACKLOG} changes behind: watch again")
     entry = (pattern, watch)
     watches.append(entry)
     try:

@@ -2,7 +2,7 @@
 
 Each subscriber first gets INITIAL_STATE_TRANSFER with every matching connection, then UPDATE/DELETE
 events filtered by its selector, and by a `visible` predicate when the server shows callers only their
-own connections (nsm-local). Subscribers are plain asyncio queues, so a slow monitor never blocks a
+own connections (nsm-local). Subscribers are `Feed`s (queues), so a slow monitor never blocks a
 Request; the stream ends when the client cancels or the hub is closed. Both are bounded: at most
 `MAX_SUBSCRIBERS` streams, and a subscriber `MAX_BACKLOG` events behind is cut off (its stream ends with
 RESOURCE_EXHAUSTED; a client then monitors again and gets the current state).
@@ -10,7 +10,6 @@ RESOURCE_EXHAUSTED; a client then monitors again and gets the current state).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -24,13 +23,13 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     MonitorScopeSelector,
     State,
 )
+from nsm_sdk.agent.feed import Feed
 from nsm_sdk.protocol.errors import ExhaustedError, NsmError
 from nsm_sdk.protocol.monitor import build_event
 from nsm_sdk.transport.status import abort
 
 MAX_SUBSCRIBERS = 1_000
 MAX_BACKLOG = 1_000
-_CLOSED = None
 Visible = Callable[[Connection], bool]
 
 
@@ -41,10 +40,7 @@ def _everything(_conn: Connection) -> bool:
 class MonitorHub:
     def __init__(self) -> None:
         self._connections: dict[str, Connection] = {}
-        self._subscribers: dict[
-            asyncio.Queue[ConnectionEvent | None], tuple[MonitorScopeSelector, Visible]
-        ] = {}
-        self._overflowed: set[asyncio.Queue[ConnectionEvent | None]] = set()
+        self._subscribers: dict[Feed[ConnectionEvent], tuple[MonitorScopeSelector, Visible]] = {}
 
     def __repr__(self) -> str:
         return f"<MonitorHub connections={len(self._connections)} subscribers={len(self._subscribers)}>"
@@ -67,46 +63,39 @@ class MonitorHub:
         self._publish(ConnectionEventType.DELETE, stored)
 
     def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
-        for queue, (selector, visible) in self._subscribers.items():
-            if not visible(conn):
+        for feed, (selector, visible) in self._subscribers.items():
+            if feed.cut_off or not visible(conn):
                 continue
             event = build_event(kind, selector, [conn])
-            if event is None or queue in self._overflowed:
-                continue
-            if queue.qsize() >= MAX_BACKLOG:
-                self._overflowed.add(queue)
-                queue.put_nowait(_CLOSED)
-            else:
-                queue.put_nowait(event)
+            if event is not None:
+                feed.offer(event)
 
     async def subscribe(
         self, selector: MonitorScopeSelector, visible: Visible = _everything
     ) -> AsyncIterator[ConnectionEvent]:
         if len(self._subscribers) >= MAX_SUBSCRIBERS:
             raise ExhaustedError(f"at most {MAX_SUBSCRIBERS} monitor streams at a time")
-        queue: asyncio.Queue[ConnectionEvent | None] = asyncio.Queue()
+        feed = Feed[ConnectionEvent](
+            MAX_BACKLOG, f"the monitor stream fell {MAX_BACKLOG} events behind: monitor again"
+        )
         initial = build_event(
             ConnectionEventType.INITIAL_STATE_TRANSFER,
             selector,
             [conn for conn in self._connections.values() if visible(conn)],
         )
         assert initial is not None
-        self._subscribers[queue] = (selector, visible)
+        self._subscribers[feed] = (selector, visible)
         try:
             yield initial
-            while (event := await queue.get()) is not _CLOSED:
-                assert event is not None
+            while (event := await feed.next()) is not None:
                 yield event
-            if queue in self._overflowed:
-                raise ExhaustedError(f"the monitor stream fell {MAX_BACKLOG} events behind: monitor again")
         finally:
-            self._subscribers.pop(queue, None)
-            self._overflowed.discard(queue)
+            self._subscribers.pop(feed, None)
 
     def close(self) -> None:
         """End every subscription (server shutdown)."""
-        for queue in self._subscribers:
-            queue.put_nowait(_CLOSED)
+        for feed in self._subscribers:
+            feed.close()
 
 
 class MonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
