@@ -21,7 +21,7 @@ import contextlib
 import enum
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import grpc
 
@@ -33,14 +33,12 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     State,
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk.agent.link_check import link_problems
+from nsm_sdk.agent.link_check import Adopt, check_side
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.kernel.links import delete_link, rename_link
-from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.links import delete_link
 from nsm_sdk.kernel.state import LinkState as KernelLinkState
-from nsm_sdk.kernel.state import read_link_states
 from nsm_sdk.protocol.nsurl import LinkSpec
 from nsm_sdk.protocol.requests import (
     KERNEL,
@@ -328,20 +326,22 @@ class Link:
         cmd-nsc pings the peer; a kernel check needs no raw sockets and catches what matters for a veth
         (the peer end vanishes with its namespace, which takes our end with it).
         """
-        problems = await link_problems(self.spec.interface_name, conn, "client")
-        if problems:
-            return problems
-        states = await asyncio.to_thread(_read_own_link, self.spec.interface_name)
-        if not states or not states[0].carrier:
-            return [f"link {self.spec.interface_name} has no carrier"]
-        return []
+        return (await check_side(self.spec.interface_name, conn, "client", carrier=True)).problems
 
     async def _verify(self, conn: Connection) -> list[str]:
-        """Our side after a Request: rename if it arrived under another name, then check it."""
-        await self._rename_if_needed(conn)
+        """Our side after a Request: rename it if it arrived under another name, then check it."""
+        adopt: Adopt | None = _arrived_as(f"server-{self.conn_id}", set(conn.context.ip_context.src_ip_addrs))
         problems: list[str] = []
         for _ in range(20):
-            problems = await link_problems(self.spec.interface_name, conn, "client")
+            check = await check_side(self.spec.interface_name, conn, "client", adopt=adopt)
+            if check.renamed_from is not None:
+                self._log.info("link.renamed", old=check.renamed_from, new=self.spec.interface_name)
+            if check.rename_error is not None:
+                self._log.warning(
+                    "link.rename_failed", new=self.spec.interface_name, reason=check.rename_error
+                )
+            adopt = None  # one rename attempt per verification, as before
+            problems = check.problems
             if not problems:
                 if not self._verified:
                     self._log.info("link.verified", addresses=",".join(conn.context.ip_context.src_ip_addrs))
@@ -351,24 +351,6 @@ class Link:
         self._log.warning("link.unverified", problems="; ".join(problems))
         self._verified = False
         return problems
-
-    async def _rename_if_needed(self, conn: Connection) -> None:
-        wanted = self.spec.interface_name
-        if await asyncio.to_thread(_read_own_link, wanted):
-            return  # the usual case: one lookup, not a dump of every link in the namespace
-        states = await asyncio.to_thread(_read_own_links)
-        alias = f"server-{self.conn_id}"
-        addresses = set(conn.context.ip_context.src_ip_addrs)
-        candidate = next((s for s in states if s.alias == alias), None) or next(
-            (s for s in states if addresses and addresses <= set(s.addresses)), None
-        )
-        if candidate is None:
-            return
-        try:
-            await asyncio.to_thread(rename_link, None, candidate.ifname, wanted)
-            self._log.info("link.renamed", old=candidate.ifname, new=wanted)
-        except KernelError as exc:
-            self._log.warning("link.rename_failed", old=candidate.ifname, new=wanted, reason=str(exc))
 
     async def close(self) -> None:
         """Close at the manager (bounded by the request timeout), then make sure our side is gone."""
@@ -407,11 +389,13 @@ def previous_connection(held: Iterable[Connection], conn_id: str) -> Connection 
     return None
 
 
-def _read_own_links() -> list[KernelLinkState]:
-    with netlink_in(None) as ipr:
-        return list(read_link_states(ipr))
+def _arrived_as(alias: str, addresses: set[str]) -> Adopt:
+    """Our interface under another name: the one with our connection's alias (the forwarder's mark),
+    else one carrying all our addresses."""
 
+    def pick(states: Sequence[KernelLinkState]) -> KernelLinkState | None:
+        return next((s for s in states if s.alias == alias), None) or next(
+            (s for s in states if addresses and addresses <= set(s.addresses)), None
+        )
 
-def _read_own_link(ifname: str) -> list[KernelLinkState]:
-    with netlink_in(None) as ipr:
-        return list(read_link_states(ipr, ifname))
+    return pick

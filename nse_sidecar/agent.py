@@ -23,7 +23,7 @@ from nse_sidecar.settings import NseSettings
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.agent.lifecycle import readiness
-from nsm_sdk.agent.link_check import link_problems, wait_link
+from nsm_sdk.agent.link_check import check_side, wait_link
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.agent.nsm_client import NsmClient
@@ -94,7 +94,7 @@ class EndpointSides:
             return
         problems = []
         for _ in range(20):  # the forwarder configures right after creating: give it a moment
-            problems = await link_problems(ifname, own, "endpoint")
+            problems = (await check_side(ifname, own, "endpoint")).problems
             if not problems:
                 break
             await asyncio.sleep(0.05)

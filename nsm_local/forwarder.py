@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import Any
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.kernel.addresses import Route, parse_interface
-from nsm_sdk.kernel.configure import configure_link
-from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken, LinkNotFound
-from nsm_sdk.kernel.links import End, create_veth_pair, delete_link
-from nsm_sdk.kernel.state import inspect_link
+from nsm_sdk.kernel.configure import configure_link_in
+from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken
+from nsm_sdk.kernel.links import End, create_veth_pair_in, delete_link, delete_link_in, get_link, is_pair
+from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.state import link_problems, read_link_states, state_of
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.sides import SideConfig, side_config
 
@@ -38,13 +40,6 @@ def client_alias(conn_id: str) -> str:
 
 def endpoint_alias(conn_id: str) -> str:
     return f"client-{conn_id}"
-
-
-def _owned_by(ns_fd: int, ifname: str, alias: str) -> bool:
-    try:
-        return inspect_link(ns_fd, ifname).alias == alias
-    except LinkNotFound:
-        return False
 
 
 MTU_RANGE = range(68, 65536)
@@ -79,42 +74,70 @@ def _plan(conn: Connection) -> _Plan:
     return _Plan(client, endpoint, mtu)
 
 
-def _configure(ns_fd: int, ifname: str, config: SideConfig, mtu: int | None, alias: str) -> None:
-    configure_link(
-        ns_fd,
-        ifname,
-        list(config.addresses),
-        [Route(r.prefix, r.via) for r in config.routes],
-        mtu=mtu,
-        alias=alias,
-    )
+def _configure(
+    ipr: Any, ns_fd: int | None, ifname: str, config: SideConfig, mtu: int | None, alias: str
+) -> None:
+    routes = [Route(r.prefix, r.via) for r in config.routes]
+    configure_link_in(ipr, ns_fd, ifname, list(config.addresses), routes, mtu=mtu, alias=alias)
 
 
 def _ensure(xc: CrossConnect, conn: Connection) -> None:
+    """One netlink session per namespace for the whole step (creating, replacing, configuring)."""
     conn_id = conn.path.path_segments[0].id
     assert xc.endpoint_ns_fd is not None, "creating a pair needs both namespaces"
     plan = _plan(conn)
-    ends = (End(xc.client_ns_fd, xc.client_ifname), End(xc.endpoint_ns_fd, xc.endpoint_ifname))
-    try:
-        created = create_veth_pair(*ends)
-    except LinkNameTaken:
-        # A link of ours from before a restart (or from a reselect to another endpoint) holds a name:
-        # replace it, but never touch an interface that our alias does not mark as ours.
-        removed = False
-        if _owned_by(xc.client_ns_fd, xc.client_ifname, client_alias(conn_id)):
-            removed |= delete_link(xc.client_ns_fd, xc.client_ifname)
-        if _owned_by(xc.endpoint_ns_fd, xc.endpoint_ifname, endpoint_alias(conn_id)):
-            removed |= delete_link(xc.endpoint_ns_fd, xc.endpoint_ifname)
-        if not removed:
+    a, b = End(xc.client_ns_fd, xc.client_ifname), End(xc.endpoint_ns_fd, xc.endpoint_ifname)
+    aliases = client_alias(conn_id), endpoint_alias(conn_id)
+    with netlink_in(a.ns_fd) as ipr_a, netlink_in(b.ns_fd) as ipr_b:
+        if _in_place(ipr_a, ipr_b, a, b, plan, aliases):
+            return  # a refresh of a link that matches: nothing to change in the kernel
+        try:
+            created = create_veth_pair_in(ipr_a, ipr_b, a, b)
+        except LinkNameTaken:
+            # A link of ours from before a restart (or from a reselect to another endpoint) holds a
+            # name: replace it, but never touch an interface that our alias does not mark as ours.
+            removed = False
+            for ipr, end, alias in ((ipr_a, a, aliases[0]), (ipr_b, b, aliases[1])):
+                (state,) = read_link_states(ipr, end.ifname) or (None,)
+                if state is not None and state.alias == alias:
+                    removed |= delete_link_in(ipr, end.ifname)
+            if not removed:
+                raise
+            created = create_veth_pair_in(ipr_a, ipr_b, a, b)
+        try:
+            _configure(ipr_a, a.ns_fd, a.ifname, plan.client, plan.mtu, aliases[0])
+            _configure(ipr_b, b.ns_fd, b.ifname, plan.endpoint, plan.mtu, aliases[1])
+        except BaseException:
+            if created:  # no half-made link: a pair this request made goes with its failure
+                _delete_either(ipr_a, a.ifname, ipr_b, b.ifname)
             raise
-        created = create_veth_pair(*ends)
-    try:
-        _configure(xc.client_ns_fd, xc.client_ifname, plan.client, plan.mtu, client_alias(conn_id))
-        _configure(xc.endpoint_ns_fd, xc.endpoint_ifname, plan.endpoint, plan.mtu, endpoint_alias(conn_id))
-    except BaseException:
-        if created:  # no half-made link: a pair this request made goes with its failure
-            _remove(xc)
-        raise
+
+
+def _delete_either(ipr_a: Any, ifname_a: str, ipr_b: Any, ifname_b: str) -> None:
+    """Delete a veth pair by either end (one takes the other with it)."""
+    for ipr, ifname in ((ipr_a, ifname_a), (ipr_b, ifname_b)):
+        try:
+            delete_link_in(ipr, ifname)
+            return
+        except KernelError:
+            continue
+
+
+def _in_place(ipr_a: Any, ipr_b: Any, a: End, b: End, plan: _Plan, aliases: tuple[str, str]) -> bool:
+    """Both ends exist as each other's peer, carry our aliases and match the plan (up, MTU, addresses,
+    routes). Reads only these two links (`state_of`), so a refresh costs the same in any namespace."""
+    link_a, link_b = get_link(ipr_a, a.ifname), get_link(ipr_b, b.ifname)
+    if link_a is None or link_b is None or not is_pair(ipr_a, ipr_b, link_a, link_b, a, b):
+        return False
+    for ipr, link, end, config, alias in (
+        (ipr_a, link_a, a, plan.client, aliases[0]),
+        (ipr_b, link_b, b, plan.endpoint, aliases[1]),
+    ):
+        routes = [Route(r.prefix, r.via) for r in config.routes]
+        state = state_of(ipr, link, with_routes=bool(routes))
+        if state.alias != alias or link_problems(state, end.ifname, config.addresses, routes, plan.mtu):
+            return False
+    return True
 
 
 def _remove(xc: CrossConnect) -> bool:

@@ -1,15 +1,35 @@
-"""Checking one side of a kernel link against its Connection, in the caller's own netns (§9)."""
+"""Checking one side of a kernel link against its Connection, in the caller's own netns (§9).
+
+A check reads only its own interface, in one netlink session (a lookup by name, then the kernel's
+filtered dumps of that link's addresses and routes), so its cost does not grow with the number of links
+in the namespace. Only when the lookup by name misses does it read every link, to find the interface
+to rename (`adopt`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.kernel.addresses import Route
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.kernel.state import LinkState, verify_link, wait_for_link
+from nsm_sdk.kernel.links import rename_link_in
+from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.state import LinkState, link_problems, read_link_states, wait_for_link
 from nsm_sdk.protocol.sides import Side, SideConfig, side_config
+
+Adopt = Callable[[Sequence[LinkState]], LinkState | None]
+"""Picks, among every link of the namespace, the one that arrived under another name (None: none)."""
+
+
+@dataclass(frozen=True)
+class SideCheck:
+    problems: list[str] = field(default_factory=list)
+    renamed_from: str | None = None
+    rename_error: str | None = None
 
 
 def expected_side(conn: Connection, side: Side) -> SideConfig:
@@ -29,13 +49,45 @@ async def wait_link(ifname: str, timeout: float) -> LinkState:
         cancel.set()
 
 
-async def link_problems(ifname: str, conn: Connection, side: Side) -> list[str]:
-    """What is wrong with our side of the link right now; [] when it matches the connection."""
+async def check_side(
+    ifname: str, conn: Connection, side: Side, *, carrier: bool = False, adopt: Adopt | None = None
+) -> SideCheck:
+    """Our side of the link against the connection: problems ([] when it matches), and a rename made.
+
+    With `carrier`, a link whose peer is down or gone is a problem. With `adopt`, an interface missing
+    under `ifname` is looked for among all links and renamed to it (nsc-sidecar: the forwarder may use
+    another name).
+    """
     config = expected_side(conn, side)
     mtu = conn.context.MTU or None
     try:
-        return await asyncio.to_thread(
-            verify_link, None, ifname, list(config.addresses), _kernel_routes(config), mtu
-        )
+        return await asyncio.to_thread(_check_in_kernel, ifname, config, mtu, carrier, adopt)
     except KernelError as exc:
-        return [f"cannot inspect {ifname}: {exc}"]
+        return SideCheck([f"cannot inspect {ifname}: {exc}"])
+
+
+def _check_in_kernel(
+    ifname: str, config: SideConfig, mtu: int | None, carrier: bool, adopt: Adopt | None
+) -> SideCheck:
+    renamed_from = rename_error = None
+    routes = _kernel_routes(config)
+    with netlink_in(None) as ipr:
+        states = read_link_states(ipr, ifname, with_routes=bool(routes))
+        if not states and adopt is not None:
+            candidate = adopt(read_link_states(ipr))
+            if candidate is not None:
+                try:
+                    rename_link_in(ipr, candidate.ifname, ifname)
+                    renamed_from = candidate.ifname
+                except KernelError as exc:
+                    rename_error = f"{candidate.ifname}: {exc}"
+                states = read_link_states(ipr, ifname, with_routes=bool(routes))
+    problems = link_problems(
+        states[0] if states else None,
+        ifname,
+        list(config.addresses),
+        routes,
+        mtu,
+        carrier,
+    )
+    return SideCheck(problems, renamed_from, rename_error)

@@ -7,11 +7,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
+from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from nsm_sdk.kernel._netns import call_in_netns
 from nsm_sdk.kernel.addresses import IPInterface, Route, parse_interface
 from nsm_sdk.kernel.errors import KernelError, LinkNotFound, kernel_errors
-from nsm_sdk.kernel.links import find_link
+from nsm_sdk.kernel.links import get_link
 from nsm_sdk.kernel.names import check_ifname
 from nsm_sdk.kernel.netlink import netlink_in
 
@@ -35,30 +36,61 @@ def configure_link(
     Idempotent: present addresses and routes are kept, and nothing that is not listed is removed.
     `mtu`/`alias` None leave those untouched.
     """
+    with netlink_in(ns_fd) as ipr:
+        return configure_link_in(ipr, ns_fd, ifname, addresses, routes, mtu, alias)
+
+
+def configure_link_in(
+    ipr: Any,
+    ns_fd: int | None,
+    ifname: str,
+    addresses: Sequence[str] = (),
+    routes: Sequence[Route] = (),
+    mtu: int | None = None,
+    alias: str | None = None,
+) -> int:
+    """`configure_link` through a session already open in the netns `ns_fd`.
+
+    MTU, alias and up are set only when the link differs, and IPv6 is read from the link's own
+    message (IFLA_AF_SPEC), so the sysctl is only written, from a thread in the netns, when the link
+    has IPv6 disabled.
+    """
     check_ifname(ifname)
     wanted = [parse_interface(cidr) for cidr in addresses]
-    with netlink_in(ns_fd) as ipr:
-        index = find_link(ipr, ifname)
-        if index is None:
-            raise LinkNotFound(f"cannot configure {ifname!r}: no such link in netns fd={ns_fd}")
-        changes: dict[str, Any] = {}
-        if mtu is not None:
-            changes["mtu"] = mtu
-        if alias is not None:
-            changes["ifalias"] = alias
-        if changes:
-            with kernel_errors(f"set {sorted(changes)} of {ifname}"):
-                ipr.link("set", index=index, **changes)
-        ipv6 = ensure_ipv6_enabled(ns_fd, ifname)
-        if not ipv6 and any(address.version == 6 for address in wanted):
-            raise KernelError(f"cannot add IPv6 addresses to {ifname}: no IPv6 in netns", errno.EAFNOSUPPORT)
-        for address in wanted:
-            _ensure_address(ipr, index, ifname, address)
+    link = get_link(ipr, ifname)
+    if link is None:
+        raise LinkNotFound(f"cannot configure {ifname!r}: no such link in netns fd={ns_fd}")
+    index = int(link["index"])
+    changes: dict[str, Any] = {}
+    if mtu is not None and link.get("IFLA_MTU") != mtu:
+        changes["mtu"] = mtu
+    if alias is not None and link.get("IFLA_IFALIAS") != alias:
+        changes["ifalias"] = alias
+    if changes:
+        with kernel_errors(f"set {sorted(changes)} of {ifname}"):
+            ipr.link("set", index=index, **changes)
+    disabled = _ipv6_disabled(link)
+    has_ipv6 = disabled is not None and (not disabled or ensure_ipv6_enabled(ns_fd, ifname))
+    if not has_ipv6 and any(address.version == 6 for address in wanted):
+        raise KernelError(f"cannot add IPv6 addresses to {ifname}: no IPv6 in netns", errno.EAFNOSUPPORT)
+    for address in wanted:
+        _ensure_address(ipr, index, ifname, address)
+    if not int(link["flags"]) & IFF_UP:
         with kernel_errors(f"set {ifname} up"):
             ipr.link("set", index=index, state="up")
-        for route in sorted(routes, key=lambda route: route.via is not None):
-            _ensure_route(ipr, index, ifname, route)
+    for route in sorted(routes, key=lambda route: route.via is not None):
+        _ensure_route(ipr, index, ifname, route)
     return index
+
+
+def _ipv6_disabled(link: Any) -> bool | None:
+    """net.ipv6.conf.<link>.disable_ipv6 as the link's message reports it; None: no IPv6 on the link."""
+    spec = link.get("IFLA_AF_SPEC")
+    inet6 = None if spec is None else spec.get_attr("AF_INET6")
+    conf = None if inet6 is None else inet6.get_attr("IFLA_INET6_CONF")
+    if conf is None:
+        return None
+    return bool(conf.get("disable_ipv6"))
 
 
 def _ensure_address(ipr: Any, index: int, ifname: str, address: IPInterface) -> None:

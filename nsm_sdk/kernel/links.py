@@ -52,33 +52,48 @@ def find_link(ipr: Any, name: str) -> int | None:
 def create_veth_pair(a: End, b: End) -> bool:
     """Ensure that a veth pair joins `a` and `b`, each end under its final name in its own netns.
 
-    One RTM_NEWLINK, sent from our own netns, carries IFLA_NET_NS_FD for the link and for the peer, so
-    both ends are born in their target namespaces: `eth1` <-> `eth1` works, and nothing ever appears in
-    our netns under a name that could collide there (the v0 forwarder's bug, legacy-contract).
-
     Succeeds without change if both ends exist and are each other's peer; raises LinkNameTaken if
     either name is held by anything else. Raises InvalidArgument for a pair that cannot exist. Returns
-    whether it created the pair (False: it was there already).
+    whether it created the pair (False: it was there already). See `create_veth_pair_in`.
+    """
+    with netlink_in(a.ns_fd) as ipr_a, netlink_in(b.ns_fd) as ipr_b:
+        return create_veth_pair_in(ipr_a, ipr_b, a, b)
+
+
+def create_veth_pair_in(ipr_a: Any, ipr_b: Any, a: End, b: End) -> bool:
+    """`create_veth_pair` with sessions in a's and b's namespaces already open.
+
+    One RTM_NEWLINK carries IFLA_NET_NS_FD for the link and for the peer, so both ends are born in
+    their target namespaces: `eth1` <-> `eth1` works, and nothing ever appears in a third netns under a
+    name that could collide there (the v0 forwarder's bug, legacy-contract). It is sent through a's
+    session; the kernel places each end by its IFLA_NET_NS_FD, not by the socket's netns.
     """
     check_ifname(a.ifname)
     check_ifname(b.ifname)
     same_netns = netns_id(a.ns_fd) == netns_id(b.ns_fd)
     if same_netns and a.ifname == b.ifname:
         raise InvalidArgument(f"both veth ends are named {a.ifname!r} in the same netns")
-    with netlink_in(a.ns_fd) as ipr_a, netlink_in(b.ns_fd) as ipr_b:
+    if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
+        return False
+    try:
+        with kernel_errors(f"create veth {a.ifname} <-> {b.ifname}"):
+            ipr_a.link("add", kind="veth", **_veth_end(a), peer=_veth_end(b))
+    except KernelError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+        # A name was taken since we looked: fine if a concurrent caller created exactly our pair.
         if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
             return False
-        try:
-            with netlink_in(None) as own, kernel_errors(f"create veth {a.ifname} <-> {b.ifname}"):
-                own.link("add", kind="veth", **_veth_end(a), peer=_veth_end(b))
-        except KernelError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            # A name was taken since we looked: fine if a concurrent caller created exactly our pair.
-            if _existing_pair(ipr_a, ipr_b, a, b, same_netns):
-                return False
-            raise LinkNameTaken(f"cannot create veth {a.ifname} <-> {b.ifname}: {exc}") from exc
-        return True
+        raise LinkNameTaken(f"cannot create veth {a.ifname} <-> {b.ifname}: {exc}") from exc
+    return True
+
+
+def is_pair(ipr_a: Any, ipr_b: Any, link_a: Any, link_b: Any, a: End, b: End) -> bool:
+    """Whether the links `link_a` (a's end, seen through ipr_a) and `link_b` are each other's veth peer."""
+    same_netns = netns_id(a.ns_fd) == netns_id(b.ns_fd)
+    return _is_peer_of(ipr_a, link_a, link_b, b.ns_fd, same_netns) and _is_peer_of(
+        ipr_b, link_b, link_a, a.ns_fd, same_netns
+    )
 
 
 def _veth_end(end: End) -> dict[str, Any]:
@@ -145,43 +160,53 @@ def delete_link(ns_fd: int | None, ifname: str) -> bool:
     Deleting either end of a veth pair removes both.
     """
     with netlink_in(ns_fd) as ipr:
-        index = find_link(ipr, ifname)
-        if index is None:
-            return False
-        try:
-            with kernel_errors(f"delete link {ifname}"):
-                ipr.link("del", index=index)
-        except LinkNotFound:
-            return False
+        return delete_link_in(ipr, ifname)
+
+
+def delete_link_in(ipr: Any, ifname: str) -> bool:
+    """`delete_link` through a session already open in the link's netns."""
+    index = find_link(ipr, ifname)
+    if index is None:
+        return False
+    try:
+        with kernel_errors(f"delete link {ifname}"):
+            ipr.link("del", index=index)
+    except LinkNotFound:
+        return False
     return True
 
 
 def rename_link(ns_fd: int | None, old: str, new: str) -> int:
-    """Ensure the link `old` is called `new`; returns its index.
+    """Ensure the link `old` in the netns is called `new`; returns its index (see `rename_link_in`)."""
+    with netlink_in(ns_fd) as ipr:
+        return rename_link_in(ipr, old, new, f"netns fd={ns_fd}")
+
+
+def rename_link_in(ipr: Any, old: str, new: str, where: str = "our netns") -> int:
+    """Ensure the link `old` in `ipr`'s netns is called `new`; returns its index.
 
     The kernel renames only links that are down, so an up link is set down, renamed and set up again
     (also when the rename fails). If `old` is gone and `new` exists, the rename already happened.
     """
     check_ifname(new)
-    with netlink_in(ns_fd) as ipr:
-        link = get_link(ipr, old)
-        existing = find_link(ipr, new)
-        if link is None:
-            if existing is not None:
-                return existing
-            raise LinkNotFound(f"cannot rename {old!r} to {new!r}: no link {old!r} in netns fd={ns_fd}")
-        index = int(link["index"])
-        if old == new:
-            return index
+    link = get_link(ipr, old)
+    existing = find_link(ipr, new)
+    if link is None:
         if existing is not None:
-            raise LinkNameTaken(f"cannot rename {old!r} to {new!r}: {new!r} exists in netns fd={ns_fd}")
-        was_up = bool(link["flags"] & IFF_UP)
-        with kernel_errors(f"rename link {old} to {new}"):
+            return existing
+        raise LinkNotFound(f"cannot rename {old!r} to {new!r}: no link {old!r} in {where}")
+    index = int(link["index"])
+    if old == new:
+        return index
+    if existing is not None:
+        raise LinkNameTaken(f"cannot rename {old!r} to {new!r}: {new!r} exists in {where}")
+    was_up = bool(link["flags"] & IFF_UP)
+    with kernel_errors(f"rename link {old} to {new}"):
+        if was_up:
+            ipr.link("set", index=index, state="down")
+        try:
+            ipr.link("set", index=index, ifname=new)
+        finally:
             if was_up:
-                ipr.link("set", index=index, state="down")
-            try:
-                ipr.link("set", index=index, ifname=new)
-            finally:
-                if was_up:
-                    ipr.link("set", index=index, state="up")
+                ipr.link("set", index=index, state="up")
     return index

@@ -18,7 +18,7 @@ from nsm_sdk.kernel.addresses import Route, canonical_interface
 from nsm_sdk.kernel.errors import LinkNotFound, LinkWaitCancelled, LinkWaitTimeout, kernel_errors
 from nsm_sdk.kernel.links import get_link
 from nsm_sdk.kernel.names import check_ifname
-from nsm_sdk.kernel.netlink import dump, netlink_in
+from nsm_sdk.kernel.netlink import KERNEL_FILTERED, dump, netlink_in
 
 _RT_TABLE_MAIN = 254
 _RTN_UNICAST = 1
@@ -51,22 +51,43 @@ class LinkState:
     routes: frozenset[Route]
 
 
-def read_link_states(ipr: Any, ifname: str | None = None) -> list[LinkState]:
-    """States of all links in `ipr`'s netns, or of the one called `ifname` (empty list if absent)."""
-    if ifname is None:
-        with kernel_errors("dump links"):
-            links = dump(lambda: ipr.link("dump"))
-    else:
+def read_link_states(ipr: Any, ifname: str | None = None, *, with_routes: bool = True) -> list[LinkState]:
+    """States of all links in `ipr`'s netns, or of the one called `ifname` (empty list if absent).
+
+    For one link the cost does not grow with the namespace: see `state_of` (and `with_routes`).
+    """
+    if ifname is not None:
         link = get_link(ipr, ifname)
-        links = [] if link is None else [link]
+        return [] if link is None else [state_of(ipr, link, with_routes=with_routes)]
+    with kernel_errors("dump links"):
+        links = dump(lambda: ipr.link("dump"))
     if not links:
         return []
     indexes = {int(link["index"]) for link in links}
     with kernel_errors("dump addresses"):
-        addresses = _addresses_by_index(dump(lambda: ipr.addr("dump")), indexes)
+        addresses = _addresses_by_index(dump(lambda: ipr.addr("dump", **KERNEL_FILTERED)), indexes)
     with kernel_errors("dump routes"):
-        routes = _routes_by_index(dump(lambda: ipr.route("dump")), indexes)
+        routes = _routes_by_index(dump(lambda: ipr.route("dump", **KERNEL_FILTERED)), indexes)
     return [_state(link, addresses, routes) for link in links]
+
+
+def state_of(ipr: Any, link: Any, *, with_routes: bool = True) -> LinkState:
+    """The state of the link whose RTM_NEWLINK message is `link`: the kernel sends only that link's
+    addresses and its main-table routes (`KERNEL_FILTERED`), whatever else the namespace holds.
+
+    `with_routes=False` leaves `routes` empty without asking the kernel (a check that expects none).
+    """
+    index = int(link["index"])
+    with kernel_errors("dump addresses"):
+        addresses = _addresses_by_index(
+            dump(lambda: ipr.addr("dump", index=index, **KERNEL_FILTERED)), {index}
+        )
+    if not with_routes:
+        return _state(link, addresses, {})
+    by_oif = {"oif": index, "table": _RT_TABLE_MAIN}
+    with kernel_errors("dump routes"):
+        routes = _routes_by_index(dump(lambda: ipr.route("dump", **by_oif, **KERNEL_FILTERED)), {index})
+    return _state(link, addresses, routes)
 
 
 def _state(link: Any, addresses: dict[int, set[str]], routes: dict[int, set[Route]]) -> LinkState:
@@ -136,16 +157,20 @@ def link_problems(
     expected_addresses: Sequence[str] = (),
     expected_routes: Sequence[Route] = (),
     mtu: int | None = None,
+    carrier: bool = False,
 ) -> list[str]:
     """What is wrong with `state` (None: the link is missing) compared to the expectation; [] if nothing.
 
-    Extra addresses and routes are not problems: the expectation is what must be there.
+    Extra addresses and routes are not problems: the expectation is what must be there. With `carrier`,
+    a link without carrier (its veth peer is down or gone) is a problem too.
     """
     if state is None:
         return [f"link {ifname} not found"]
     problems = []
     if not state.up:
         problems.append(f"link {ifname} is down")
+    elif carrier and not state.carrier:
+        problems.append(f"link {ifname} has no carrier")
     if mtu is not None and state.mtu != mtu:
         problems.append(f"link {ifname} has mtu {state.mtu}, expected {mtu}")
     for address in sorted({canonical_interface(cidr) for cidr in expected_addresses}):
@@ -163,12 +188,14 @@ def verify_link(
     expected_addresses: Sequence[str] = (),
     expected_routes: Sequence[Route] = (),
     mtu: int | None = None,
+    carrier: bool = False,
 ) -> list[str]:
     """Problems of link `ifname` in the netns against the expectation (see link_problems); [] means OK."""
     check_ifname(ifname)
     with netlink_in(ns_fd) as ipr:
         states = read_link_states(ipr, ifname)
-    return link_problems(states[0] if states else None, ifname, expected_addresses, expected_routes, mtu)
+    state = states[0] if states else None
+    return link_problems(state, ifname, expected_addresses, expected_routes, mtu, carrier)
 
 
 LinkPredicate = Callable[[LinkState], bool]

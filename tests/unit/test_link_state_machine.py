@@ -21,6 +21,7 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     State,
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.agent.link_check import SideCheck
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.protocol.nsurl import parse_seed_services
@@ -111,15 +112,10 @@ class Kernel:
 def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
     state = Kernel()
 
-    async def problems(*_: Any) -> list[str]:
-        return [] if state.healthy else ["link eth12 not found"]
+    async def check(*_: Any, **__: Any) -> SideCheck:
+        return SideCheck([] if state.healthy else ["link eth12 not found"])
 
-    async def no_rename(self: Link, conn: Connection) -> None:
-        return None
-
-    monkeypatch.setattr(link_module, "link_problems", problems)
-    monkeypatch.setattr(link_module, "_read_own_link", lambda _: [type("S", (), {"carrier": True})()])
-    monkeypatch.setattr(Link, "_rename_if_needed", no_rename)
+    monkeypatch.setattr(link_module, "check_side", check)
     monkeypatch.setattr(link_module, "RETRY", link_module.Backoff(base=0.01, factor=1.0, cap=0.01))
     return state
 
