@@ -116,7 +116,7 @@ def print_machine() -> None:
     for key, value in machine():
         print(f"{key:>22}: {value}")
     packages = package_versions(
-        "grpcio", "protobuf", "pyroute2", "pyjwt", "cryptography", "spiffe", "pyasn1-modules"
+        "grpcio", "protobuf", "pyjwt", "cryptography", "spiffe", "pyasn1-modules"
     )
     print(f"{'packages':>22}: {packages}")
     print()

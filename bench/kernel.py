@@ -1,6 +1,6 @@
 """What the kernel side of one link costs: nsm-local's forwarder work and a sidecar's check, per link.
 
-In two throwaway namespaces: open/close of one netlink session (pyroute2 IPRoute on a socket created in
+In two throwaway namespaces: open/close of one netlink session (an `rtnl.Rtnl` on a socket created in
 the netns, `nsm_sdk.kernel.netlink_in`), then per link the forwarder's ensure (veth pair born in both
 namespaces + both ends configured: `nsm_local.forwarder.ensure_cross_connect`), a sidecar's check of its
 side (`nsm_sdk.kernel.state.verify_link`, in a netns that holds all the links), the forwarder's ensure

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Any
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.kernel.addresses import Route, parse_interface
@@ -18,6 +17,7 @@ from nsm_sdk.kernel.configure import configure_link_in
 from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken
 from nsm_sdk.kernel.links import End, create_veth_pair_in, delete_link, delete_link_in, get_link, is_pair
 from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.rtnl import Rtnl
 from nsm_sdk.kernel.state import link_problems, read_link_states, state_of
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.sides import SideConfig, side_config
@@ -75,7 +75,7 @@ def _plan(conn: Connection) -> _Plan:
 
 
 def _configure(
-    ipr: Any, ns_fd: int | None, ifname: str, config: SideConfig, mtu: int | None, alias: str
+    ipr: Rtnl, ns_fd: int | None, ifname: str, config: SideConfig, mtu: int | None, alias: str
 ) -> None:
     routes = [Route(r.prefix, r.via) for r in config.routes]
     configure_link_in(ipr, ns_fd, ifname, list(config.addresses), routes, mtu=mtu, alias=alias)
@@ -113,7 +113,7 @@ def _ensure(xc: CrossConnect, conn: Connection) -> None:
             raise
 
 
-def _delete_either(ipr_a: Any, ifname_a: str, ipr_b: Any, ifname_b: str) -> None:
+def _delete_either(ipr_a: Rtnl, ifname_a: str, ipr_b: Rtnl, ifname_b: str) -> None:
     """Delete a veth pair by either end (one takes the other with it)."""
     for ipr, ifname in ((ipr_a, ifname_a), (ipr_b, ifname_b)):
         try:
@@ -123,7 +123,7 @@ def _delete_either(ipr_a: Any, ifname_a: str, ipr_b: Any, ifname_b: str) -> None
             continue
 
 
-def _in_place(ipr_a: Any, ipr_b: Any, a: End, b: End, plan: _Plan, aliases: tuple[str, str]) -> bool:
+def _in_place(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, plan: _Plan, aliases: tuple[str, str]) -> bool:
     """Both ends exist as each other's peer, carry our aliases and match the plan (up, MTU, addresses,
     routes). Reads only these two links (`state_of`), so a refresh costs the same in any namespace."""
     link_a, link_b = get_link(ipr_a, a.ifname), get_link(ipr_b, b.ifname)

@@ -1,7 +1,8 @@
 """Kernel side of the KERNEL mechanism (protocol §9): "ensure" operations on links inside a given netns.
 
-Synchronous, fork-free pyroute2 code: namespaces are open fds (or None for our own), entered by
-short-lived helper threads (see `_netns`), never by forking. Asyncio callers use `asyncio.to_thread`.
+Synchronous, fork-free netlink code (a small rtnetlink client of our own, `rtnl`; its docstring says why
+not pyroute2): namespaces are open fds (or None for our own), entered by short-lived helper threads (see
+`_netns`), never by forking. Asyncio callers use `asyncio.to_thread`.
 Every operation is idempotent, so heal and restart simply run it again.
 """
 

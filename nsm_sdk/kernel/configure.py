@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import errno
+import ipaddress
 from collections.abc import Sequence
-from typing import Any
-
-from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from nsm_sdk.kernel._netns import call_in_netns
 from nsm_sdk.kernel.addresses import IPInterface, Route, parse_interface
@@ -15,8 +12,7 @@ from nsm_sdk.kernel.errors import KernelError, LinkNotFound, kernel_errors
 from nsm_sdk.kernel.links import get_link
 from nsm_sdk.kernel.names import check_ifname
 from nsm_sdk.kernel.netlink import netlink_in
-
-_RT_SCOPE_LINK = 253
+from nsm_sdk.kernel.rtnl import IFF_UP, Rtnl
 
 
 def configure_link(
@@ -41,7 +37,7 @@ def configure_link(
 
 
 def configure_link_in(
-    ipr: Any,
+    ipr: Rtnl,
     ns_fd: int | None,
     ifname: str,
     addresses: Sequence[str] = (),
@@ -60,62 +56,39 @@ def configure_link_in(
     link = get_link(ipr, ifname)
     if link is None:
         raise LinkNotFound(f"cannot configure {ifname!r}: no such link in netns fd={ns_fd}")
-    index = int(link["index"])
-    changes: dict[str, Any] = {}
-    if mtu is not None and link.get("IFLA_MTU") != mtu:
-        changes["mtu"] = mtu
-    if alias is not None and link.get("IFLA_IFALIAS") != alias:
-        changes["ifalias"] = alias
-    if changes:
-        with kernel_errors(f"set {sorted(changes)} of {ifname}"):
-            ipr.link("set", index=index, **changes)
-    disabled = _ipv6_disabled(link)
+    index = link.index
+    new_mtu = mtu if mtu is not None and link.mtu != mtu else None
+    new_alias = alias if alias is not None and link.alias != alias else None
+    if new_mtu is not None or new_alias is not None:
+        changes = [name for name, value in (("mtu", new_mtu), ("alias", new_alias)) if value is not None]
+        with kernel_errors(f"set {', '.join(changes)} of {ifname}"):
+            ipr.set_link(index, mtu=new_mtu, alias=new_alias)
+    disabled = link.ipv6_disabled
     has_ipv6 = disabled is not None and (not disabled or ensure_ipv6_enabled(ns_fd, ifname))
     if not has_ipv6 and any(address.version == 6 for address in wanted):
         raise KernelError(f"cannot add IPv6 addresses to {ifname}: no IPv6 in netns", errno.EAFNOSUPPORT)
     for address in wanted:
         _ensure_address(ipr, index, ifname, address)
-    if not int(link["flags"]) & IFF_UP:
+    if not link.flags & IFF_UP:
         with kernel_errors(f"set {ifname} up"):
-            ipr.link("set", index=index, state="up")
+            ipr.set_link(index, up=True)
     for route in sorted(routes, key=lambda route: route.via is not None):
         _ensure_route(ipr, index, ifname, route)
     return index
 
 
-def _ipv6_disabled(link: Any) -> bool | None:
-    """net.ipv6.conf.<link>.disable_ipv6 as the link's message reports it; None: no IPv6 on the link."""
-    spec = link.get("IFLA_AF_SPEC")
-    inet6 = None if spec is None else spec.get_attr("AF_INET6")
-    conf = None if inet6 is None else inet6.get_attr("IFLA_INET6_CONF")
-    if conf is None:
-        return None
-    return bool(conf.get("disable_ipv6"))
-
-
-def _ensure_address(ipr: Any, index: int, ifname: str, address: IPInterface) -> None:
+def _ensure_address(ipr: Rtnl, index: int, ifname: str, address: IPInterface) -> None:
     try:
         with kernel_errors(f"add address {address} to {ifname}"):
-            ipr.addr(
-                "add",
-                index=index,
-                address=str(address.ip),
-                prefixlen=address.network.prefixlen,
-                flags=IFA_F_NODAD if address.version == 6 else 0,
-            )
+            ipr.add_address(index, address)
     except KernelError as exc:
         if exc.errno != errno.EEXIST:
             raise
 
 
-def _ensure_route(ipr: Any, index: int, ifname: str, route: Route) -> None:
-    spec: dict[str, Any] = {"dst": route.prefix, "oif": index}
-    if route.via is not None:
-        spec["gateway"] = route.via
-    elif route.version == 4:
-        spec["scope"] = _RT_SCOPE_LINK
+def _ensure_route(ipr: Rtnl, index: int, ifname: str, route: Route) -> None:
     with kernel_errors(f"replace route {route} dev {ifname}"):
-        ipr.route("replace", **spec)
+        ipr.replace_route(ipaddress.ip_network(route.prefix), index, route.via)
 
 
 def ensure_ipv6_enabled(ns_fd: int | None, ifname: str) -> bool:

@@ -12,8 +12,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from pyroute2.netlink.exceptions import NetlinkDumpInterrupted, NetlinkError
-
+from nsm_sdk.kernel.rtnl import DumpInterrupted
 from nsm_sdk.protocol.errors import NsmError
 
 #: Errnos after which the same request may succeed if simply retried later.
@@ -82,15 +81,12 @@ def error_for_errno(code: int, message: str) -> KernelError:
 
 @contextmanager
 def kernel_errors(action: str) -> Iterator[None]:
-    """Translate NetlinkError and OSError raised inside the block into KernelError (errno kept)."""
+    """Translate netlink errors (`rtnl.NetlinkError`, an OSError carrying the kernel's own message),
+    interrupted dumps and OSError raised inside the block into KernelError (errno kept)."""
     try:
         yield
-    except NetlinkDumpInterrupted as exc:
+    except DumpInterrupted as exc:
         raise KernelError(f"{action}: dump interrupted by concurrent changes", errnos.EINTR) from exc
-    except NetlinkError as exc:
-        code = abs(int(exc.code))
-        detail = exc.args[1] if len(exc.args) > 1 and exc.args[1] else os.strerror(code)
-        raise error_for_errno(code, f"{action}: {detail}") from exc
     except OSError as exc:
         code = exc.errno or errnos.EIO
         raise error_for_errno(code, f"{action}: {exc.strerror or os.strerror(code)}") from exc

@@ -9,9 +9,6 @@ from __future__ import annotations
 import errno
 import os
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_UP
 
 from nsm_sdk.kernel._netns import OWN_NETNS_PATH, netns_id
 from nsm_sdk.kernel.errors import (
@@ -23,6 +20,7 @@ from nsm_sdk.kernel.errors import (
 )
 from nsm_sdk.kernel.names import check_ifname
 from nsm_sdk.kernel.netlink import netlink_in
+from nsm_sdk.kernel.rtnl import IFF_UP, Link, Rtnl
 
 
 @dataclass(frozen=True)
@@ -33,20 +31,17 @@ class End:
     ifname: str
 
 
-def get_link(ipr: Any, name: str) -> Any | None:
-    """The RTM_NEWLINK message of the link called `name` in `ipr`'s netns, or None if there is none."""
+def get_link(ipr: Rtnl, name: str) -> Link | None:
+    """The link called `name` in `ipr`'s netns, or None if there is none."""
     check_ifname(name)
-    try:
-        with kernel_errors(f"look up link {name}"):
-            return ipr.link("get", ifname=name)[0]
-    except LinkNotFound:
-        return None
+    with kernel_errors(f"look up link {name}"):
+        return ipr.get_link(name)
 
 
-def find_link(ipr: Any, name: str) -> int | None:
+def find_link(ipr: Rtnl, name: str) -> int | None:
     """The index of the link called `name` in `ipr`'s netns, or None if there is none."""
     link = get_link(ipr, name)
-    return None if link is None else int(link["index"])
+    return None if link is None else link.index
 
 
 def create_veth_pair(a: End, b: End) -> bool:
@@ -60,7 +55,7 @@ def create_veth_pair(a: End, b: End) -> bool:
         return create_veth_pair_in(ipr_a, ipr_b, a, b)
 
 
-def create_veth_pair_in(ipr_a: Any, ipr_b: Any, a: End, b: End) -> bool:
+def create_veth_pair_in(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End) -> bool:
     """`create_veth_pair` with sessions in a's and b's namespaces already open.
 
     One RTM_NEWLINK carries IFLA_NET_NS_FD for the link and for the peer, so both ends are born in
@@ -77,7 +72,7 @@ def create_veth_pair_in(ipr_a: Any, ipr_b: Any, a: End, b: End) -> bool:
         return False
     try:
         with kernel_errors(f"create veth {a.ifname} <-> {b.ifname}"):
-            ipr_a.link("add", kind="veth", **_veth_end(a), peer=_veth_end(b))
+            ipr_a.add_veth(a.ifname, a.ns_fd, b.ifname, b.ns_fd)
     except KernelError as exc:
         if exc.errno != errno.EEXIST:
             raise
@@ -88,7 +83,7 @@ def create_veth_pair_in(ipr_a: Any, ipr_b: Any, a: End, b: End) -> bool:
     return True
 
 
-def is_pair(ipr_a: Any, ipr_b: Any, link_a: Any, link_b: Any, a: End, b: End) -> bool:
+def is_pair(ipr_a: Rtnl, ipr_b: Rtnl, link_a: Link, link_b: Link, a: End, b: End) -> bool:
     """Whether the links `link_a` (a's end, seen through ipr_a) and `link_b` are each other's veth peer."""
     same_netns = netns_id(a.ns_fd) == netns_id(b.ns_fd)
     return _is_peer_of(ipr_a, link_a, link_b, b.ns_fd, same_netns) and _is_peer_of(
@@ -96,14 +91,7 @@ def is_pair(ipr_a: Any, ipr_b: Any, link_a: Any, link_b: Any, a: End, b: End) ->
     )
 
 
-def _veth_end(end: End) -> dict[str, Any]:
-    spec: dict[str, Any] = {"ifname": end.ifname}
-    if end.ns_fd is not None:
-        spec["net_ns_fd"] = end.ns_fd
-    return spec
-
-
-def _existing_pair(ipr_a: Any, ipr_b: Any, a: End, b: End, same_netns: bool) -> bool:
+def _existing_pair(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, same_netns: bool) -> bool:
     """True if a and b exist as each other's veth peer; False if neither exists; else LinkNameTaken."""
     link_a = get_link(ipr_a, a.ifname)
     link_b = get_link(ipr_b, b.ifname)
@@ -126,32 +114,30 @@ def _existing_pair(ipr_a: Any, ipr_b: Any, a: End, b: End, same_netns: bool) -> 
     )
 
 
-def _is_peer_of(ipr_x: Any, link_x: Any, link_y: Any, ns_fd_y: int | None, same_netns: bool) -> bool:
+def _is_peer_of(ipr_x: Rtnl, link_x: Link, link_y: Link, ns_fd_y: int | None, same_netns: bool) -> bool:
     """Whether veth `link_x` (in ipr_x's netns) has `link_y` (in netns ns_fd_y) as its peer.
 
     IFLA_LINK alone is an index in the peer's netns, and fresh namespaces number their links alike,
     so a peer in another netns is also matched by IFLA_LINK_NETNSID against the id that x's netns
     gives to y's netns.
     """
-    if link_x.get(("linkinfo", "kind")) != "veth" or link_x.get("IFLA_LINK") != link_y["index"]:
+    if link_x.kind != "veth" or link_x.peer_index != link_y.index:
         return False
-    nsid = link_x.get("IFLA_LINK_NETNSID")
+    nsid = link_x.peer_netnsid
     if same_netns:
         return nsid is None
     return nsid is not None and nsid == _nsid_of(ipr_x, ns_fd_y)
 
 
-def _nsid_of(ipr: Any, ns_fd: int | None) -> int | None:
+def _nsid_of(ipr: Rtnl, ns_fd: int | None) -> int | None:
     """The id that `ipr`'s netns gives to the netns `ns_fd` (RTM_GETNSID), None if it has none."""
     fd = os.open(OWN_NETNS_PATH, os.O_RDONLY | os.O_CLOEXEC) if ns_fd is None else ns_fd
     try:
         with kernel_errors("query netns id"):
-            reply = ipr.get_netnsid(fd=fd)
+            return ipr.netns_id(fd)
     finally:
         if ns_fd is None:
             os.close(fd)
-    nsid = None if reply is None else reply.get("nsid")
-    return None if nsid is None or nsid < 0 else int(nsid)
 
 
 def delete_link(ns_fd: int | None, ifname: str) -> bool:
@@ -163,14 +149,14 @@ def delete_link(ns_fd: int | None, ifname: str) -> bool:
         return delete_link_in(ipr, ifname)
 
 
-def delete_link_in(ipr: Any, ifname: str) -> bool:
+def delete_link_in(ipr: Rtnl, ifname: str) -> bool:
     """`delete_link` through a session already open in the link's netns."""
     index = find_link(ipr, ifname)
     if index is None:
         return False
     try:
         with kernel_errors(f"delete link {ifname}"):
-            ipr.link("del", index=index)
+            ipr.delete_link(index)
     except LinkNotFound:
         return False
     return True
@@ -182,7 +168,7 @@ def rename_link(ns_fd: int | None, old: str, new: str) -> int:
         return rename_link_in(ipr, old, new, f"netns fd={ns_fd}")
 
 
-def rename_link_in(ipr: Any, old: str, new: str, where: str = "our netns") -> int:
+def rename_link_in(ipr: Rtnl, old: str, new: str, where: str = "our netns") -> int:
     """Ensure the link `old` in `ipr`'s netns is called `new`; returns its index.
 
     The kernel renames only links that are down, so an up link is set down, renamed and set up again
@@ -195,18 +181,18 @@ def rename_link_in(ipr: Any, old: str, new: str, where: str = "our netns") -> in
         if existing is not None:
             return existing
         raise LinkNotFound(f"cannot rename {old!r} to {new!r}: no link {old!r} in {where}")
-    index = int(link["index"])
+    index = link.index
     if old == new:
         return index
     if existing is not None:
         raise LinkNameTaken(f"cannot rename {old!r} to {new!r}: {new!r} exists in {where}")
-    was_up = bool(link["flags"] & IFF_UP)
+    was_up = bool(link.flags & IFF_UP)
     with kernel_errors(f"rename link {old} to {new}"):
         if was_up:
-            ipr.link("set", index=index, state="down")
+            ipr.set_link(index, up=False)
         try:
-            ipr.link("set", index=index, ifname=new)
+            ipr.set_link(index, ifname=new)
         finally:
             if was_up:
-                ipr.link("set", index=index, state="up")
+                ipr.set_link(index, up=True)
     return index

@@ -10,19 +10,23 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from pyroute2.netlink.rtnl.ifinfmsg import IFF_LOWER_UP, IFF_UP
 
 from nsm_sdk.kernel.addresses import Route, canonical_interface
 from nsm_sdk.kernel.errors import LinkNotFound, LinkWaitCancelled, LinkWaitTimeout, kernel_errors
 from nsm_sdk.kernel.links import get_link
 from nsm_sdk.kernel.names import check_ifname
-from nsm_sdk.kernel.netlink import KERNEL_FILTERED, dump, netlink_in
-
-_RT_TABLE_MAIN = 254
-_RTN_UNICAST = 1
-_RT_SCOPE_LINK = 253
+from nsm_sdk.kernel.netlink import dump, netlink_in
+from nsm_sdk.kernel.rtnl import (
+    IFF_LOWER_UP,
+    IFF_UP,
+    RT_SCOPE_LINK,
+    RT_TABLE_MAIN,
+    RTN_UNICAST,
+    Address,
+    Link,
+    RouteEntry,
+    Rtnl,
+)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,7 @@ class LinkState:
     routes: frozenset[Route]
 
 
-def read_link_states(ipr: Any, ifname: str | None = None, *, with_routes: bool = True) -> list[LinkState]:
+def read_link_states(ipr: Rtnl, ifname: str | None = None, *, with_routes: bool = True) -> list[LinkState]:
     """States of all links in `ipr`'s netns, or of the one called `ifname` (empty list if absent).
 
     For one link the cost does not grow with the namespace: see `state_of` (and `with_routes`).
@@ -60,84 +64,69 @@ def read_link_states(ipr: Any, ifname: str | None = None, *, with_routes: bool =
         link = get_link(ipr, ifname)
         return [] if link is None else [state_of(ipr, link, with_routes=with_routes)]
     with kernel_errors("dump links"):
-        links = dump(lambda: ipr.link("dump"))
+        links = dump(ipr.links)
     if not links:
         return []
-    indexes = {int(link["index"]) for link in links}
+    indexes = {link.index for link in links}
     with kernel_errors("dump addresses"):
-        addresses = _addresses_by_index(dump(lambda: ipr.addr("dump", **KERNEL_FILTERED)), indexes)
+        addresses = _addresses_by_index(dump(ipr.addresses), indexes)
     with kernel_errors("dump routes"):
-        routes = _routes_by_index(dump(lambda: ipr.route("dump", **KERNEL_FILTERED)), indexes)
+        routes = _routes_by_index(dump(ipr.routes), indexes)
     return [_state(link, addresses, routes) for link in links]
 
 
-def state_of(ipr: Any, link: Any, *, with_routes: bool = True) -> LinkState:
-    """The state of the link whose RTM_NEWLINK message is `link`: the kernel sends only that link's
-    addresses and its main-table routes (`KERNEL_FILTERED`), whatever else the namespace holds.
+def state_of(ipr: Rtnl, link: Link, *, with_routes: bool = True) -> LinkState:
+    """The state of `link`: the kernel sends only its addresses and its main-table routes (a dump
+    filtered by the kernel), whatever else the namespace holds.
 
     `with_routes=False` leaves `routes` empty without asking the kernel (a check that expects none).
     """
-    index = int(link["index"])
+    index = link.index
     with kernel_errors("dump addresses"):
-        addresses = _addresses_by_index(
-            dump(lambda: ipr.addr("dump", index=index, **KERNEL_FILTERED)), {index}
-        )
+        addresses = _addresses_by_index(dump(lambda: ipr.addresses(index)), {index})
     if not with_routes:
         return _state(link, addresses, {})
-    by_oif = {"oif": index, "table": _RT_TABLE_MAIN}
     with kernel_errors("dump routes"):
-        routes = _routes_by_index(dump(lambda: ipr.route("dump", **by_oif, **KERNEL_FILTERED)), {index})
+        routes = _routes_by_index(dump(lambda: ipr.routes(oif=index, table=RT_TABLE_MAIN)), {index})
     return _state(link, addresses, routes)
 
 
-def _state(link: Any, addresses: dict[int, set[str]], routes: dict[int, set[Route]]) -> LinkState:
-    index = int(link["index"])
-    flags = int(link["flags"])
-    alias = link.get("IFLA_IFALIAS")
-    peer_index = link.get("IFLA_LINK")
-    peer_netnsid = link.get("IFLA_LINK_NETNSID")
-    kind = link.get(("linkinfo", "kind"))
+def _state(link: Link, addresses: dict[int, set[str]], routes: dict[int, set[Route]]) -> LinkState:
     return LinkState(
-        ifname=str(link.get("IFLA_IFNAME")),
-        index=index,
-        up=bool(flags & IFF_UP),
-        carrier=bool(flags & IFF_LOWER_UP),
-        operstate=str(link.get("IFLA_OPERSTATE") or "UNKNOWN"),
-        mtu=int(link.get("IFLA_MTU")),
-        alias=None if not alias else str(alias),
-        kind=None if kind is None else str(kind),
-        peer_index=None if peer_index is None else int(peer_index),
-        peer_netnsid=None if peer_netnsid is None else int(peer_netnsid),
-        addresses=frozenset(addresses.get(index, ())),
-        routes=frozenset(routes.get(index, ())),
+        ifname=link.ifname,
+        index=link.index,
+        up=bool(link.flags & IFF_UP),
+        carrier=bool(link.flags & IFF_LOWER_UP),
+        operstate=link.operstate,
+        mtu=link.mtu,
+        alias=link.alias,
+        kind=link.kind,
+        peer_index=link.peer_index,
+        peer_netnsid=link.peer_netnsid,
+        addresses=frozenset(addresses.get(link.index, ())),
+        routes=frozenset(routes.get(link.index, ())),
     )
 
 
-def _addresses_by_index(messages: Iterable[Any], indexes: set[int]) -> dict[int, set[str]]:
+def _addresses_by_index(messages: Iterable[Address], indexes: set[int]) -> dict[int, set[str]]:
     found: dict[int, set[str]] = {}
     for msg in messages:
-        index = int(msg["index"])
-        if index not in indexes or int(msg["scope"]) >= _RT_SCOPE_LINK:
+        if msg.index not in indexes or msg.scope >= RT_SCOPE_LINK:
             continue
-        # For IPv4, IFA_LOCAL is our address (IFA_ADDRESS is the far end on point-to-point links).
-        address = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
-        found.setdefault(index, set()).add(canonical_interface(f"{address}/{msg['prefixlen']}"))
+        found.setdefault(msg.index, set()).add(canonical_interface(f"{msg.address}/{msg.prefixlen}"))
     return found
 
 
-def _routes_by_index(messages: Iterable[Any], indexes: set[int]) -> dict[int, set[Route]]:
+def _routes_by_index(messages: Iterable[RouteEntry], indexes: set[int]) -> dict[int, set[Route]]:
     found: dict[int, set[Route]] = {}
     for msg in messages:
-        table = msg.get("RTA_TABLE") or msg["table"]
-        oif = msg.get("RTA_OIF")
-        if table != _RT_TABLE_MAIN or msg["type"] != _RTN_UNICAST or oif not in indexes:
+        if msg.table != RT_TABLE_MAIN or msg.type != RTN_UNICAST or msg.oif not in indexes:
             continue
-        if msg["family"] not in (socket.AF_INET, socket.AF_INET6):
+        if msg.family not in (socket.AF_INET, socket.AF_INET6):
             continue
-        default = "0.0.0.0" if msg["family"] == socket.AF_INET else "::"
-        destination = msg.get("RTA_DST") or default
-        route = Route(f"{destination}/{msg['dst_len']}", msg.get("RTA_GATEWAY"))
-        found.setdefault(int(oif), set()).add(route)
+        default = "0.0.0.0" if msg.family == socket.AF_INET else "::"
+        route = Route(f"{msg.dst or default}/{msg.dst_len}", msg.gateway)
+        found.setdefault(msg.oif, set()).add(route)
     return found
 
 

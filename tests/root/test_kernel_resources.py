@@ -75,7 +75,7 @@ def test_failing_operations_leave_no_fds_behind(netns_a: Netns, netns_b: Netns) 
 
 
 def test_operations_never_fork(monkeypatch: pytest.MonkeyPatch, netns_a: Netns, netns_b: Netns) -> None:
-    # grpcio programs must not fork; pyroute2 would for `netns=` (os.fork or multiprocessing).
+    # grpcio programs must not fork (pyroute2, which this layer once used, forks for `netns=`).
     def refuse(*args: object, **kwargs: object) -> NoReturn:
         raise AssertionError("the kernel layer tried to fork")
 
@@ -97,7 +97,7 @@ def test_the_callers_thread_never_changes_netns(netns_a: Netns, netns_b: Netns) 
 def test_netlink_in_talks_to_the_given_netns(netns_a: Netns) -> None:
     netns_a.ip("link", "add", "probe0", "type", "veth", "peer", "name", "probe1")
     with netlink_in(netns_a.fd) as ipr:
-        names = {link.get("IFLA_IFNAME") for link in ipr.link("dump")}
+        names = {link.ifname for link in ipr.links()}
     assert names == {"lo", "probe0", "probe1"}
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from kernel_lab import Netns
@@ -23,12 +22,14 @@ from nsm_sdk.kernel import (
     inspect_link,
     read_link_states,
     rename_link,
+    rtnl,
     verify_link,
     wait_for_link,
 )
-from nsm_sdk.kernel import state as state_module
 from nsm_sdk.kernel._netns import call_in_netns
 from nsm_sdk.kernel.netlink import netlink_in
+
+RTM_GETADDR, RTM_GETROUTE = 22, 26
 
 pytestmark = pytest.mark.root
 
@@ -195,24 +196,26 @@ def test_reading_one_link_among_many_gets_only_its_own_objects_from_the_kernel(
         create_veth_pair(End(netns_a.fd, f"eth{i}"), End(netns_b.fd, f"eth{i}"))
         addresses = [f"10.70.{i}.1/30", f"fd00:70:{i}::1/64"]
         configure_link(netns_a.fd, f"eth{i}", addresses, [Route(f"10.99.{i}.0/24")])
-    received: list[Any] = []
-
-    def seen_by_python(message: Any) -> bool:
-        received.append(message)
-        return True
-
+    received: list[tuple[int, bytes]] = []
     with netlink_in(netns_a.fd) as ipr:
         everyone = {state.ifname: state for state in read_link_states(ipr)}
-        monkeypatch.setattr(state_module, "KERNEL_FILTERED", {"dump_filter": seen_by_python})
+        dump_from_kernel = ipr._dump
+
+        def recording(msg_type: int, body: bytes) -> list[bytes]:
+            replies = dump_from_kernel(msg_type, body)
+            received.extend((msg_type, reply) for reply in replies)
+            return replies
+
+        monkeypatch.setattr(ipr, "_dump", recording)
         (eth5,) = read_link_states(ipr, "eth5")
 
     assert eth5 == everyone["eth5"]
     assert eth5.addresses == {"10.70.5.1/30", "fd00:70:5::1/64"}
     assert Route("10.99.5.0/24") in eth5.routes
-    # Kernel-side filtering: the dumps carried eth5's addresses (IPv4, IPv6, link-local) and main-table
-    # routes only, not the other seven links' (a cost that does not grow with the namespace).
-    addresses = [message for message in received if message.get("IFA_LOCAL") or message.get("IFA_ADDRESS")]
-    routes = [message for message in received if "dst_len" in message]
-    assert addresses and {int(message["index"]) for message in addresses} == {eth5.index}
-    assert routes and {message.get("RTA_OIF") for message in routes} == {eth5.index}
-    assert len(received) == len(addresses) + len(routes)
+    # Kernel-side filtering: what the kernel sent were eth5's addresses (IPv4, IPv6, link-local) and its
+    # main-table routes only, not the other seven links' (a cost that does not grow with the namespace).
+    addresses = [rtnl._address(body) for kind, body in received if kind == RTM_GETADDR]
+    routes = [rtnl._route(body) for kind, body in received if kind == RTM_GETROUTE]
+    assert len(addresses) + len(routes) == len(received)
+    assert addresses and {address.index for address in addresses} == {eth5.index}
+    assert routes and {route.oif for route in routes} == {eth5.index}
