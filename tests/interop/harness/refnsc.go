@@ -30,8 +30,10 @@ import (
 // runNSC is a reference client modelled on cmd-nsc: the sdk's client chain with heal (ICMP liveness
 // check), upstream refresh, the KERNEL mechanism with a fixed interface name and sendfd (its netns travels
 // as an fd). It runs in the client's netns, requests one connection (retrying like cmd-nsc), writes the
-// returned Connection as JSON to -out, and closes it on SIGTERM.
+// returned Connection as JSON to -out, and closes it on SIGTERM. With -timing it also prints how long its
+// Request took (bench/versus_go.py); by default it prints nothing.
 func runNSC(args []string) error {
+	entered := time.Now()
 	fs := flag.NewFlagSet("nsc", flag.ContinueOnError)
 	var common commonFlags
 	common.bind(fs)
@@ -45,6 +47,7 @@ func runNSC(args []string) error {
 	requestTimeout := fs.Duration("request-timeout", 15*time.Second, "deadline of each Request/Close (NSM_REQUEST_TIMEOUT)")
 	dialTimeout := fs.Duration("dial-timeout", 5*time.Second, "dial timeout (NSM_DIAL_TIMEOUT)")
 	withoutFD := fs.Bool("without-fd", false, "misbehave on purpose: name the netns as file:///proc/<pid>/ns/net and send no fd (to check strict mode)")
+	timing := fs.Bool("timing", false, "print one JSON line to stdout once connected and -out written: when runNSC was entered, the first Request started and -out was written (wall clock), how long the Requests took (bench/versus_go.py)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,9 +105,13 @@ func runNSC(args []string) error {
 	}
 
 	var conn *networkservice.Connection
+	firstTry, attempts, lastTry := time.Now(), 0, time.Duration(0)
 	for conn == nil {
 		reqCtx, reqCancel := context.WithTimeout(signalCtx, *requestTimeout)
+		attempts++
+		tryStart := time.Now()
 		conn, err = nsc.Request(reqCtx, request.Clone())
+		lastTry = time.Since(tryStart)
 		reqCancel()
 		if err != nil {
 			logrus.Warnf("request failed, retrying: %v", err)
@@ -115,11 +122,23 @@ func runNSC(args []string) error {
 			}
 		}
 	}
+	allTries := time.Since(firstTry)
 	logrus.Infof("connection established: %s", protoJSON(conn))
 	if *out != "" {
 		if err := writeFileAtomic(*out, protoJSON(conn)); err != nil {
 			return err
 		}
+	}
+	if *timing {
+		printJSON(map[string]any{
+			"event":         "nsc.request_timing",
+			"entered":       entered.UTC().Format(time.RFC3339Nano),
+			"request_start": firstTry.UTC().Format(time.RFC3339Nano),
+			"total_ms":      float64(allTries.Microseconds()) / 1000,
+			"last_ms":       float64(lastTry.Microseconds()) / 1000,
+			"attempts":      attempts,
+			"ready":         time.Now().UTC().Format(time.RFC3339Nano), // -out written
+		})
 	}
 
 	<-signalCtx.Done()
