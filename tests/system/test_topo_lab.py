@@ -133,6 +133,17 @@ def interface_addresses(topology: Topology) -> dict[str, tuple[str, str]]:
     }
 
 
+def routing_state(topo: TopoCli, path: Path) -> str:
+    """What to look at when routing did not converge (once seen in a CI run, not reproduced): the lab's
+    status and every router's OSPF neighbours and routes."""
+    report = [topo("status", str(path)).stdout]
+    for device in load_topology(path).devices:
+        for show in ("show ip ospf neighbor", "show ip route ospf"):
+            shown = topo("exec", str(path), device, "--", "vtysh", "-c", show, timeout=30)
+            report.append(f"--- {device}: {show}\n{shown.stdout}{shown.stderr}")
+    return "\n" + "\n".join(report)
+
+
 def test_random_ten_router_tree_converges_and_every_loopback_answers(topo: TopoCli) -> None:
     made = topo("random", "10", "0", "--seed", "2026")
     assert made.returncode == 0, made.stderr
@@ -141,7 +152,7 @@ def test_random_ten_router_tree_converges_and_every_loopback_answers(topo: TopoC
     assert up.returncode == 0, up.stderr
     assert interface_addresses(load_topology(path)) == planned(load_topology(path))
     check = topo("check", str(path))
-    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.returncode == 0, check.stdout + check.stderr + routing_state(topo, path)
     lines = check.stdout.splitlines()
     assert len(lines) == 10 and all(
         line.endswith("1 packets transmitted, 1 packets received, 0% packet loss") for line in lines
