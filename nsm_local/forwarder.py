@@ -18,7 +18,7 @@ from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken
 from nsm_sdk.kernel.links import End, create_veth_pair_in, delete_link, delete_link_in, get_link, is_pair
 from nsm_sdk.kernel.netlink import netlink_in
 from nsm_sdk.kernel.rtnl import Rtnl
-from nsm_sdk.kernel.state import link_problems, read_link_states, state_of
+from nsm_sdk.kernel.state import link_problems, state_of
 from nsm_sdk.protocol.errors import ProtocolError
 from nsm_sdk.protocol.sides import SideConfig, side_config
 
@@ -47,23 +47,34 @@ MTU_RANGE = range(68, 65536)
 
 
 @dataclass(frozen=True)
+class _Side:
+    """One end's addresses and routes, as the kernel layer takes them."""
+
+    addresses: tuple[str, ...]
+    routes: tuple[Route, ...]
+
+
+@dataclass(frozen=True)
 class _Plan:
     """Both ends' configuration, worked out (and checked) before anything is created."""
 
-    client: SideConfig
-    endpoint: SideConfig
+    client: _Side
+    endpoint: _Side
     mtu: int | None
+
+
+def _side(config: SideConfig) -> _Side:
+    for address in config.addresses:
+        parse_interface(address)
+    return _Side(tuple(config.addresses), tuple(Route(r.prefix, r.via) for r in config.routes))
 
 
 def _plan(conn: Connection) -> _Plan:
     """ProtocolError for what no kernel would take: a malformed address or route, an impossible MTU."""
     try:
-        client, endpoint = (side_config(conn.context.ip_context, side) for side in ("client", "endpoint"))
-        for config in (client, endpoint):
-            for address in config.addresses:
-                parse_interface(address)
-            for route in config.routes:
-                Route(route.prefix, route.via)
+        client, endpoint = (
+            _side(side_config(conn.context.ip_context, side)) for side in ("client", "endpoint")
+        )
     except (ValueError, InvalidArgument) as exc:
         raise ProtocolError(f"the connection's IP context: {exc}") from None
     mtu = conn.context.MTU or None
@@ -74,11 +85,8 @@ def _plan(conn: Connection) -> _Plan:
     return _Plan(client, endpoint, mtu)
 
 
-def _configure(
-    ipr: Rtnl, ns_fd: int | None, ifname: str, config: SideConfig, mtu: int | None, alias: str
-) -> None:
-    routes = [Route(r.prefix, r.via) for r in config.routes]
-    configure_link_in(ipr, ns_fd, ifname, list(config.addresses), routes, mtu=mtu, alias=alias)
+def _configure(ipr: Rtnl, ns_fd: int | None, ifname: str, side: _Side, mtu: int | None, alias: str) -> None:
+    configure_link_in(ipr, ns_fd, ifname, side.addresses, side.routes, mtu=mtu, alias=alias)
 
 
 def _ensure(xc: CrossConnect, conn: Connection) -> None:
@@ -98,8 +106,8 @@ def _ensure(xc: CrossConnect, conn: Connection) -> None:
             # name: replace it, but never touch an interface that our alias does not mark as ours.
             removed = False
             for ipr, end, alias in ((ipr_a, a, aliases[0]), (ipr_b, b, aliases[1])):
-                (state,) = read_link_states(ipr, end.ifname) or (None,)
-                if state is not None and state.alias == alias:
+                held = get_link(ipr, end.ifname)
+                if held is not None and held.alias == alias:
                     removed |= delete_link_in(ipr, end.ifname)
             if not removed:
                 raise
@@ -109,18 +117,8 @@ def _ensure(xc: CrossConnect, conn: Connection) -> None:
             _configure(ipr_b, b.ns_fd, b.ifname, plan.endpoint, plan.mtu, aliases[1])
         except BaseException:
             if created:  # no half-made link: a pair this request made goes with its failure
-                _delete_either(ipr_a, a.ifname, ipr_b, b.ifname)
+                _remove(xc)
             raise
-
-
-def _delete_either(ipr_a: Rtnl, ifname_a: str, ipr_b: Rtnl, ifname_b: str) -> None:
-    """Delete a veth pair by either end (one takes the other with it)."""
-    for ipr, ifname in ((ipr_a, ifname_a), (ipr_b, ifname_b)):
-        try:
-            delete_link_in(ipr, ifname)
-            return
-        except KernelError:
-            continue
 
 
 def _in_place(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, plan: _Plan, aliases: tuple[str, str]) -> bool:
@@ -129,13 +127,12 @@ def _in_place(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, plan: _Plan, aliases: tu
     link_a, link_b = get_link(ipr_a, a.ifname), get_link(ipr_b, b.ifname)
     if link_a is None or link_b is None or not is_pair(ipr_a, ipr_b, link_a, link_b, a, b):
         return False
-    for ipr, link, end, config, alias in (
+    for ipr, link, end, side, alias in (
         (ipr_a, link_a, a, plan.client, aliases[0]),
         (ipr_b, link_b, b, plan.endpoint, aliases[1]),
     ):
-        routes = [Route(r.prefix, r.via) for r in config.routes]
-        state = state_of(ipr, link, with_routes=bool(routes))
-        if state.alias != alias or link_problems(state, end.ifname, config.addresses, routes, plan.mtu):
+        state = state_of(ipr, link, with_routes=bool(side.routes))
+        if state.alias != alias or link_problems(state, end.ifname, side.addresses, side.routes, plan.mtu):
             return False
     return True
 

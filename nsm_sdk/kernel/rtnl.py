@@ -125,11 +125,9 @@ class Rtnl:
 
     def get_link(self, ifname: str) -> Link | None:
         """The link called `ifname`, or None."""
-        attrs = _attr(_IFLA_IFNAME, _cstr(ifname)) + _attr(
-            _IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS)
-        )
+        body = _ANY_LINK + _attr(_IFLA_IFNAME, _cstr(ifname)) + _SKIP_STATS
         try:
-            (reply,) = self._request(_RTM_GETLINK, 0, _IFINFO.pack(0, 0, 0, 0, 0) + attrs)
+            (reply,) = self._request(_RTM_GETLINK, 0, body)
         except NetlinkError as exc:
             if exc.errno == 19:  # ENODEV
                 return None
@@ -137,8 +135,7 @@ class Rtnl:
         return _link(reply)
 
     def links(self) -> list[Link]:
-        mask = _attr(_IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS))
-        return [_link(body) for body in self._dump(_RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0) + mask)]
+        return [_link(body) for body in self._dump(_RTM_GETLINK, _ANY_LINK + _SKIP_STATS)]
 
     def set_link(
         self,
@@ -164,11 +161,11 @@ class Rtnl:
 
     def add_veth(self, ifname: str, ns_fd: int | None, peer_ifname: str, peer_ns_fd: int | None) -> None:
         """Create a veth pair, each end named and placed (IFLA_NET_NS_FD; None: this socket's netns)."""
-        peer = _IFINFO.pack(0, 0, 0, 0, 0) + _end(peer_ifname, peer_ns_fd)
+        peer = _ANY_LINK + _end(peer_ifname, peer_ns_fd)
         info = _attr(_IFLA_INFO_KIND, _cstr("veth")) + _nested(
             _IFLA_INFO_DATA, _nested(_VETH_INFO_PEER, peer)
         )
-        body = _IFINFO.pack(0, 0, 0, 0, 0) + _end(ifname, ns_fd) + _nested(_IFLA_LINKINFO, info)
+        body = _ANY_LINK + _end(ifname, ns_fd) + _nested(_IFLA_LINKINFO, info)
         self._request(_RTM_NEWLINK, _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL, body)
 
     # --- addresses and routes ---------------------------------------------------------------------------
@@ -376,3 +373,9 @@ def _route(body: bytes) -> RouteEntry:
         oif=_u32(attrs.get(_RTA_OIF)),
         gateway=_ip(family, attrs.get(_RTA_GATEWAY)),
     )
+
+
+_ANY_LINK = _IFINFO.pack(0, 0, 0, 0, 0)
+"""An ifinfomsg that selects nothing by itself (the request's attributes, or a dump, do)."""
+_SKIP_STATS = _attr(_IFLA_EXT_MASK, struct.pack("=I", _RTEXT_FILTER_SKIP_STATS))
+"""Leave the link statistics out of the replies: we never read them."""
