@@ -226,11 +226,12 @@ def test_link_survives_svid_rotation(rotating_lab: Lab, pair: tuple[str, str]) -
         failed = [e for e in failed if not any(known in e.get("error", "") for known in upstream)]
     assert failed == []
     refused = lab.events("registry.register_failed")
-    if pair[1] == "py" and refused:
-        # Seen once in many runs (a CI run of stop 13): one registration refresh of our endpoint refused by
-        # the sdk's registry policy `client_allowed` ("no sufficient privileges") while SVIDs rotated. Not
-        # understood yet (docs/security.md, "Open questions"); what must hold is that the very next refresh
-        # registers again and the endpoint stays reachable (the link checks above).
+    if refused:
+        # Characterization of sdk v1.18.0 again, seen once in many runs for each endpoint (ours in a CI run
+        # of stop 13, the Go icmp-responder in one of stop 14): one registration refresh refused by the
+        # registry policy `client_allowed` ("no sufficient privileges") while SVIDs rotated
+        # (docs/security.md, "Open questions"). What must hold is that a later refresh registers again and
+        # the endpoint stays reachable (the link checks above).
         assert all("no sufficient privileges" in e.get("error", "") for e in refused), refused
         events = lab.events()  # in the order the control plane wrote them
         last_refusal = max(events.index(e) for e in refused)
