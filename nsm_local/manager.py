@@ -35,6 +35,7 @@ from nsm_local.endpoint_dialer import EndpointChannel, EndpointDialer
 from nsm_local.endpoint_watch import StreamBroke, follow_endpoint
 from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
 from nsm_local.identities import ControlPlaneIdentity
+from nsm_local.overload import LoopLag
 from nsm_local.ownership import (
     ConnectionOwners,
     LinkEnd,
@@ -75,6 +76,18 @@ from nsm_sdk.transport.status import abort
 
 Context = grpc.aio.ServicerContext[Any, Any]
 T = TypeVar("T")
+
+DEFER_STEP = 0.25
+"""While overloaded, a deferred expiry looks again this often (seconds)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Deadline:
+    """When a connection closes unless refreshed: `close` as Go's `timeout` server reckons it (the caller's
+    expiry minus its request timeout), `token` the caller's expiry itself, the limit while overloaded."""
+
+    close: float
+    token: float
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
 MAX_CONNECTIONS = 20_000
@@ -119,6 +132,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self.endpoints = EndpointCaller(registry, dialer, clock)
         self._locks = KeyedLocks()  # Request, Close, expiry and teardown of one connection never interleave
         self._tasks = OwnedTasks("nsm-local manager")
+        self.lag = LoopLag()  # probed once the first connection is stored
+        self._probe: asyncio.Task[None] | None = None
+        self._overloaded_since: float | None = None
 
     def __repr__(self) -> str:
         return f"<ManagerServicer sessions={len(self.sessions)}>"
@@ -161,7 +177,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             self.owners.check(conn.id, caller)
             if conn.id not in self.sessions and len(self.sessions) >= MAX_CONNECTIONS:
                 raise ExhaustedError(f"nsm-local holds at most {MAX_CONNECTIONS} connections")
-            deadline = server_close_deadline(prev_expires(conn), context.time_remaining() or 0.0)
+            expires = prev_expires(conn)
+            close_at = server_close_deadline(expires, context.time_remaining() or 0.0)
+            deadline = Deadline(close_at, expires if expires is not None else close_at)
             time_left = _time_left(context.time_remaining())
             # Detached from this call: once it touches the kernel, a Request runs to its end even if the
             # caller gives up (its deadline passes): cut short, it would undo a refresh's live link or
@@ -217,7 +235,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         caller: str | None,
         connection: RelayConnection | None,
         caller_index: int,
-        deadline: float,
+        deadline: Deadline,
         time_left: TimeLeft,
     ) -> Connection:
         mechanism = kernel_mechanism(request)
@@ -338,7 +356,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             forwarded.mechanism.CopyFrom(session.endpoint_conn.mechanism)
         return forwarded
 
-    def _store(self, new: Session, old: Session | None, deadline: float, channel: EndpointChannel) -> None:
+    def _store(self, new: Session, old: Session | None, deadline: Deadline, channel: EndpointChannel) -> None:
         conn_id = new.manager_view.id
         if old is not None:
             if old.expiry is not None:
@@ -350,8 +368,11 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             old.close_fds()
         self.sessions[conn_id] = new
         self.owners.set(conn_id, new.owner)
-        delay = max(0.0, deadline - self._clock())
+        new.token_expires = deadline.token
+        delay = max(0.0, deadline.close - self._clock())
         new.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
+        if self._probe is None:
+            self._probe = self._tasks.spawn(self.lag.run(), "loop lag probe")
         if new.monitor is None:
             new.monitor = self._tasks.spawn(self._watch_endpoint(conn_id, channel), f"watch {conn_id}")
         self.hub.update(new.manager_view)
@@ -424,8 +445,33 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     def _expire(self, conn_id: str) -> None:
         session = self.sessions.get(conn_id)
-        if session is not None:
-            self._tasks.spawn(self._expire_now(session), f"expire {conn_id}")
+        if session is None:
+            return
+        now = self._clock()
+        if self._overloaded(now) and session.token_expires is not None and now < session.token_expires:
+            # Its refresh may be waiting in our queues: wait for it, up to the caller's own expiry.
+            self._log.debug("expiry.deferred", conn=conn_id, token_left=f"{session.token_expires - now:.2f}s")
+            delay = min(DEFER_STEP, session.token_expires - now)
+            session.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
+            return
+        self._tasks.spawn(self._expire_now(session), f"expire {conn_id}")
+
+    def _overloaded(self, now: float) -> bool:
+        """The loop lags (see `overload`); says so once per spell of overload."""
+        if not self.lag.overloaded():
+            if self._overloaded_since is not None:
+                self._log.info("manager.caught_up", after=f"{now - self._overloaded_since:.1f}s")
+            self._overloaded_since = None
+            return False
+        if self._overloaded_since is None:
+            self._overloaded_since = now
+            self._log.warning(
+                "manager.overloaded",
+                lag=f"{self.lag.recent():.2f}s",
+                connections=len(self.sessions),
+                action="expiries wait for the callers' tokens to run out",
+            )
+        return True
 
     async def _expire_now(self, session: Session) -> None:
         conn_id = session.manager_view.id

@@ -28,6 +28,7 @@ class Session:
     owner: str | None  # the identity that opened it
     ends: tuple[LinkEnd, LinkEnd]  # (client, endpoint) interface names and their namespaces
     expiry: asyncio.TimerHandle | None = None
+    token_expires: float | None = None  # the caller's expiry: no later than this, even when overloaded
     monitor: asyncio.Task[None] | None = None
     fds_closed: bool = field(default=False)
 

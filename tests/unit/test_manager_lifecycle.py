@@ -198,3 +198,49 @@ def test_the_channel_of_an_expired_registration_goes_only_once_unused(
         assert dialer.forgotten == [URL], "unused and unregistered: closed"
 
     asyncio.run(main())
+
+
+def test_an_overloaded_manager_puts_an_expiry_off_until_the_callers_token_runs_out(
+    registry: Registry, forwarder: Forwarder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refresh that reached us in time may still wait in our queues when the close deadline passes:
+    while the loop lags, the connection lives until the caller's token expires, and no longer."""
+
+    async def main() -> None:
+        clock = [100.0]
+        manager = make_manager(registry, FakeDialer(), clock)
+        old = session("m-1")
+        old.token_expires = 102.0
+        hold(manager, old)
+        manager.lag.record(0.5)  # the loop just ran half a second late
+        manager._expire("m-1")  # the Go deadline (token expiry minus request timeout) passes
+        await settle()
+        assert manager.sessions["m-1"] is old and forwarder.removed == []
+        assert old.expiry is not None, "it looks again later"
+        manager._expire("m-1")  # still overloaded, token still valid: one warning for the spell
+        await settle()
+        assert manager.sessions["m-1"] is old
+        assert [r.getMessage() for r in caplog.records].count("manager.overloaded") == 1
+        old.expiry.cancel()
+        clock[0] = 102.0  # the caller's token ran out, overloaded or not
+        manager._expire("m-1")
+        await settle()
+        assert "m-1" not in manager.sessions and forwarder.removed == ["eth12"]
+
+    asyncio.run(main())
+
+
+def test_a_manager_that_keeps_up_closes_at_the_go_deadline_though_the_token_is_still_valid(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        manager = make_manager(registry, FakeDialer(), [100.0])
+        old = session("m-1")
+        old.token_expires = 102.0
+        hold(manager, old)
+        manager.lag.record(0.01)  # a healthy loop's lag
+        manager._expire("m-1")
+        await settle()
+        assert "m-1" not in manager.sessions and forwarder.removed == ["eth12"]
+
+    asyncio.run(main())
