@@ -33,7 +33,7 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     State,
 )
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk.agent.link_check import Adopt, check_side
+from nsm_sdk.agent.link_check import Adopt, announce_later, check_side
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.kernel.errors import KernelError
@@ -163,6 +163,7 @@ class Link:
 
     async def run(self, stop: asyncio.Event) -> None:
         monitor: asyncio.Task[None] | None = None
+        announcer: asyncio.Task[None] | None = None
         try:
             request = await self._initial_request(stop)
             while request is not None:
@@ -170,7 +171,13 @@ class Link:
                 if reply is None:
                     break
                 self.conn = reply
+                was_verified = self._verified
                 problems = await self._verify(reply)
+                if self._verified and not was_verified:  # a link new to the namespace's listeners
+                    if announcer is not None:
+                        announcer.cancel()
+                    addresses = list(reply.context.ip_context.src_ip_addrs)
+                    announcer = asyncio.create_task(announce_later(self.spec.interface_name, addresses))
                 if self.state != LinkState.ESTABLISHED:
                     self._move(
                         LinkState.ESTABLISHED,
@@ -188,9 +195,10 @@ class Link:
                 if trigger is Trigger.MONITOR_LOST and monitor.done():
                     monitor = None
         finally:
-            if monitor is not None:
-                monitor.cancel()
-                await asyncio.gather(monitor, return_exceptions=True)
+            for task in (monitor, announcer):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             self._on_ready(self.spec.interface_name, False)
         await self.close()
 

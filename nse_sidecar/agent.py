@@ -23,7 +23,7 @@ from nse_sidecar.settings import NseSettings
 from nsm_sdk._proto.networkservice import connection_pb2_grpc, networkservice_pb2_grpc
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.agent.lifecycle import readiness
-from nsm_sdk.agent.link_check import check_side, wait_link
+from nsm_sdk.agent.link_check import announce_later, check_side, wait_link
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.agent.nsm_client import NsmClient
@@ -102,6 +102,7 @@ class EndpointSides:
             log.warning("link.unverified", problems="; ".join(problems))
         else:
             log.info("link.verified", addresses=",".join(own.context.ip_context.dst_ip_addrs))
+            await announce_later(ifname, list(own.context.ip_context.dst_ip_addrs))
 
     async def remove_all(self, links: list[tuple[str, str]]) -> None:
         """Remove our side of each (connection id, interface) at shutdown."""

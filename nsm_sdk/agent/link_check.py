@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.kernel.addresses import Route
+from nsm_sdk.kernel.configure import announce_addresses
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.links import rename_link_in
 from nsm_sdk.kernel.netlink import netlink_in
@@ -91,3 +92,29 @@ def _check_in_kernel(
         carrier,
     )
     return SideCheck(problems, renamed_from, rename_error)
+
+
+ANNOUNCE_AFTER = (1.0, 5.0)
+"""Seconds after a link is verified at which its addresses are announced again (`announce_later`)."""
+
+
+async def announce_later(ifname: str, addresses: Sequence[str]) -> None:
+    """Announce a newly verified link's addresses to its namespace again, `ANNOUNCE_AFTER` the check.
+
+    Routing daemons learn addresses from netlink notifications, and FRR 8.4's zebra (Debian 12's) can drop
+    one: it reads address events on its data-plane thread and link events on its main thread, and an
+    address handled before its link is known is discarded (its debug log: "zebra_if_dplane_result: can't
+    find ifp"). OSPF then never runs on that interface; a ten-router lab lost a loopback about once in
+    six runs on a busy machine. Setting an address again as it is changes nothing in the kernel but
+    sends RTM_NEWADDR anew: a daemon that missed it learns it (it knows the link by then), and one that
+    had it ignores it. A link gone meanwhile is left alone.
+    """
+    waited = 0.0
+    for at in ANNOUNCE_AFTER:
+        await asyncio.sleep(at - waited)
+        waited = at
+        try:
+            if await asyncio.to_thread(announce_addresses, None, ifname, addresses) == 0:
+                return
+        except KernelError:
+            return

@@ -91,6 +91,20 @@ def _ensure_route(ipr: Rtnl, index: int, ifname: str, route: Route) -> None:
         ipr.replace_route(ipaddress.ip_network(route.prefix), index, route.via)
 
 
+def announce_addresses(ns_fd: int | None, ifname: str, addresses: Sequence[str]) -> int:
+    """Set each of `addresses` on `ifname` again as it is: nothing changes in the kernel, but every netlink
+    listener of the namespace is told of the address anew. Returns how many were announced (0 when the
+    link is gone). Why a sidecar does this: `nsm_sdk.agent.link_check.announce_later`."""
+    parsed = [parse_interface(address) for address in addresses]
+    with kernel_errors(f"announce the addresses of {ifname}"), netlink_in(ns_fd) as ipr:
+        link = get_link(ipr, ifname)
+        if link is None:
+            return 0
+        for address in parsed:
+            ipr.add_address(link.index, address, replace=True)
+    return len(parsed)
+
+
 def ensure_ipv6_enabled(ns_fd: int | None, ifname: str) -> bool:
     """Ensure net.ipv6.conf.<ifname>.disable_ipv6 is 0 in the netns; False if it has no IPv6 at all.
 

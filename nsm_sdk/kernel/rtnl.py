@@ -174,14 +174,19 @@ class Rtnl:
         """Every address of the namespace, or (index > 0) of one link only."""
         return [_address(body) for body in self._dump(_RTM_GETADDR, _IFADDR.pack(0, 0, 0, 0, index))]
 
-    def add_address(self, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface) -> None:
-        """Add a permanent address (IPv6 without duplicate detection); EEXIST if it is there."""
+    def add_address(
+        self, index: int, address: ipaddress.IPv4Interface | ipaddress.IPv6Interface, replace: bool = False
+    ) -> None:
+        """Add a permanent address (IPv6 without duplicate detection); EEXIST if it is there, unless
+        `replace`: then an address that is there is set again as it is, and the kernel announces it anew
+        (RTM_NEWADDR to every listener) without removing it."""
         family = socket.AF_INET if address.version == 4 else socket.AF_INET6
         flags = IFA_F_NODAD if address.version == 6 else 0
         packed = address.ip.packed
         body = _IFADDR.pack(family, address.network.prefixlen, flags, RT_SCOPE_UNIVERSE, index)
         body += _attr(_IFA_LOCAL, packed) + _attr(_IFA_ADDRESS, packed)
-        self._request(_RTM_NEWADDR, _NLM_F_ACK | _NLM_F_CREATE | _NLM_F_EXCL, body)
+        exclusive = _NLM_F_REPLACE if replace else _NLM_F_EXCL
+        self._request(_RTM_NEWADDR, _NLM_F_ACK | _NLM_F_CREATE | exclusive, body)
 
     def routes(self, oif: int = 0, table: int = 0) -> list[RouteEntry]:
         """Every route (IPv4 and IPv6) of the namespace, or those of one table and/or output link."""
