@@ -129,6 +129,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self._log = log
         self._clock = clock
         self.sessions: dict[str, Session] = {}
+        self._ends: dict[LinkEnd, str] = {}  # every live session's interfaces -> its id
         self.endpoints = EndpointCaller(registry, dialer, clock)
         self._locks = KeyedLocks()  # Request, Close, expiry and teardown of one connection never interleave
         self._tasks = OwnedTasks("nsm-local manager")
@@ -318,9 +319,28 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     def _check_link_free(self, end: LinkEnd, conn_id: str) -> None:
         """A name another live connection holds in that namespace is refused, never taken over."""
-        for other_id, other in self.sessions.items():
-            if other_id != conn_id and end in other.ends:
-                raise LinkNameInUse(f"interface {end} is in use by connection {other_id}")
+        holder = self._ends.get(end)
+        if holder is not None and holder != conn_id:
+            raise LinkNameInUse(f"interface {end} is in use by connection {holder}")
+
+    def _hold(self, session: Session) -> None:
+        conn_id = session.manager_view.id
+        old = self.sessions.get(conn_id)
+        if old is not None:
+            self._release(old)
+        self.sessions[conn_id] = session
+        for end in session.ends:
+            self._ends[end] = conn_id
+
+    def _release(self, session: Session) -> None:
+        """Forget `session` if it is the one held for its id (a refresh may have replaced it)."""
+        conn_id = session.manager_view.id
+        if self.sessions.get(conn_id) is not session:
+            return
+        del self.sessions[conn_id]
+        for end in session.ends:
+            if self._ends.get(end) == conn_id:
+                del self._ends[end]
 
     async def _client_netns_fd(
         self, mechanism: Mechanism, connection: RelayConnection | None, remaining: float | None
@@ -366,7 +386,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 new.monitor.cancel()
                 new.monitor = None
             old.close_fds()
-        self.sessions[conn_id] = new
+        self._hold(new)
         self.owners.set(conn_id, new.owner)
         new.token_expires = deadline.token
         delay = max(0.0, deadline.close - self._clock())
@@ -481,8 +501,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     async def _teardown(self, session: Session, reason: str, call_endpoint: bool) -> None:
         conn_id = session.manager_view.id
-        if self.sessions.get(conn_id) is session:
-            del self.sessions[conn_id]
+        self._release(session)
         if session.expiry is not None:
             session.expiry.cancel()
         if session.monitor is not None and session.monitor is not asyncio.current_task():
@@ -541,6 +560,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 session.expiry.cancel()
             session.close_fds()
         self.sessions.clear()
+        self._ends.clear()
         await self._tasks.aclose()  # endpoint watches, expiries under way
 
 

@@ -6,6 +6,10 @@ own connections (nsm-local). Subscribers are `Feed`s (queues), so a slow monitor
 Request; the stream ends when the client cancels or the hub is closed. Both are bounded: at most
 `MAX_SUBSCRIBERS` streams, and a subscriber `MAX_BACKLOG` events behind is cut off (its stream ends with
 RESOURCE_EXHAUSTED; a client then monitors again and gets the current state).
+
+A change reaches only the subscribers that can match it: a selector that names a segment id is indexed
+by that id (every sidecar link monitors its own connection so), so publishing costs the same with 1 or
+1000 streams open; only selectors without any id (an operator's `list`) see every change.
 """
 
 from __future__ import annotations
@@ -37,10 +41,17 @@ def _everything(_conn: Connection) -> bool:
     return True
 
 
+def _segment_id_key(selector: MonitorScopeSelector) -> str | None:
+    """A segment id that every connection the selector matches must carry (None: no such id)."""
+    return next((pattern.id for pattern in selector.path_segments if pattern.id), None)
+
+
 class MonitorHub:
     def __init__(self) -> None:
         self._connections: dict[str, Connection] = {}
         self._subscribers: dict[Feed[ConnectionEvent], tuple[MonitorScopeSelector, Visible]] = {}
+        self._by_segment_id: dict[str, set[Feed[ConnectionEvent]]] = {}
+        self._unkeyed: set[Feed[ConnectionEvent]] = set()  # selectors that name no segment id
 
     def __repr__(self) -> str:
         return f"<MonitorHub connections={len(self._connections)} subscribers={len(self._subscribers)}>"
@@ -62,8 +73,17 @@ class MonitorHub:
         stored.state = State.DOWN
         self._publish(ConnectionEventType.DELETE, stored)
 
+    def _candidates(self, conn: Connection) -> set[Feed[ConnectionEvent]]:
+        """The subscribers whose selector may match `conn` (each gets its events in publishing order,
+        whatever order the subscribers are offered them in)."""
+        found = set(self._unkeyed)
+        for segment in conn.path.path_segments:
+            found.update(self._by_segment_id.get(segment.id, ()))
+        return found
+
     def _publish(self, kind: ConnectionEventType.ValueType, conn: Connection) -> None:
-        for feed, (selector, visible) in self._subscribers.items():
+        for feed in self._candidates(conn):
+            selector, visible = self._subscribers[feed]
             if feed.cut_off or not visible(conn):
                 continue
             event = build_event(kind, selector, [conn])
@@ -85,12 +105,20 @@ class MonitorHub:
         )
         assert initial is not None
         self._subscribers[feed] = (selector, visible)
+        key = _segment_id_key(selector)
+        (self._unkeyed if key is None else self._by_segment_id.setdefault(key, set())).add(feed)
         try:
             yield initial
             while (event := await feed.next()) is not None:
                 yield event
         finally:
             self._subscribers.pop(feed, None)
+            if key is None:
+                self._unkeyed.discard(feed)
+            elif (feeds := self._by_segment_id.get(key)) is not None:
+                feeds.discard(feed)
+                if not feeds:
+                    del self._by_segment_id[key]
 
     def close(self) -> None:
         """End every subscription (server shutdown)."""

@@ -13,7 +13,7 @@ import pytest
 import nsm_local.manager as manager_module
 from nsm_local.forwarder import CrossConnect
 from nsm_local.manager import ManagerServicer
-from nsm_local.ownership import ConnectionOwners, LinkEnd
+from nsm_local.ownership import ConnectionOwners, LinkEnd, LinkNameInUse
 from nsm_local.registry import EndpointEntry, Registry
 from nsm_local.sessions import Session
 from nsm_sdk._proto.networkservice.connection_pb2 import (
@@ -103,7 +103,7 @@ def session(conn_id: str, ifname: str = "eth12", key: str = URL) -> Session:
 
 def hold(manager: ManagerServicer, new: Session) -> None:
     """As `_store` does, without a watch task or an armed expiry."""
-    manager.sessions[new.manager_view.id] = new
+    manager._hold(new)
     manager.owners.set(new.manager_view.id, new.owner)
     manager.hub.update(new.manager_view)
 
@@ -242,5 +242,26 @@ def test_a_manager_that_keeps_up_closes_at_the_go_deadline_though_the_token_is_s
         manager._expire("m-1")
         await settle()
         assert "m-1" not in manager.sessions and forwarder.removed == ["eth12"]
+
+    asyncio.run(main())
+
+
+def test_an_interface_name_a_live_connection_holds_is_refused_to_others_until_it_lets_go(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        manager = make_manager(registry, FakeDialer(), [0.0])
+        hold(manager, session("m-1", "eth12"))
+        with pytest.raises(LinkNameInUse, match="eth12 in netns 1 is in use by connection m-1"):
+            manager._check_link_free(LinkEnd(1, "eth12"), "m-2")
+        manager._check_link_free(LinkEnd(1, "eth12"), "m-1")  # its own name, on a refresh
+        manager._check_link_free(LinkEnd(3, "eth12"), "m-2")  # the same name in another namespace
+        hold(manager, session("m-1", "eth13"))  # a refresh moved it to another name
+        manager._check_link_free(LinkEnd(1, "eth12"), "m-2")
+        with pytest.raises(LinkNameInUse):
+            manager._check_link_free(LinkEnd(1, "eth13"), "m-2")
+        await manager._teardown(manager.sessions["m-1"], "closed", call_endpoint=False)
+        manager._check_link_free(LinkEnd(1, "eth13"), "m-2")
+        assert manager._ends == {} and manager.sessions == {}
 
     asyncio.run(main())

@@ -60,3 +60,51 @@ def test_streams_beyond_the_cap_are_refused_as_exhausted(monkeypatch: pytest.Mon
             await stream.aclose()
 
     asyncio.run(main())
+
+
+def test_a_change_reaches_exactly_the_streams_whose_selector_matches_it() -> None:
+    """The hub indexes selectors by segment id; what each stream receives must be what the selector
+    rules (§8.6) give, for selectors by id, by id and name, by name only, and for everything."""
+    from nsm_sdk._proto.networkservice.connection_pb2 import PathSegment
+
+    def selector(*segments: PathSegment) -> MonitorScopeSelector:
+        return MonitorScopeSelector(path_segments=list(segments))
+
+    async def main() -> None:
+        hub = MonitorHub()
+        streams = {
+            "c1": hub.subscribe(selector(PathSegment(id="c1"))),
+            "c1-named": hub.subscribe(selector(PathSegment(id="c1", name="nsc"))),
+            "c1-misnamed": hub.subscribe(selector(PathSegment(id="c1", name="other"))),
+            "c2": hub.subscribe(selector(PathSegment(id="c2"))),
+            "by-name": hub.subscribe(selector(PathSegment(name="nsc"))),
+            "all": hub.subscribe(MonitorScopeSelector()),
+        }
+        for stream in streams.values():
+            assert (await anext(stream)).type == ConnectionEventType.INITIAL_STATE_TRANSFER
+        hub.update(conn(1))
+        hub.update(conn(2))
+        hub.delete("c1")
+        received: dict[str, list[tuple[int, list[str]]]] = {}
+        for name, stream in streams.items():
+            got = []
+            while True:
+                try:
+                    event = await asyncio.wait_for(anext(stream), 0.05)
+                except TimeoutError:
+                    break
+                got.append((event.type, sorted(event.connections)))
+            received[name] = got
+            await stream.aclose()
+        update, delete = ConnectionEventType.UPDATE, ConnectionEventType.DELETE
+        assert received == {
+            "c1": [(update, ["c1"]), (delete, ["c1"])],
+            "c1-named": [(update, ["c1"]), (delete, ["c1"])],
+            "c1-misnamed": [],
+            "c2": [(update, ["c2"])],
+            "by-name": [(update, ["c1"]), (update, ["c2"]), (delete, ["c1"])],
+            "all": [(update, ["c1"]), (update, ["c2"]), (delete, ["c1"])],
+        }
+        assert hub._by_segment_id == {} and hub._unkeyed == set() and hub._subscribers == {}
+
+    asyncio.run(main())

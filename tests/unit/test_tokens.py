@@ -20,6 +20,7 @@ from nsm_sdk.identity.tokens import (
     UnsupportedKeyError,
     decode_header,
     decode_unverified,
+    signature_valid,
 )
 from nsm_sdk.identity.x509 import X509Material
 
@@ -203,3 +204,16 @@ def test_call_tokens_sign_with_the_svid_a_connection_presented_even_after_a_rota
     assert verify(token, svids[0].private_key.public_key(), audience=NSMGR_ID)["sub"] == NSC_ID
     with pytest.raises(TokenError):
         verify(token, svids[1].private_key.public_key())
+
+
+def test_tokens_signed_within_one_second_for_one_audience_are_one_token() -> None:
+    """exp is whole seconds, so such tokens have the same claims: the signature is not worked out again."""
+    signer = TokenSigner("nsmgr")
+    first, exp = signer.sign("spiffe://example.org/nsc", 60, 1000.2)
+    again, exp_again = signer.sign("spiffe://example.org/nsc", 60, 1000.9)
+    other, _ = signer.sign("spiffe://example.org/nse", 60, 1000.9)
+    later, exp_later = signer.sign("spiffe://example.org/nsc", 60, 1001.0)
+    assert again == first and exp_again == exp == 1060.0
+    assert other != first and decode_unverified(other)["aud"] == ["spiffe://example.org/nse"]
+    assert later != first and exp_later == 1061.0
+    assert signature_valid(later, signer.public_key) and signature_valid(first, signer.public_key)
