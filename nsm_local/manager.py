@@ -80,6 +80,11 @@ T = TypeVar("T")
 DEFER_STEP = 0.25
 """While overloaded, a deferred expiry looks again this often (seconds)."""
 
+CLOSE_MARGIN = 1.0
+"""A deferred expiry closes this long before the caller's token runs out: the Close we send the endpoint
+carries the caller's path, and an endpoint refuses a Close whose path holds an expired token (policy
+`tokens_expired`), which would leave the connection and its addresses held there."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Deadline:
@@ -468,10 +473,11 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         if session is None:
             return
         now = self._clock()
-        if self._overloaded(now) and session.token_expires is not None and now < session.token_expires:
-            # Its refresh may be waiting in our queues: wait for it, up to the caller's own expiry.
-            self._log.debug("expiry.deferred", conn=conn_id, token_left=f"{session.token_expires - now:.2f}s")
-            delay = min(DEFER_STEP, session.token_expires - now)
+        limit = None if session.token_expires is None else session.token_expires - CLOSE_MARGIN
+        if limit is not None and now < limit and self._overloaded(now):
+            # Its refresh may be waiting in our queues: wait for it, almost up to the caller's own expiry.
+            self._log.debug("expiry.deferred", conn=conn_id, closes_in=f"{limit - now:.2f}s")
+            delay = min(DEFER_STEP, limit - now)
             session.expiry = asyncio.get_running_loop().call_later(delay, self._expire, conn_id)
             return
         self._tasks.spawn(self._expire_now(session), f"expire {conn_id}")
