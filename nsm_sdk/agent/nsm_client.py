@@ -171,6 +171,13 @@ class NsmClient:
                 if not retried and exc.policy == "next_token_signed" and self.relay is not None:
                     retried = True
                     await self.relay.wait_retired(connection, max(0.0, deadline - time.monotonic()))
+                    # The server made the connection; only its signing key is new to us. Ask again as a
+                    # refresh of the reply (its path, at our index): the same first Request once more
+                    # would make a Go nsmgr open a second connection beside it (another veth and address).
+                    again = NetworkServiceRequest()
+                    again.CopyFrom(request)
+                    again.connection.CopyFrom(reply)
+                    request = again
                     continue
                 if not request.connection.network_service_endpoint_name:  # not a refresh: undo it
                     with contextlib.suppress(RpcFailed):

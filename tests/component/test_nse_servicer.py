@@ -331,6 +331,8 @@ def test_caller_refuses_a_reply_whose_endpoint_token_is_not_signed_by_the_endpoi
             # asked twice: a server that rotated its SVID since our handshake gets one more try on a
             # new connection; this one signs with a foreign key every time
             assert [a.interface_name for a in nse.accepted] == ["eth7", "eth7"]
+            # the second time as a refresh of what the first made, not as a second connection
+            assert len({a.own_view.id for a in nse.accepted}) == 1
             # The connection is dropped, so that a retry sees the server's certificate afresh.
             assert connection is not None
             async with asyncio.timeout(5.0):
