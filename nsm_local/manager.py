@@ -173,6 +173,12 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         return caller_index
 
     async def Request(self, request: NetworkServiceRequest, context: Context) -> Connection:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            # Its caller gave up while it waited in our queue (we are overloaded) and has retried or will:
+            # doing the work now would only make the next Requests later still.
+            self._log.warning("request.shed", conn=request.connection.id, reason="deadline passed in queue")
+            await abort(context, DeadlineError("the Request's deadline passed before nsm-local got to it"))
         token, expires = caller_token(context.invocation_metadata())
         connection, caller = self._caller(context)
         conn = Connection()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
+import grpc
 import pytest
 
 import nsm_local.manager as manager_module
@@ -23,6 +24,7 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     MonitorScopeSelector,
     State,
 )
+from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
 from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub
@@ -264,5 +266,37 @@ def test_an_interface_name_a_live_connection_holds_is_refused_to_others_until_it
         await manager._teardown(manager.sessions["m-1"], "closed", call_endpoint=False)
         manager._check_link_free(LinkEnd(1, "eth13"), "m-2")
         assert manager._ends == {} and manager.sessions == {}
+
+    asyncio.run(main())
+
+
+class ExpiredContext:
+    """A servicer context whose caller's deadline has passed."""
+
+    def __init__(self) -> None:
+        self.aborted: tuple[Any, str] | None = None
+
+    def time_remaining(self) -> float:
+        return -0.3
+
+    def invocation_metadata(self) -> tuple[()]:
+        return ()
+
+    async def abort(self, code: Any, details: str) -> None:
+        self.aborted = (code, details)
+        raise asyncio.CancelledError  # as grpc's abort ends the handler
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_shed_without_any_work(
+    registry: Registry, forwarder: Forwarder
+) -> None:
+    async def main() -> None:
+        manager = make_manager(registry, FakeDialer(), [0.0])
+        context = ExpiredContext()
+        request = NetworkServiceRequest(connection=Connection(id="c-1", network_service="p2p"))
+        with pytest.raises(asyncio.CancelledError):
+            await manager.Request(request, context)  # type: ignore[arg-type]
+        assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert manager.sessions == {} and len(manager._tasks) == 0 and forwarder.removed == []
 
     asyncio.run(main())
