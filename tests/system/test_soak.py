@@ -68,6 +68,11 @@ def test_no_link_is_down_longer_than_one_heal(result: soak.SoakResult) -> None:
     assert check.ok, f"{check.detail}; longest outages: {outages}"
 
 
+def test_every_heal_is_quick(result: soak.SoakResult) -> None:
+    check = criterion(result, "every heal quick")
+    assert check.ok, f"{check.detail}; longest heals: {sorted(result.heals, key=lambda h: -h.duration)[:5]}"
+
+
 def test_the_restart_is_healed_and_every_link_is_up_at_the_end(result: soak.SoakResult) -> None:
     for name in ("every sidecar alive", "every restart recovered", "every link up at the end"):
         check = criterion(result, name)
