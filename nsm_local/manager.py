@@ -93,6 +93,8 @@ class Deadline:
 
     close: float
     token: float
+
+
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
 MAX_CONNECTIONS = 20_000
@@ -190,9 +192,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             if conn.id not in self.sessions and len(self.sessions) >= MAX_CONNECTIONS:
                 raise ExhaustedError(f"nsm-local holds at most {MAX_CONNECTIONS} connections")
             expires = prev_expires(conn)
-            close_at = server_close_deadline(expires, context.time_remaining() or 0.0)
+            close_at = server_close_deadline(expires, remaining or 0.0)
             deadline = Deadline(close_at, expires if expires is not None else close_at)
-            time_left = _time_left(context.time_remaining())
+            time_left = _time_left(remaining)
             # Detached from this call: once it touches the kernel, a Request runs to its end even if the
             # caller gives up (its deadline passes): cut short, it would undo a refresh's live link or
             # close fds a kernel thread still uses. A caller that gave up finds the result by its id.
@@ -501,7 +503,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 "manager.overloaded",
                 lag=f"{self.lag.recent():.2f}s",
                 connections=len(self.sessions),
-                action="expiries wait for the callers' tokens to run out",
+                action="expiries wait until just before the callers' tokens run out",
             )
         return True
 

@@ -4,8 +4,9 @@ nsm-local runs on one thread. When refreshes arrive faster than it can serve the
 tokens on two cores, docs/performance.md "Soak"), they wait in its queues, and a refresh that arrived in
 time can still be served after the connection's close deadline (the caller's expiry minus its request
 timeout, Go's `timeout` server). Closing then removes a live link, and the client's reselect adds the work
-that makes the next refreshes later still. So while the loop lags, an expiry is put off until the caller's
-token itself expires: the refresh that is queued gets its chance, and an abandoned connection still goes.
+that makes the next refreshes later still. So while the loop lags, an expiry is put off until just before
+the caller's token itself expires (`manager.CLOSE_MARGIN`): the refresh that is queued gets its chance, and
+an abandoned connection still goes.
 """
 
 from __future__ import annotations

@@ -70,7 +70,6 @@ class CallTokens:
 
 
 @functools.lru_cache(maxsize=16)
-@functools.lru_cache(maxsize=16)
 def signer_for(material: X509Material) -> TokenSigner:
     """The signer of an SVID (materials compare by identity, so a rotated one gets its own), kept for the
     few SVIDs in use so that its last token can be handed out again (`TokenSigner.sign`)."""
