@@ -45,6 +45,11 @@ if TYPE_CHECKING:  # Kubernetes mode only
     from nsm_local.kube.node import KubeNode, KubeSettings
 
 MANAGER_SOCKET_MODE = 0o660
+BACKEND_SERVERS = 8
+"""grpc.aio servers behind the manager's socket. One takes its calls one at a time, a turn of the event loop
+each, so while the loop is busy it caps the calls per second, not the CPU (nsm_sdk/transport/server.py).
+Connections are spread over them: 8 took 200 Requests a second through a loop 5 ms a turn, one took
+fewer than 50 (docs/performance.md, "Soak")."""
 
 
 class WorkloadApiInUse(NsmError):
@@ -200,23 +205,22 @@ async def _serve(
     manager = ManagerServicer(registry, dialer, identity, owners, hub, current, log)
     registry.on_endpoint_gone = manager.endpoint_gone
 
-    def register(server: grpc.aio.Server) -> None:
+    monitor = ManagerMonitorServicer(manager)
+    endpoints = EndpointRegistryServicer(
+        registry,
+        paths,
+        current,
+        settings.registration_expiry,
+        log,
+        on_registered=lambda entry: dialer.warm(entry),
+    )
+    services = ServiceRegistryServicer(registry, paths, log)
+
+    def register(server: grpc.aio.Server) -> None:  # the same servicers on each of the backend servers
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(manager, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(ManagerMonitorServicer(manager), server)
-        registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(
-            EndpointRegistryServicer(
-                registry,
-                paths,
-                current,
-                settings.registration_expiry,
-                log,
-                on_registered=lambda entry: dialer.warm(entry),
-            ),
-            server,
-        )
-        registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(
-            ServiceRegistryServicer(registry, paths, log), server
-        )
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(monitor, server)
+        registry_pb2_grpc.add_NetworkServiceEndpointRegistryServicer_to_server(endpoints, server)
+        registry_pb2_grpc.add_NetworkServiceRegistryServicer_to_server(services, server)
 
     try:
         async with (
@@ -227,6 +231,7 @@ async def _serve(
                 security=identity.manager.security,
                 socket_mode=MANAGER_SOCKET_MODE,
                 stop_grace=1.0,
+                backends=BACKEND_SERVERS,
             ) as handle,
         ):
             log.info(

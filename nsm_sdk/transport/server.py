@@ -1,4 +1,4 @@
-"""Server side: the relay listens on the real unix socket, grpcio on a private abstract one.
+"""Server side: the relay listens on the real unix socket, grpcio on private abstract ones.
 
 Each accepted connection gets its own backend connection to grpcio, bound to a unique abstract name
 before `connect`. grpcio then reports `context.peer()` as `unix-abstract:<that name>`, which is how a
@@ -6,6 +6,13 @@ servicer finds the connection its call came in on: `connection_for_peer(context.
 the peer sent (`.received`), the authenticated peer (`.peer`), who connected (`.credentials`), and lets
 the servicer send its own fds with the response (`.queue_fds`). Nothing is sent on accept: an fd goes out
 only with a reply that names it, like grpcfd.
+
+A busy server runs several grpc.aio servers (`serve(backends=N)`), each on its own abstract name, and the
+relay hands each accepted connection to the one with the fewest connections. A grpc.aio server takes
+its calls one after another: the next call is asked of grpc's core only once the last one has been
+handed to the event loop, and every such step waits for a turn of the loop. While the loop is busy
+(each turn long) one server accepts a few dozen calls a second, whatever the CPU left; calls queue in
+front of it until their deadlines pass (docs/performance.md, "Soak"). N servers take N calls at a time.
 """
 
 from __future__ import annotations
@@ -48,7 +55,8 @@ def remove_stale_socket(path: str) -> None:
 
 
 class ServerRelay:
-    """Relays connections accepted on `listen_path` to the grpc.aio server at abstract `backend_name`.
+    """Relays connections accepted on `listen_path` to the grpc.aio servers at abstract `backend_names`,
+    each connection to the server with the fewest.
 
     The socket file gets `socket_mode` (Go's servers use 0777, §2.1; what needs protecting is behind
     mTLS, but a control plane may want less).
@@ -57,13 +65,16 @@ class ServerRelay:
     def __init__(
         self,
         listen_path: str,
-        backend_name: str,
+        backend_names: str | Sequence[str],
         *,
         security: StreamSecurity = PLAINTEXT,
         socket_mode: int = 0o777,
     ) -> None:
         self.listen_path = listen_path
-        self.backend_name = backend_name
+        self.backend_names = (backend_names,) if isinstance(backend_names, str) else tuple(backend_names)
+        if not self.backend_names:
+            raise ValueError("a ServerRelay needs at least one backend")
+        self._load = dict.fromkeys(self.backend_names, 0)
         self._security = security
         self._socket_mode = socket_mode
         self._by_peer: dict[str, RelayConnection] = {}
@@ -71,7 +82,8 @@ class ServerRelay:
         self._inode: int | None = None
 
     def __repr__(self) -> str:
-        return f"<ServerRelay {self.listen_path} -> {self.backend_name} {len(self._by_peer)} connections>"
+        backends = ",".join(self.backend_names)
+        return f"<ServerRelay {self.listen_path} -> {backends} {len(self._by_peer)} connections>"
 
     @property
     def connections(self) -> tuple[RelayConnection, ...]:
@@ -161,9 +173,11 @@ class ServerRelay:
         )
         peer = abstract_target(name)
         self._by_peer[peer] = connection
+        target = min(self.backend_names, key=self._load.__getitem__)
+        self._load[target] += 1
         try:
             backend.bind(abstract_address(name))
-            await asyncio.get_running_loop().sock_connect(backend, abstract_address(self.backend_name))
+            await asyncio.get_running_loop().sock_connect(backend, abstract_address(target))
             await connection.run()
         except OSError as exc:
             _log.warning(
@@ -172,13 +186,14 @@ class ServerRelay:
         finally:
             connection.close()
             del self._by_peer[peer]
+            self._load[target] -= 1
 
 
 @dataclass
 class ServerHandle:
-    """A running grpc.aio server behind its relay."""
+    """Running grpc.aio servers (one, or `backends` of them) behind their relay."""
 
-    server: grpc.aio.Server
+    servers: tuple[grpc.aio.Server, ...]
     relay: ServerRelay
 
     @property
@@ -200,25 +215,30 @@ async def serve(
     options: Sequence[tuple[str, Any]] = (),
     relay_only: bool = True,
     stop_grace: float | None = None,
+    backends: int = 1,
 ) -> AsyncIterator[ServerHandle]:
-    """Start a grpc.aio server on a fresh abstract address with a ServerRelay on `listen_path`.
+    """Start `backends` grpc.aio servers on fresh abstract addresses with a ServerRelay on `listen_path`.
 
-    `register(server)` adds the servicers. With `relay_only`, calls that bypass the relay are refused.
-    On exit: stop accepting, stop the server (waiting `stop_grace` for running calls), close the relay.
+    `register(server)` adds the servicers to each server (register the same servicer objects on all of
+    them). With `relay_only`, calls that bypass the relay are refused. On exit: stop accepting, stop the
+    servers (waiting `stop_grace` for running calls), close the relay.
     """
-    backend_name = fresh_abstract_name("b")
-    relay = ServerRelay(listen_path, backend_name, security=security, socket_mode=socket_mode)
+    if backends < 1:
+        raise ValueError(f"backends must be at least 1, not {backends}")
+    names = [fresh_abstract_name("b") for _ in range(backends)]
+    relay = ServerRelay(listen_path, names, security=security, socket_mode=socket_mode)
+    servers: list[grpc.aio.Server] = []
     try:
         interceptors = [RelayOnlyInterceptor(relay.is_relayed)] if relay_only else []
-        server = grpc.aio.server(interceptors=interceptors, options=[*MESSAGE_SIZE_OPTIONS, *options])
-        register(server)
-        server.add_insecure_port(abstract_target(backend_name))
-        await server.start()
-        try:
-            await relay.start()
-            yield ServerHandle(server, relay)
-        finally:
-            await relay.stop_accepting()
-            await server.stop(stop_grace)
+        for name in names:
+            server = grpc.aio.server(interceptors=interceptors, options=[*MESSAGE_SIZE_OPTIONS, *options])
+            register(server)
+            server.add_insecure_port(abstract_target(name))
+            servers.append(server)
+            await server.start()
+        await relay.start()
+        yield ServerHandle(tuple(servers), relay)
     finally:
+        await relay.stop_accepting()
+        await asyncio.gather(*(server.stop(stop_grace) for server in servers))
         await relay.aclose()

@@ -41,6 +41,7 @@ from nsm_sdk.transport import (
     open_netns_fd,
     parse_inode_url,
     path_to_unix_url,
+    serve,
 )
 from nsm_sdk.transport.urls import abstract_target
 
@@ -179,7 +180,7 @@ def test_calls_that_bypass_the_relay_are_refused(run_async: AsyncRunner, sock_di
         servicer = Servicer()
         async with serving(sock_dir / "nse.sock", servicer) as handle:
             servicer.handle = handle
-            async with grpc.aio.insecure_channel(abstract_target(handle.relay.backend_name)) as direct:
+            async with grpc.aio.insecure_channel(abstract_target(handle.relay.backend_names[0])) as direct:
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await call(direct, "Echo", b"x")
                 assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -367,5 +368,56 @@ def test_a_call_on_a_closed_channel_fails_as_unavailable_not_with_a_usage_error(
             assert (
                 caught.value.code == grpc.StatusCode.UNAVAILABLE and "channel closed" in caught.value.details
             )
+
+    run_async(main)
+
+
+def test_connections_are_spread_over_the_backend_servers(run_async: AsyncRunner, sock_dir: Path) -> None:
+    """With `backends=3`, three connections land on three different grpc.aio servers, and every call is
+    still answered and finds its relay connection (which server took it: the peer each server saw)."""
+
+    async def main() -> None:
+        servicer = Servicer()
+        served_by: dict[str, int] = {}
+        servers = iter(range(3))
+
+        def register(server: grpc.aio.Server) -> None:
+            number = next(servers)
+
+            async def whoami(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+                served_by[servicer.connection(context).name] = number
+                return str(number).encode()
+
+            handler = grpc.unary_unary_rpc_method_handler(whoami)
+            server.add_generic_rpc_handlers(
+                (grpc.method_handlers_generic_handler(SERVICE, {"Whoami": handler}),)
+            )
+
+        async with serve(str(sock_dir / "nse.sock"), register, backends=3) as handle:
+            servicer.handle = handle
+            assert len(handle.servers) == 3
+            answers = []
+            async with (
+                dial(handle.url) as (first, _),
+                dial(handle.url) as (second, _),
+                dial(handle.url) as (
+                    third,
+                    _,
+                ),
+            ):
+                for channel in (first, second, third):
+                    answers.append(await call(channel, "Whoami", b""))
+            assert sorted(answers) == [b"0", b"1", b"2"]
+            assert len(served_by) == 3
+
+    run_async(main)
+
+
+def test_a_server_needs_at_least_one_backend(run_async: AsyncRunner, sock_dir: Path) -> None:
+    async def main() -> None:
+        with pytest.raises(ValueError, match="backends must be at least 1"):
+            async with serve(str(sock_dir / "nse.sock"), Servicer().register, backends=0):
+                pass
+        assert not (sock_dir / "nse.sock").exists()
 
     run_async(main)
