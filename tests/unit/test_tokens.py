@@ -15,6 +15,7 @@ from nsm_sdk.agent.credentials import TOKEN_KEY, CallTokens, caller_token
 from nsm_sdk.agent.security import material_signer
 from nsm_sdk.identity.peer import PeerIdentity
 from nsm_sdk.identity.tokens import (
+    RECENT_AUDIENCES,
     TokenError,
     TokenSigner,
     UnsupportedKeyError,
@@ -217,3 +218,16 @@ def test_tokens_signed_within_one_second_for_one_audience_are_one_token() -> Non
     assert other != first and decode_unverified(other)["aud"] == ["spiffe://example.org/nse"]
     assert later != first and exp_later == 1061.0
     assert signature_valid(later, signer.public_key) and signature_valid(first, signer.public_key)
+
+
+def test_a_signer_keeps_the_last_token_of_each_audience_while_calls_alternate_between_them() -> None:
+    """nsm-local's calls alternate between its clients and endpoints: each audience's token is reused within
+    its second however the calls interleave, and the least recently used audience is dropped first."""
+    signer = TokenSigner("nsmgr")
+    audiences = [f"spiffe://example.org/peer{n}" for n in range(RECENT_AUDIENCES)]
+    first = {aud: signer.sign(aud, 60, 1000.1)[0] for aud in audiences}
+    again = {aud: signer.sign(aud, 60, 1000.5)[0] for aud in reversed(audiences)}
+    assert again == first and len(set(first.values())) == RECENT_AUDIENCES
+    signer.sign("spiffe://example.org/newcomer", 60, 1000.6)  # one too many: the oldest use goes
+    assert signer.sign(audiences[-1], 60, 1000.7)[0] != first[audiences[-1]]
+    assert signer.sign(audiences[0], 60, 1000.7)[0] == first[audiences[0]]
