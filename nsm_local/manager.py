@@ -95,6 +95,13 @@ class Deadline:
     token: float
 
 
+KERNEL_RECHECK = 5.0
+"""A refresh whose link is unchanged (same interfaces in the same namespaces, same IP context) reads the
+kernel again only when the last kernel step of its connection is at least this old (seconds). With short
+tokens a link is refreshed every second, and reading both ends each time was a fifth of nsm-local's
+CPU; a link broken in between is repaired by the next step that does read, and each sidecar checks its
+own end on its side (docs/architecture.md, "Refreshes")."""
+
 MANAGER_NAME = "nsmgr-local"
 FORWARDER_NAME = "forwarder-local"
 MAX_CONNECTIONS = 20_000
@@ -286,7 +293,13 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 xc.endpoint_ifname,
             ):
                 await remove_cross_connect(session.xc)
-            await ensure_cross_connect(xc, reply)
+            now = self._clock()
+            if _kernel_step_due(session, (client_end, endpoint_end), reply, now):
+                await ensure_cross_connect(xc, reply)
+                kernel_checked = now
+            else:
+                assert session is not None
+                kernel_checked = session.kernel_checked
         except BaseException:
             os.close(client_ns_fd)
             with contextlib.suppress(RpcFailed):
@@ -308,7 +321,16 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         view.CopyFrom(out)
         restore_index(view, caller_index + 1)
         self._store(
-            Session(view, endpoint_name, channel.key, reply, xc, caller, (client_end, endpoint_end)),
+            Session(
+                view,
+                endpoint_name,
+                channel.key,
+                reply,
+                xc,
+                caller,
+                (client_end, endpoint_end),
+                kernel_checked=kernel_checked,
+            ),
             session,
             deadline,
             channel,
@@ -599,3 +621,14 @@ class ManagerMonitorServicer(connection_pb2_grpc.MonitorConnectionServicer):
                 yield event
         except NsmError as exc:
             await abort(context, exc)
+
+
+def _kernel_step_due(
+    session: Session | None, ends: tuple[LinkEnd, LinkEnd], reply: Connection, now: float
+) -> bool:
+    """Whether this Request must create, confirm or repair the link in the kernel: always for a new link or
+    a changed one (other interfaces or namespaces, another IP context or MTU), and for an unchanged one once
+    its last kernel step is `KERNEL_RECHECK` old."""
+    if session is None or session.ends != ends or session.endpoint_conn.context != reply.context:
+        return True
+    return not 0.0 <= now - session.kernel_checked < KERNEL_RECHECK

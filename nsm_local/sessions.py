@@ -31,6 +31,7 @@ class Session:
     token_expires: float | None = None  # the caller's expiry: no later than this, even when overloaded
     monitor: asyncio.Task[None] | None = None
     fds_closed: bool = field(default=False)
+    kernel_checked: float = 0.0  # when the link was last created, confirmed or repaired in the kernel
 
     @property
     def forwarder_id(self) -> str:
