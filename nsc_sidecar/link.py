@@ -8,7 +8,9 @@ are listed in `TRANSITIONS`; anything else is a bug and raises. Retries never en
   the link is still healthy (present, up, carrier) we refresh; otherwise we reselect: Close the old
   connection, then Request again with the endpoint choice cleared;
 * verify: after every successful Request, our interface must exist under the requested name (renamed if
-  the forwarder gave it another one), be up, and carry the returned addresses and routes;
+  the forwarder gave it another one), be up, and carry the returned addresses and routes. A refresh whose
+  reply changes nothing for our side is checked only once the last check is `RECHECK_AFTER` old (with
+  short tokens a link refreshes every second); the monitor and a failing refresh check at once;
 * adopt: before the first Request, ask the manager what it still holds for our connection id (a previous
   run of ours, killed without closing); if it holds it, the first Request is a refresh of it, like
   cmd-nsc's start-up recovery (§5.4), so the link keeps its interface and addresses.
@@ -32,8 +34,9 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
     PathSegment,
     State,
 )
+from nsm_sdk._proto.networkservice.connectioncontext_pb2 import ConnectionContext
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk.agent.link_check import Adopt, announce_later, check_side
+from nsm_sdk.agent.link_check import RECHECK_AFTER, Adopt, announce_later, check_side
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.kernel.errors import KernelError
@@ -108,6 +111,8 @@ class Link:
         self.state = LinkState.REQUESTING
         self.conn: Connection | None = None
         self._verified = False
+        self._checked: tuple[str, ConnectionContext] | None = None  # what the last clean check saw
+        self._checked_at = 0.0
         self._triggers: asyncio.Queue[Trigger] = asyncio.Queue()
 
     def __repr__(self) -> str:
@@ -172,7 +177,7 @@ class Link:
                     break
                 self.conn = reply
                 was_verified = self._verified
-                problems = await self._verify(reply)
+                problems = await self._verify_unless_fresh(reply)
                 if self._verified and not was_verified:  # a link new to the namespace's listeners
                     if announcer is not None:
                         announcer.cancel()
@@ -335,6 +340,21 @@ class Link:
         (the peer end vanishes with its namespace, which takes our end with it).
         """
         return (await check_side(self.spec.interface_name, conn, "client", carrier=True)).problems
+
+    async def _verify_unless_fresh(self, reply: Connection) -> list[str]:
+        """`_verify`, unless a clean check of the same interface and context is under `RECHECK_AFTER` old."""
+        now = self._clock()
+        seen = (reply.mechanism.parameters.get(NAME_PARAM, ""), reply.context)
+        if self._verified and self._checked == seen and 0.0 <= now - self._checked_at < RECHECK_AFTER:
+            return []
+        problems = await self._verify(reply)
+        if problems:
+            self._checked = None
+        else:
+            context = ConnectionContext()
+            context.CopyFrom(reply.context)
+            self._checked, self._checked_at = (seen[0], context), now
+        return problems
 
     async def _verify(self, conn: Connection) -> list[str]:
         """Our side after a Request: rename it if it arrived under another name, then check it."""

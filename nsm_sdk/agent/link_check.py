@@ -22,6 +22,12 @@ from nsm_sdk.kernel.netlink import netlink_in
 from nsm_sdk.kernel.state import LinkState, link_problems, read_link_states, wait_for_link
 from nsm_sdk.protocol.sides import Side, SideConfig, side_config
 
+RECHECK_AFTER = 5.0
+"""Seconds a clean check of a link stays good for a refresh whose reply changes nothing for that side: with
+short tokens a link is refreshed every second, and reading the kernel each time was about a tenth of a
+busy client's CPU. Anything that says the link is in trouble (the manager's monitor, a failing refresh)
+checks at once."""
+
 Adopt = Callable[[Sequence[LinkState]], LinkState | None]
 """Picks, among every link of the namespace, the one that arrived under another name (None: none)."""
 

@@ -106,6 +106,7 @@ def fail(
 
 class Kernel:
     healthy = True
+    checks = 0
 
 
 @pytest.fixture
@@ -113,6 +114,7 @@ def kernel(monkeypatch: pytest.MonkeyPatch) -> Kernel:
     state = Kernel()
 
     async def check(*_: Any, **__: Any) -> SideCheck:
+        state.checks += 1
         return SideCheck([] if state.healthy else ["link eth12 not found"])
 
     monkeypatch.setattr(link_module, "check_side", check)
@@ -253,3 +255,31 @@ def make_first_request() -> NetworkServiceRequest:
     request.connection.network_service = "p2p"
     request.connection.path.path_segments.add(name=NAME, id=CONN_ID)
     return request
+
+
+def test_refreshes_that_change_nothing_check_the_kernel_once_per_recheck_interval(kernel: Kernel) -> None:
+    """One refresh a second (the fake clock moves a second per Request): our side is read at the first
+    reply and then once the last clean check is RECHECK_AFTER old; a reply with other addresses at once."""
+
+    async def main() -> None:
+        now = [NOW]
+        checks_before: list[int] = []  # kernel checks made before each Request
+
+        def a_second_later(request: NetworkServiceRequest, src: str = "10.60.1.1/30") -> Connection:
+            checks_before.append(kernel.checks)
+            now[0] += 1.0
+            reply = reply_for(request, lifetime=0.0)  # expired at once: the next refresh follows at once
+            reply.context.ip_context.src_ip_addrs[:] = [src]
+            return reply
+
+        manager = FakeManager()
+        manager.script = [a_second_later] * 11 + [lambda r: a_second_later(r, "10.60.1.5/30")] * 3
+        link = make_link(manager, clock=lambda: now[0])
+        await run_until(link, lambda: len(checks_before) >= 14)
+        assert link_module.RECHECK_AFTER == 5.0
+        # replies at t = 1..11 s with one context: checked at 1, 6 and 11
+        assert checks_before[1:12] == [1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 3]
+        # the reply at t = 12 s carries other addresses: checked at once, then not again within 5 s
+        assert checks_before[12:14] == [4, 4]
+
+    asyncio.run(main())
