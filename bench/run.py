@@ -41,8 +41,9 @@ class Suite:
 
 SUITES = (
     Suite("startup", ("--runs", "7"), ("--runs", "1"), "-"),
-    Suite("kernel", ("--links", "60"), ("--links", "5"), "root"),
+    Suite("kernel", ("--links", "60"), ("--links", "5", "--together", "20"), "root"),
     Suite("rpc", (), ("--calls", "100", "--concurrency", "4", "--payloads", "64"), "-"),
+    Suite("accept", (), ("--seconds", "1", "--backends", "1,2", "--rate", "50"), "-"),
     Suite(
         "links",
         ("--topology", "fan", "--routers", "31", "--parallel", "2", "--nse-first"),
