@@ -7,7 +7,12 @@ side (`nsm_sdk.kernel.state.verify_link`, in a netns that holds all the links), 
 again (what every refresh does) and the forwarder's remove. Wall time and CPU time of this
 process (all threads) per operation. Needs root. Bounded by `--links` (default 50, at most 200).
 
-    python bench/kernel.py --links 50
+Then many pairs going at once (`--together`, default 1000; 0 skips it): that many veth pairs between
+the two namespaces, removed through `remove_cross_connect` one after another (each alone: one RTM_DELLINK
+each, and the kernel waits for RCU per link), and again all at once (the forwarder batches them: one
+device group, one RTM_DELLINK, one wait).
+
+    python bench/kernel.py --links 50 --together 1000
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from benchlib import median, memory, print_machine, run_quiet, table
 
 from nsm_local.forwarder import CrossConnect, ensure_cross_connect, remove_cross_connect
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
+from nsm_sdk.kernel.links import End, create_veth_pair_in
 from nsm_sdk.kernel.netlink import netlink_in
 from nsm_sdk.kernel.state import verify_link
 from nsm_sdk.protocol.sides import side_config
@@ -60,6 +66,7 @@ def timed(operation: Callable[[int], object], count: int) -> tuple[float, float,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--links", type=int, default=50, help="links to create (1..200, default %(default)s)")
+    parser.add_argument("--together", type=int, default=1000, help="pairs removed at once (0: skip)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
@@ -114,12 +121,40 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(table(["operation", "wall ms", "CPU ms", "RSS growth KiB"],
                     [[name, f"{w:.2f}", f"{c:.2f}", grew] for name, (w, c, grew) in rows]))
+        if args.together:
+            print()
+            print(removal_table(client_fd, endpoint_fd, args.together))
     finally:
         for fd in fds:
             os.close(fd)
         for name in names:
             run_quiet("ip", "netns", "delete", name)
     return 0
+
+
+async def _remove_together(pairs: list[CrossConnect]) -> list[bool]:
+    return await asyncio.gather(*(remove_cross_connect(xc) for xc in pairs))
+
+
+def removal_table(client_fd: int, endpoint_fd: int, count: int) -> str:
+    """`count` pairs removed one after another, then `count` others removed all at once."""
+    rows = []
+    for mode in ("one after another", "all at once (batched)"):
+        with netlink_in(client_fd) as ipr_a, netlink_in(endpoint_fd) as ipr_b:
+            for i in range(count):
+                create_veth_pair_in(ipr_a, ipr_b, End(client_fd, f"r{i}"), End(endpoint_fd, f"r{i}"))
+        pairs = [CrossConnect(client_fd, f"r{i}", endpoint_fd, f"r{i}") for i in range(count)]
+        started = time.perf_counter()
+        if mode == "one after another":
+            removed = [asyncio.run(remove_cross_connect(xc)) for xc in pairs]
+        else:
+            removed = asyncio.run(_remove_together(pairs))
+        wall = time.perf_counter() - started
+        with netlink_in(client_fd) as ipr_a, netlink_in(endpoint_fd) as ipr_b:
+            left = len(ipr_a.links()) + len(ipr_b.links()) - 2  # less each namespace's lo
+        rows.append([mode, count, f"{wall:.2f}", f"{wall / count * 1000:.2f}", sum(removed), left])
+    headers = ["removal", "pairs", "wall s", "per pair ms", "removed", "links left"]
+    return f"Many pairs going at once ({count})\n\n" + table(headers, rows)
 
 
 if __name__ == "__main__":

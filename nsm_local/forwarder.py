@@ -9,13 +9,26 @@ recognises (and may replace) a link it made before.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import os
+import weakref
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
 from nsm_sdk.kernel.addresses import Route, parse_interface
 from nsm_sdk.kernel.configure import configure_link_in
-from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken
-from nsm_sdk.kernel.links import End, create_veth_pair_in, delete_link, delete_link_in, get_link, is_pair
+from nsm_sdk.kernel.errors import InvalidArgument, KernelError, LinkNameTaken, LinkNotFound, kernel_errors
+from nsm_sdk.kernel.links import (
+    End,
+    create_veth_pair_in,
+    delete_link,
+    delete_link_in,
+    find_link,
+    get_link,
+    is_pair,
+)
 from nsm_sdk.kernel.netlink import netlink_in
 from nsm_sdk.kernel.rtnl import Rtnl
 from nsm_sdk.kernel.state import link_problems, state_of
@@ -139,7 +152,12 @@ def _in_place(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, plan: _Plan, aliases: tu
 
 def _remove(xc: CrossConnect) -> bool:
     """Delete the pair (one end takes the other with it); either namespace may already be gone."""
-    for ns_fd, ifname in ((xc.client_ns_fd, xc.client_ifname), (xc.endpoint_ns_fd, xc.endpoint_ifname)):
+    return _remove_ends(((xc.client_ns_fd, xc.client_ifname), (xc.endpoint_ns_fd, xc.endpoint_ifname)))
+
+
+def _remove_ends(ends: Iterable[tuple[int | None, str]]) -> bool:
+    """Delete the pair through the first of its ends (netns fd, name) that is there."""
+    for ns_fd, ifname in ends:
         if ns_fd is None:
             continue
         try:
@@ -155,5 +173,131 @@ async def ensure_cross_connect(xc: CrossConnect, conn: Connection) -> None:
     await asyncio.to_thread(_ensure, xc, conn)
 
 
+@dataclass(frozen=True)
+class _Removal:
+    """One pair to remove, with dups of its fds (the caller may close its own while we work)."""
+
+    client_ns_fd: int | None
+    client_ifname: str
+    endpoint_ns_fd: int | None
+    endpoint_ifname: str
+
+    @classmethod
+    def of(cls, xc: CrossConnect) -> _Removal:
+        endpoint = os.dup(xc.endpoint_ns_fd) if xc.endpoint_ns_fd is not None else None
+        return cls(os.dup(xc.client_ns_fd), xc.client_ifname, endpoint, xc.endpoint_ifname)
+
+    def alone(self) -> bool:
+        """Remove this pair by itself, through whichever end is there."""
+        return _remove_ends(
+            ((self.client_ns_fd, self.client_ifname), (self.endpoint_ns_fd, self.endpoint_ifname))
+        )
+
+    def close(self) -> None:
+        for fd in (self.client_ns_fd, self.endpoint_ns_fd):
+            if fd is not None:
+                os.close(fd)
+
+
+GROUP_BASE = 0x4E534D00
+"""Device groups nsm-local picks for a batch removal start here ("NSM" and a byte); one in use by any link
+of the namespace is never picked."""
+
+
+def _free_group(ipr: Rtnl) -> int:
+    used = {link.group for link in ipr.links()}
+    return next(g for g in itertools.count(GROUP_BASE) if g not in used)
+
+
+def _remove_batch(removals: Sequence[_Removal]) -> list[bool]:
+    """Remove every pair; those whose client ends share a namespace go in one kernel batch. Closes the
+    removals' fds in any case (here, in the worker thread: nothing else uses them)."""
+    try:
+        removed = [False] * len(removals)
+        by_netns: dict[int, list[int]] = {}
+        for number, removal in enumerate(removals):
+            if removal.client_ns_fd is None:
+                removed[number] = removal.alone()
+            else:
+                by_netns.setdefault(os.fstat(removal.client_ns_fd).st_ino, []).append(number)
+        for numbers in by_netns.values():
+            for number, done in _remove_in_one_netns([removals[n] for n in numbers], numbers):
+                removed[number] = done
+        return removed
+    finally:
+        for removal in removals:
+            removal.close()
+
+
+def _remove_in_one_netns(removals: Sequence[_Removal], numbers: Sequence[int]) -> list[tuple[int, bool]]:
+    """Pairs whose client ends live in one namespace: found there by name, put in a free device group and
+    deleted with it at once (one alone: deleted by index); any not found there, or the whole lot if the
+    namespace cannot be read, go one by one (the endpoint's end may still be there)."""
+    found: dict[int, int] = {}
+    try:
+        with netlink_in(removals[0].client_ns_fd) as ipr:
+            for number, removal in zip(numbers, removals, strict=True):
+                index = find_link(ipr, removal.client_ifname)
+                if index is not None:
+                    found[number] = index
+            if len(found) == 1:
+                (index,) = found.values()
+                with kernel_errors("delete link"):
+                    ipr.delete_link(index)
+            elif found:
+                group = _free_group(ipr)
+                for index in found.values():
+                    with contextlib.suppress(LinkNotFound), kernel_errors("set a link's group"):
+                        ipr.set_group(index, group)
+                with kernel_errors(f"delete link group {group}"):
+                    ipr.delete_group(group)
+    except KernelError:
+        found = {}
+    return [
+        (number, True if number in found else removal.alone())
+        for number, removal in zip(numbers, removals, strict=True)
+    ]
+
+
+class _Reaper:
+    """Removes pairs in batches: what is asked for while a batch is in the kernel goes in the next one, so
+    a lone Close waits for nobody and a thousand at once are a handful of batches."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[_Removal, asyncio.Future[bool]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    def submit(self, xc: CrossConnect) -> asyncio.Future[bool]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._queue.append((_Removal.of(xc), future))
+        if self._worker is None or self._worker.done():
+            self._worker = loop.create_task(self._work(), name="forwarder: remove pairs")
+        return future
+
+    async def _work(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            try:
+                results = await asyncio.to_thread(_remove_batch, [removal for removal, _ in batch])
+            except Exception as exc:  # each waiting caller gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+_reapers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Reaper] = weakref.WeakKeyDictionary()
+
+
 async def remove_cross_connect(xc: CrossConnect) -> bool:
-    return await asyncio.to_thread(_remove, xc)
+    """Remove the pair (True if there was one). Removals asked for together are batched (`_Reaper`); the
+    removal goes on even if the caller is cancelled, with fds of its own."""
+    loop = asyncio.get_running_loop()
+    reaper = _reapers.get(loop)
+    if reaper is None:
+        reaper = _reapers[loop] = _Reaper()
+    return await asyncio.shield(reaper.submit(xc))

@@ -45,7 +45,7 @@ _RTA_DST, _RTA_OIF, _RTA_GATEWAY, _RTA_TABLE = 1, 4, 5, 15
 # linux/if_link.h, linux/if.h, linux/veth.h, linux/if_addr.h, linux/net_namespace.h
 _IFLA_IFNAME, _IFLA_MTU, _IFLA_LINK, _IFLA_OPERSTATE = 3, 4, 5, 16
 _IFLA_LINKINFO, _IFLA_IFALIAS, _IFLA_AF_SPEC, _IFLA_NET_NS_FD = 18, 20, 26, 28
-_IFLA_EXT_MASK, _IFLA_LINK_NETNSID = 29, 37
+_IFLA_GROUP, _IFLA_EXT_MASK, _IFLA_LINK_NETNSID = 27, 29, 37
 _IFLA_INFO_KIND, _IFLA_INFO_DATA = 1, 2
 _VETH_INFO_PEER = 1
 _IFLA_INET6_CONF = 2
@@ -91,6 +91,7 @@ class Link:
     peer_index: int | None
     peer_netnsid: int | None
     ipv6_disabled: bool | None
+    group: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +159,17 @@ class Rtnl:
 
     def delete_link(self, index: int) -> None:
         self._request(_RTM_DELLINK, _NLM_F_ACK, _IFINFO.pack(0, 0, index, 0, 0))
+
+    def set_group(self, index: int, group: int) -> None:
+        """Put the link in device group `group` (IFLA_GROUP)."""
+        body = _IFINFO.pack(0, 0, index, 0, 0) + _attr(_IFLA_GROUP, struct.pack("=I", group))
+        self._request(_RTM_SETLINK, _NLM_F_ACK, body)
+
+    def delete_group(self, group: int) -> None:
+        """Delete every link of device group `group` in this namespace, in one go: the kernel unregisters
+        them together (`rtnl_group_dellink`), waiting for RCU once per batch instead of once per link."""
+        body = _IFINFO.pack(0, 0, 0, 0, 0) + _attr(_IFLA_GROUP, struct.pack("=I", group))
+        self._request(_RTM_DELLINK, _NLM_F_ACK, body)
 
     def add_veth(self, ifname: str, ns_fd: int | None, peer_ifname: str, peer_ns_fd: int | None) -> None:
         """Create a veth pair, each end named and placed (IFLA_NET_NS_FD; None: this socket's netns)."""
@@ -342,6 +354,7 @@ def _link(body: bytes) -> Link:
         peer_index=_u32(attrs.get(_IFLA_LINK)),
         peer_netnsid=None if netnsid is None else int(struct.unpack_from("=i", netnsid)[0]),
         ipv6_disabled=_ipv6_disabled(attrs.get(_IFLA_AF_SPEC)),
+        group=_u32(attrs.get(_IFLA_GROUP)) or 0,
     )
 
 
