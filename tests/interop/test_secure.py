@@ -215,15 +215,18 @@ def test_link_survives_svid_rotation(rotating_lab: Lab, pair: tuple[str, str]) -
     for sid in (ID["nsc"], ID["nsmgr"], ID["forwarder"]):
         assert after[sid].serial_number != before[sid].serial_number, sid  # rotated
     failed = lab.events("nsmgr.request_failed")
+    # Characterization of sdk v1.18.0, not of our code. Under load the Go chain (the nsmgr and forwarder
+    # of every pair here) races its own rotation once in a while: a token signed with the new SVID goes
+    # out on a connection made with the old one and is checked against that old certificate; the chain
+    # retries and the link never drops (checked above). Go's authorize servers say only "no sufficient
+    # privileges"; our endpoint names the policy and the forwarder's segment (2), seen once in a CI run of
+    # stop 15. A refusal of our client's own token (segment 0) is never waved through.
+    upstream = ["the token of path segment 2 is not signed by the TLS peer's key"]
     if pair[0] == "go":
-        # Characterization of sdk v1.18.0, not of our code: the Go client dials anew for every refresh, and
-        # now and then its grpcfd has already closed the netns file the nsmgr asks it for ("failed to send a
-        # file ... file already closed"); the Go client retries and the link never drops (checked above).
-        # Under load the Go chain also races its own rotation once in a while: a token signed with the new
-        # SVID checked against the old certificate of a connection made just before ("no sufficient
-        # privileges" from nsmgr's or the forwarder's authorize server); retried alike, the link stays.
-        upstream = ("failed to send a file", "no sufficient privileges")
-        failed = [e for e in failed if not any(known in e.get("error", "") for known in upstream)]
+        # The Go client dials anew for every refresh, and now and then its grpcfd has already closed the
+        # netns file the nsmgr asks it for ("failed to send a file ... file already closed"); retried alike.
+        upstream += ["failed to send a file", "no sufficient privileges"]
+    failed = [e for e in failed if not any(known in e.get("error", "") for known in upstream)]
     assert failed == []
     refused = lab.events("registry.register_failed")
     if refused:
