@@ -25,6 +25,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -61,7 +62,7 @@ async def _serve(path: str, backends: int, busy: int, turn: float) -> list[float
             await asyncio.sleep(0)
 
     stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(15, stop.set)
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     async with serve(path, register, backends=backends):
         spinners = [asyncio.create_task(spin()) for _ in range(busy)]
         print("ready", flush=True)

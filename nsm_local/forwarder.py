@@ -13,7 +13,7 @@ import contextlib
 import itertools
 import os
 import weakref
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection
@@ -152,12 +152,7 @@ def _in_place(ipr_a: Rtnl, ipr_b: Rtnl, a: End, b: End, plan: _Plan, aliases: tu
 
 def _remove(xc: CrossConnect) -> bool:
     """Delete the pair (one end takes the other with it); either namespace may already be gone."""
-    return _remove_ends(((xc.client_ns_fd, xc.client_ifname), (xc.endpoint_ns_fd, xc.endpoint_ifname)))
-
-
-def _remove_ends(ends: Iterable[tuple[int | None, str]]) -> bool:
-    """Delete the pair through the first of its ends (netns fd, name) that is there."""
-    for ns_fd, ifname in ends:
+    for ns_fd, ifname in ((xc.client_ns_fd, xc.client_ifname), (xc.endpoint_ns_fd, xc.endpoint_ifname)):
         if ns_fd is None:
             continue
         try:
@@ -173,30 +168,16 @@ async def ensure_cross_connect(xc: CrossConnect, conn: Connection) -> None:
     await asyncio.to_thread(_ensure, xc, conn)
 
 
-@dataclass(frozen=True)
-class _Removal:
-    """One pair to remove, with dups of its fds (the caller may close its own while we work)."""
+def _with_own_fds(xc: CrossConnect) -> CrossConnect:
+    """`xc` on dups of its fds: the caller may close its own while the removal works."""
+    endpoint = os.dup(xc.endpoint_ns_fd) if xc.endpoint_ns_fd is not None else None
+    return CrossConnect(os.dup(xc.client_ns_fd), xc.client_ifname, endpoint, xc.endpoint_ifname)
 
-    client_ns_fd: int | None
-    client_ifname: str
-    endpoint_ns_fd: int | None
-    endpoint_ifname: str
 
-    @classmethod
-    def of(cls, xc: CrossConnect) -> _Removal:
-        endpoint = os.dup(xc.endpoint_ns_fd) if xc.endpoint_ns_fd is not None else None
-        return cls(os.dup(xc.client_ns_fd), xc.client_ifname, endpoint, xc.endpoint_ifname)
-
-    def alone(self) -> bool:
-        """Remove this pair by itself, through whichever end is there."""
-        return _remove_ends(
-            ((self.client_ns_fd, self.client_ifname), (self.endpoint_ns_fd, self.endpoint_ifname))
-        )
-
-    def close(self) -> None:
-        for fd in (self.client_ns_fd, self.endpoint_ns_fd):
-            if fd is not None:
-                os.close(fd)
+def _close_fds(xc: CrossConnect) -> None:
+    os.close(xc.client_ns_fd)
+    if xc.endpoint_ns_fd is not None:
+        os.close(xc.endpoint_ns_fd)
 
 
 GROUP_BASE = 0x4E534D00
@@ -209,34 +190,32 @@ def _free_group(ipr: Rtnl) -> int:
     return next(g for g in itertools.count(GROUP_BASE) if g not in used)
 
 
-def _remove_batch(removals: Sequence[_Removal]) -> list[bool]:
-    """Remove every pair; those whose client ends share a namespace go in one kernel batch. Closes the
-    removals' fds in any case (here, in the worker thread: nothing else uses them)."""
+def _remove_batch(removals: Sequence[CrossConnect]) -> list[bool]:
+    """Remove every pair; those whose client ends share a namespace go in one kernel batch. `removals` hold
+    fds of their own (`_with_own_fds`), closed here in any case: nothing else uses them."""
     try:
-        removed = [False] * len(removals)
         by_netns: dict[int, list[int]] = {}
         for number, removal in enumerate(removals):
-            if removal.client_ns_fd is None:
-                removed[number] = removal.alone()
-            else:
-                by_netns.setdefault(os.fstat(removal.client_ns_fd).st_ino, []).append(number)
+            by_netns.setdefault(os.fstat(removal.client_ns_fd).st_ino, []).append(number)
+        removed = [False] * len(removals)
         for numbers in by_netns.values():
-            for number, done in _remove_in_one_netns([removals[n] for n in numbers], numbers):
+            results = _remove_in_one_netns([removals[n] for n in numbers])
+            for number, done in zip(numbers, results, strict=True):
                 removed[number] = done
         return removed
     finally:
         for removal in removals:
-            removal.close()
+            _close_fds(removal)
 
 
-def _remove_in_one_netns(removals: Sequence[_Removal], numbers: Sequence[int]) -> list[tuple[int, bool]]:
+def _remove_in_one_netns(removals: Sequence[CrossConnect]) -> list[bool]:
     """Pairs whose client ends live in one namespace: found there by name, put in a free device group and
     deleted with it at once (one alone: deleted by index); any not found there, or the whole lot if the
     namespace cannot be read, go one by one (the endpoint's end may still be there)."""
-    found: dict[int, int] = {}
+    found: dict[int, int] = {}  # position in `removals` -> link index
     try:
         with netlink_in(removals[0].client_ns_fd) as ipr:
-            for number, removal in zip(numbers, removals, strict=True):
+            for number, removal in enumerate(removals):
                 index = find_link(ipr, removal.client_ifname)
                 if index is not None:
                     found[number] = index
@@ -253,10 +232,7 @@ def _remove_in_one_netns(removals: Sequence[_Removal], numbers: Sequence[int]) -
                     ipr.delete_group(group)
     except KernelError:
         found = {}
-    return [
-        (number, True if number in found else removal.alone())
-        for number, removal in zip(numbers, removals, strict=True)
-    ]
+    return [number in found or _remove(removal) for number, removal in enumerate(removals)]
 
 
 class _Reaper:
@@ -264,13 +240,13 @@ class _Reaper:
     a lone Close waits for nobody and a thousand at once are a handful of batches."""
 
     def __init__(self) -> None:
-        self._queue: list[tuple[_Removal, asyncio.Future[bool]]] = []
+        self._queue: list[tuple[CrossConnect, asyncio.Future[bool]]] = []
         self._worker: asyncio.Task[None] | None = None
 
     def submit(self, xc: CrossConnect) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[bool] = loop.create_future()
-        self._queue.append((_Removal.of(xc), future))
+        self._queue.append((_with_own_fds(xc), future))
         if self._worker is None or self._worker.done():
             self._worker = loop.create_task(self._work(), name="forwarder: remove pairs")
         return future
