@@ -153,6 +153,8 @@ class WorkloadApiServicer:
     async def FetchX509SVID(self, request: Any, context: _Context) -> AsyncIterator[Any]:
         spiffe_id, credentials = await self._admit(context)
         log = self._log.bind(spiffe_id=spiffe_id, pid=credentials.pid)
+        if credentials.delegated:  # an agent host, for one of its routers (`PeerCredentials.acting_in`)
+            log = log.bind(process_netns=credentials.process_netns)
         with self._stream():
             first = True
             while True:

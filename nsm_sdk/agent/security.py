@@ -11,6 +11,7 @@ key, which nobody can verify. It exists for quick experiments and says so loudly
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -27,6 +28,7 @@ from nsm_sdk.identity.policies import check_server
 from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.envvalues import SecuritySettings
+from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.tls import TlsSecurity
@@ -71,25 +73,39 @@ def secure_identity(
 
 @asynccontextmanager
 async def agent_identity(
-    settings: SecuritySettings, name: str, lifetime: float, log: EventLog, stop: asyncio.Event
+    settings: SecuritySettings,
+    name: str,
+    lifetime: float,
+    log: EventLog,
+    stop: asyncio.Event,
+    netns_fd: int | None = None,
 ) -> AsyncIterator[AgentIdentity | None]:
-    """The agent's identity for its whole life; None if `stop` came while waiting for the first SVID."""
+    """The agent's identity for its whole life; None if `stop` came while waiting for the first SVID.
+
+    With `netns_fd` (an agent host acting for one of its routers) the Workload API is dialled through a
+    relay that sends that namespace's fd with its first bytes, so the SVID names the router's namespace
+    (`PeerCredentials.acting_in`); without it, the process's own.
+    """
     if settings.insecure:
-        log.warning("security.insecure", detail=INSECURE_WARNING)
+        if netns_fd is None:
+            log.warning("security.insecure", detail=INSECURE_WARNING)
         yield AgentIdentity(PLAINTEXT, CallTokens(TokenSigner(name), lifetime))
         return
     from nsm_sdk.identity.workload import WorkloadApiSource
 
-    source = WorkloadApiSource(str(settings.spiffe_endpoint))
-    try:
+    url = str(settings.spiffe_endpoint)
+    async with contextlib.AsyncExitStack() as stack:
+        channel = None
+        if netns_fd is not None:
+            channel, _ = await stack.enter_async_context(dial(url, send_fds=[netns_fd]))
+        source = WorkloadApiSource(url, channel)
+        stack.push_async_callback(source.aclose)
         if not await source.start(stop):
             yield None
             return
         security, tokens = secure_identity(source.current, lifetime)
         prepare(security)
         yield AgentIdentity(security, tokens, source)
-    finally:
-        await source.aclose()
 
 
 def prepare(security: StreamSecurity) -> None:

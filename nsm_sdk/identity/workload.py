@@ -84,10 +84,13 @@ def material_from(response: object) -> X509Material:
 class WorkloadApiSource:
     """The current X.509 material of this workload, from the Workload API at `socket_url`."""
 
-    def __init__(self, socket_url: str) -> None:
+    def __init__(self, socket_url: str, channel: grpc.aio.Channel | None = None) -> None:
+        """`channel`: one already dialled to `socket_url` (and closed by its owner), e.g. one that sends a
+        router's netns fd so that the SVID is the router's; by default our own plain channel."""
         self.socket_url = socket_url
         self._material: X509Material | None = None
         self._first = asyncio.Event()
+        self._given_channel = channel
         self._channel: grpc.aio.Channel | None = None
         self._watch: asyncio.Task[None] | None = None
         self._problem = "no answer yet"
@@ -102,7 +105,7 @@ class WorkloadApiSource:
 
     async def start(self, stop: asyncio.Event | None = None) -> bool:
         """Wait for the first SVID; False if `stop` was set first. Then follow rotations until `aclose`."""
-        self._channel = grpc.aio.insecure_channel(grpc_target(self.socket_url))
+        self._channel = self._given_channel or grpc.aio.insecure_channel(grpc_target(self.socket_url))
         self._watch = asyncio.create_task(self._watch_forever(), name="workload-api-watch")
         started = time.monotonic()
         never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -192,5 +195,6 @@ class WorkloadApiSource:
                 await self._watch
             self._watch = None
         if self._channel is not None:
-            await self._channel.close(None)
+            if self._channel is not self._given_channel:
+                await self._channel.close(None)
             self._channel = None

@@ -64,6 +64,10 @@ class FdStore:
     def keys(self) -> list[InodeKey]:
         return list(self._fds)
 
+    def first(self) -> tuple[InodeKey, int] | None:
+        """The first fd received (its key and the fd, still ours), if any."""
+        return next(iter(self._fds.items()), None)
+
     def add(self, fd: int) -> InodeKey | None:
         """Take ownership of `fd`; returns its key, or None when it was closed (duplicate, closed store)."""
         if self._closed:

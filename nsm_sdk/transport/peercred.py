@@ -1,18 +1,28 @@
-"""Who connected to a unix socket, as the kernel tells it (SO_PEERCRED), and which netns they were in.
+"""Who connected to a unix socket, as the kernel tells it (SO_PEERCRED), and which netns they act in.
 
 Read once at accept time, while the connecting process still exists. nsm-local attests Workload API
 callers with this (uid + network namespace make an identity) and checks that a client asks for links in
 its own namespace.
+
+A caller acts in its process's namespace, unless the first fd it sent (with its first bytes) is a network
+namespace (`acting_in`): then it acts in that one. Holding the fd is the proof, checked by the kernel when
+the fd was opened: `/run/netns/*` files are root's, `/proc/<pid>/ns/net` needs ptrace rights over that
+process, so a caller can only name a namespace whose processes it could already command. That is how one
+agent host acts for the many routers it hosts (each with its own identity), while the uid stays the
+connecting process's.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 _UCRED = struct.Struct("3i")
+_NS_GET_NSTYPE = 0xB703  # ioctl of nsfs files (linux/nsfs.h): the namespace's CLONE_NEW* type
+_CLONE_NEWNET = 0x40000000
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +31,26 @@ class PeerCredentials:
     uid: int
     gid: int
     netns: int | None
-    """Inode of the caller's network namespace; None if the process was gone before we looked."""
+    """Inode of the network namespace the caller acts in; None if the process was gone before we looked."""
+    process_netns: int | None = None
+    """Inode of the namespace the calling process runs in (differs from `netns` when it sent one)."""
+
+    @property
+    def delegated(self) -> bool:
+        """Whether the caller acts in a namespace it sent rather than in its own."""
+        return self.process_netns is not None and self.netns != self.process_netns
+
+    def acting_in(self, netns: int) -> PeerCredentials:
+        """The same caller, acting in the network namespace `netns` whose fd it sent."""
+        return replace(self, netns=netns)
+
+
+def is_network_namespace(fd: int) -> bool:
+    """Whether `fd` is a network namespace (an nsfs file of type CLONE_NEWNET)."""
+    try:
+        return fcntl.ioctl(fd, _NS_GET_NSTYPE) == _CLONE_NEWNET
+    except OSError:
+        return False
 
 
 def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
@@ -33,4 +62,4 @@ def peer_credentials(sock: socket.socket) -> PeerCredentials | None:
         netns: int | None = os.stat(f"/proc/{pid}/ns/net").st_ino
     except OSError:
         netns = None
-    return PeerCredentials(pid=pid, uid=uid, gid=gid, netns=netns)
+    return PeerCredentials(pid=pid, uid=uid, gid=gid, netns=netns, process_netns=netns)

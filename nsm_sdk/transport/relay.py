@@ -37,7 +37,7 @@ from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.transport.fdpass import RECV_CHUNK, FdSocket
 from nsm_sdk.transport.fdstore import FdStore
 from nsm_sdk.transport.http2 import GOAWAY, FrameBoundaries, PingAckFilter, goaway_frame, ping_frame
-from nsm_sdk.transport.peercred import PeerCredentials
+from nsm_sdk.transport.peercred import PeerCredentials, is_network_namespace
 from nsm_sdk.transport.security import SecureSession
 
 _log = logging.getLogger(__name__)
@@ -70,10 +70,11 @@ class RelayConnection:
     """One relayed connection; `received` holds the fds the peer sent, `queue_fds` sends ours.
 
     `peer` is the authenticated peer (None in plaintext), `credentials` who connected to our socket
-    (accepted unix connections only). `local_is_server` says which side speaks HTTP/2's server part:
-    grpcio behind `local` (a server relay) or the peer (a client relay). `on_drain` is called once the
-    GOAWAY of a retirement has been processed by the HTTP/2 client, or a client relay has seen the
-    server's own GOAWAY go by.
+    (accepted unix connections only), acting in the network namespace it sent as its first fd, with its
+    first bytes, if it did (`PeerCredentials.acting_in`). `local_is_server` says which side speaks
+    HTTP/2's server part: grpcio behind `local` (a server relay) or the peer (a client relay).
+    `on_drain` is called once the GOAWAY of a retirement has been processed by the HTTP/2 client, or a
+    client relay has seen the server's own GOAWAY go by.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class RelayConnection:
         self._server_goaway = False
         self.failure: str | None = None
         """Why the connection broke, if it did (e.g. the TLS peer refused us)."""
+        self._first_bytes_seen = False
         self._established = asyncio.get_running_loop().create_future()
         self._progress()
 
@@ -306,11 +308,22 @@ class RelayConnection:
             await self._flush_to_peer()  # handshake answers
             if plaintext:
                 if self._local_is_server:
+                    self._note_first_bytes()
                     await self._send_toward_server(plaintext)
                 else:
                     await self._send_toward_client(plaintext)
         with contextlib.suppress(OSError):
             self._local.shutdown(socket.SHUT_WR)
+
+    def _note_first_bytes(self) -> None:
+        """At the caller's first bytes (which carry its first fd, if it sends any): if that fd is a network
+        namespace, the caller acts in it. Fds sent later never change who it is."""
+        if self._first_bytes_seen:
+            return
+        self._first_bytes_seen = True
+        first = self.received.first()
+        if self.credentials is not None and first is not None and is_network_namespace(first[1]):
+            self.credentials = self.credentials.acting_in(first[0].ino)
 
     async def _flush_to_peer(self) -> None:
         # No await between draining the session and taking the (FIFO) write lock keeps records in order.
