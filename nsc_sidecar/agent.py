@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 
 import grpc
 
 from nsc_sidecar.link import Link
 from nsc_sidecar.settings import NscSettings
-from nsm_sdk.agent.lifecycle import ReadinessFile, readiness
+from nsm_sdk.agent.lifecycle import readiness
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
 from nsm_sdk.agent.security import agent_identity
@@ -24,18 +25,20 @@ from nsm_sdk.transport.urls import inode_url_for_fd
 
 
 class Readiness:
-    """Ready exactly while every link is verified."""
+    """Ready exactly while every link is verified; `report(ready)` is told each change."""
 
-    def __init__(self, links: list[str], marker: ReadinessFile, log: EventLog) -> None:
+    def __init__(self, links: list[str], report: Callable[[bool], None], log: EventLog) -> None:
         self._verified = dict.fromkeys(links, False)
-        self._marker = marker
+        self._report = report
+        self._ready = False
         self._log = log
 
     def update(self, link: str, verified: bool) -> None:
         self._verified[link] = verified
         ready = all(self._verified.values())
-        if ready != self._marker.ready:
-            self._marker.set(ready)
+        if ready != self._ready:
+            self._ready = ready
+            self._report(ready)
             self._log.info(
                 "agent.ready" if ready else "agent.not_ready",
                 verified=sum(self._verified.values()),
@@ -87,11 +90,26 @@ async def _run_links(
     settings: NscSettings, name: str, netns_url: str, client: NsmClient, log: EventLog, stop: asyncio.Event
 ) -> None:
     with readiness(settings.readiness_file) as marker:
-        ready = Readiness([spec.interface_name for spec in settings.links], marker, log)
-        links = [
-            Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log)
-            for spec in settings.links
-        ]
-        async with asyncio.TaskGroup() as group:
-            for link in links:
-                group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")
+        await run_links(settings, name, netns_url, client, log, stop, marker.set)
+
+
+async def run_links(
+    settings: NscSettings,
+    name: str,
+    netns_url: str,
+    client: NsmClient,
+    log: EventLog,
+    stop: asyncio.Event,
+    report_ready: Callable[[bool], None],
+    netns_fd: int | None = None,
+) -> None:
+    """Every link of `settings`, each requested, verified, kept and closed by its own `Link`, until `stop`
+    and their Closes are done. `netns_fd`: the namespace the links go into when not our own."""
+    ready = Readiness([spec.interface_name for spec in settings.links], report_ready, log)
+    links = [
+        Link(spec, name, netns_url, client, settings.request_timeout, ready.update, log, netns_fd=netns_fd)
+        for spec in settings.links
+    ]
+    async with asyncio.TaskGroup() as group:
+        for link in links:
+            group.create_task(link.run(stop), name=f"link-{link.spec.interface_name}")

@@ -98,8 +98,11 @@ class Link:
         on_ready: Callable[[str, bool], None],
         log: EventLog,
         clock: Callable[[], float] = time.time,
+        netns_fd: int | None = None,
     ) -> None:
+        """`netns_fd`: the namespace our interface is in, when not our own (an agent host's router)."""
         self.spec = spec
+        self.netns_fd = netns_fd
         self.client_name = client_name
         self.conn_id = connection_id(client_name, spec.index)
         self.preference = kernel_preference(spec.interface_name, netns_url)
@@ -182,7 +185,9 @@ class Link:
                     if announcer is not None:
                         announcer.cancel()
                     addresses = list(reply.context.ip_context.src_ip_addrs)
-                    announcer = asyncio.create_task(announce_later(self.spec.interface_name, addresses))
+                    announcer = asyncio.create_task(
+                        announce_later(self.spec.interface_name, addresses, self.netns_fd)
+                    )
                 if self.state != LinkState.ESTABLISHED:
                     self._move(
                         LinkState.ESTABLISHED,
@@ -339,7 +344,9 @@ class Link:
         cmd-nsc pings the peer; a kernel check needs no raw sockets and catches what matters for a veth
         (the peer end vanishes with its namespace, which takes our end with it).
         """
-        return (await check_side(self.spec.interface_name, conn, "client", carrier=True)).problems
+        return (
+            await check_side(self.spec.interface_name, conn, "client", carrier=True, ns_fd=self.netns_fd)
+        ).problems
 
     async def _verify_unless_fresh(self, reply: Connection) -> list[str]:
         """`_verify`, unless a clean check of the same interface and context is under `RECHECK_AFTER` old."""
@@ -361,7 +368,9 @@ class Link:
         adopt: Adopt | None = _arrived_as(f"server-{self.conn_id}", set(conn.context.ip_context.src_ip_addrs))
         problems: list[str] = []
         for _ in range(20):
-            check = await check_side(self.spec.interface_name, conn, "client", adopt=adopt)
+            check = await check_side(
+                self.spec.interface_name, conn, "client", adopt=adopt, ns_fd=self.netns_fd
+            )
             if check.renamed_from is not None:
                 self._log.info("link.renamed", old=check.renamed_from, new=self.spec.interface_name)
             if check.rename_error is not None:
@@ -391,7 +400,7 @@ class Link:
         except RpcFailed as exc:
             self._log.warning("close.failed", code=exc.code.name, reason=exc.details)
         try:
-            removed = await asyncio.to_thread(delete_link, None, self.spec.interface_name)
+            removed = await asyncio.to_thread(delete_link, self.netns_fd, self.spec.interface_name)
             if removed:
                 self._log.info("link.removed")
         except KernelError as exc:

@@ -11,7 +11,7 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -29,7 +29,7 @@ from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.agent.nsm_client import NsmClient
 from nsm_sdk.agent.security import AgentIdentity, agent_identity
 from nsm_sdk.kernel.errors import KernelError
-from nsm_sdk.kernel.links import delete_link
+from nsm_sdk.kernel.links import delete_links
 from nsm_sdk.protocol.ipam import NsmP2PAllocator, P2PAllocator, SeedP2PAllocator
 from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd, open_socket_file_fd
@@ -61,9 +61,11 @@ def listen_path(settings: NseSettings, name: str) -> Iterator[str]:
 class EndpointSides:
     """Our side of each link: verified once it appears, removed on shutdown."""
 
-    def __init__(self, timeout: float, log: EventLog) -> None:
+    def __init__(self, timeout: float, log: EventLog, netns_fd: int | None = None) -> None:
+        """`netns_fd`: the namespace our sides are in when not our own (an agent host's router)."""
         self.timeout = timeout
         self._log = log
+        self._netns_fd = netns_fd
         self._interfaces: dict[str, str] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
@@ -88,13 +90,13 @@ class EndpointSides:
     async def _verify(self, ifname: str, own: Connection) -> None:
         log = self._log.bind(conn=own.id, ifname=ifname)
         try:
-            await wait_link(ifname, self.timeout)
+            await wait_link(ifname, self.timeout, self._netns_fd)
         except KernelError as exc:
             log.warning("link.missing", reason=str(exc))
             return
         problems = []
         for _ in range(20):  # the forwarder configures right after creating: give it a moment
-            problems = (await check_side(ifname, own, "endpoint")).problems
+            problems = (await check_side(ifname, own, "endpoint", ns_fd=self._netns_fd)).problems
             if not problems:
                 break
             await asyncio.sleep(0.05)
@@ -102,18 +104,22 @@ class EndpointSides:
             log.warning("link.unverified", problems="; ".join(problems))
         else:
             log.info("link.verified", addresses=",".join(own.context.ip_context.dst_ip_addrs))
-            await announce_later(ifname, list(own.context.ip_context.dst_ip_addrs))
+            await announce_later(ifname, list(own.context.ip_context.dst_ip_addrs), self._netns_fd)
 
     async def remove_all(self, links: list[tuple[str, str]]) -> None:
         """Remove our side of each (connection id, interface) at shutdown."""
         for conn_id in list(self._tasks):
             self._cancel(conn_id)
-        for conn_id, ifname in links:
-            try:
-                found = await asyncio.to_thread(delete_link, None, ifname)
-                self._log.info("link.removed", conn=conn_id, ifname=ifname, found=found)
-            except KernelError as exc:
+        if not links:
+            return
+        try:
+            found = await asyncio.to_thread(delete_links, self._netns_fd, [ifname for _, ifname in links])
+        except KernelError as exc:
+            for conn_id, ifname in links:
                 self._log.warning("link.remove_failed", conn=conn_id, ifname=ifname, reason=str(exc))
+            return
+        for (conn_id, ifname), there in zip(links, found, strict=True):
+            self._log.info("link.removed", conn=conn_id, ifname=ifname, found=there)
 
     def interface_of(self, conn_id: str) -> str | None:
         return self._interfaces.get(conn_id)
@@ -131,74 +137,124 @@ async def run(settings: NseSettings, stop: asyncio.Event) -> None:
             if identity is None:  # stopped before the Workload API gave us an SVID
                 log.info("shutdown.done")
                 return
-            with listen_path(settings, name) as path:
-                await _serve(settings, name, stop, log, identity, netns_fd, path)
+            endpoint = Endpoint(settings, name, identity, netns_fd, log)
+            async with (
+                endpoint.serving() as socket_fd,
+                dial(str(settings.connect_to), send_fds=[socket_fd], security=identity.security) as (
+                    channel,
+                    relay,
+                ),
+            ):
+                with readiness(settings.readiness_file) as ready:
+                    await endpoint.run(NsmClient(channel, identity.tokens, relay), stop, ready.set)
+        log.info("shutdown.done")
     finally:
         os.close(netns_fd)
 
 
-async def _serve(
-    settings: NseSettings,
-    name: str,
-    stop: asyncio.Event,
-    log: EventLog,
-    identity: AgentIdentity,
-    netns_fd: int,
-    path: str,
-) -> None:
-    hub = MonitorHub()
-    sides = EndpointSides(settings.request_timeout, log)
-    core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), identity.tokens.sign)
-    served: list[ServerHandle] = []  # the handle, once the server runs
+class Endpoint:
+    """One endpoint: its server (`serving`), then its registration and links (`run`) until `stop`.
 
-    def connection_for(context: grpc.aio.ServicerContext[Any, Any]) -> RelayConnection | None:
-        return served[0].connection_for(context) if served else None
+    `netns_fd` is the namespace the endpoint answers for: our own in the sidecar, a router's in an agent
+    host (then `delegated`: our link checks enter it by fd).
+    """
 
-    servicer = EndpointServicer(core, hub, sides.accepted, sides.closed, log, connection_for, netns_fd)
+    def __init__(
+        self,
+        settings: NseSettings,
+        name: str,
+        identity: AgentIdentity,
+        netns_fd: int,
+        log: EventLog,
+        *,
+        delegated: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.name = name
+        self._identity = identity
+        self._netns_fd = netns_fd
+        self._log = log
+        self._hub = MonitorHub()
+        self._sides = EndpointSides(settings.request_timeout, log, netns_fd if delegated else None)
+        core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), identity.tokens.sign)
+        self._served: list[ServerHandle] = []  # the handle, once the server runs
+        self._servicer = EndpointServicer(
+            core, self._hub, self._sides.accepted, self._sides.closed, log, self._connection_for, netns_fd
+        )
+        self._path: str | None = None
 
-    def register(server: grpc.aio.Server) -> None:
-        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(servicer, server)
-        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(hub), server)
+    def _connection_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> RelayConnection | None:
+        return self._served[0].connection_for(context) if self._served else None
 
-    async with serve(path, register, security=identity.security, stop_grace=1.0) as handle:
-        served.append(handle)
-        socket_fd = open_socket_file_fd(path)
-        try:
-            record = endpoint_record(name, settings.services, settings.labels, inode_url_for_path(path))
-            log.info(
-                "endpoint.listening",
-                listen_on=f"unix://{path}",
-                services=",".join(settings.services),
-                addressing=settings.addressing.mode,
-            )
-            async with dial(str(settings.connect_to), send_fds=[socket_fd], security=identity.security) as (
-                channel,
-                relay,
-            ):
-                client = NsmClient(channel, identity.tokens, relay)
-                with readiness(settings.readiness_file) as ready:
-                    registrar = Registrar(
-                        client,
-                        record,
-                        settings.payload,
-                        settings.register_service,
-                        settings.request_timeout,
-                        log,
-                        ready.set,
+    def _register(self, server: grpc.aio.Server) -> None:
+        networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self._servicer, server)
+        connection_pb2_grpc.add_MonitorConnectionServicer_to_server(MonitorServicer(self._hub), server)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[int]:
+        """Serve until the context exits; yields an O_PATH fd of the socket file, which the registration
+        must send to the manager (§12 item 8)."""
+        with listen_path(self.settings, self.name) as path:
+            async with serve(
+                path, self._register, security=self._identity.security, stop_grace=1.0
+            ) as handle:
+                self._served.append(handle)
+                self._path = path
+                socket_fd = open_socket_file_fd(path)
+                try:
+                    self._log.info(
+                        "endpoint.listening",
+                        listen_on=f"unix://{path}",
+                        services=",".join(self.settings.services),
+                        addressing=self.settings.addressing.mode,
                     )
-                    registration = asyncio.create_task(registrar.run(stop))
-                    await stop.wait()
-                    log.info("shutdown.begin")
-                    ready.set(False)
-                    await registration
-                    await registrar.unregister()
-            # Names first: closing forgets them (EndpointSides.closed), and we must still remove them.
-            open_links = [(conn_id, sides.interface_of(conn_id)) for conn_id in list(hub.connections)]
-            await servicer.aclose()
-            servicer.close_all()
-            await asyncio.sleep(0.1)  # let monitor streams deliver the DELETE events
-            await sides.remove_all([(conn_id, name) for conn_id, name in open_links if name])
-            hub.close()
+                    yield socket_fd
+                finally:
+                    os.close(socket_fd)
+                    self._served.clear()
+
+    async def run(
+        self,
+        client: NsmClient,
+        stop: asyncio.Event,
+        report_ready: Callable[[bool], None],
+        close_after: asyncio.Event | None = None,
+    ) -> None:
+        """Register (and keep registered) until `stop`; then unregister, close every connection and
+        remove our side of each link. Call inside `serving`.
+
+        `close_after` (default `stop`): the endpoint unregisters and closes its connections only once it
+        is set too. An agent host keeps its endpoints registered and answering until its clients have
+        closed their links (nsm-local takes an unregistered endpoint's connections for broken)."""
+        assert self._path is not None, "Endpoint.run outside serving()"
+        settings = self.settings
+        record = endpoint_record(
+            self.name, settings.services, settings.labels, inode_url_for_path(self._path)
+        )
+        registrar = Registrar(
+            client,
+            record,
+            settings.payload,
+            settings.register_service,
+            settings.request_timeout,
+            self._log,
+            report_ready,
+        )
+        try:
+            registration = asyncio.create_task(registrar.run(stop))
+            await stop.wait()
+            self._log.info("shutdown.begin")
         finally:
-            os.close(socket_fd)
-    log.info("shutdown.done")
+            report_ready(False)
+        await registration
+        if close_after is not None:
+            await close_after.wait()
+        await registrar.unregister()
+        # Names first: closing forgets them (EndpointSides.closed), and we must still remove them.
+        hub, sides = self._hub, self._sides
+        open_links = [(conn_id, sides.interface_of(conn_id)) for conn_id in list(hub.connections)]
+        await self._servicer.aclose()
+        self._servicer.close_all()
+        await asyncio.sleep(0.1)  # let monitor streams deliver the DELETE events
+        await sides.remove_all([(conn_id, ifname) for conn_id, ifname in open_links if ifname])
+        hub.close()

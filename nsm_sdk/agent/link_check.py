@@ -1,4 +1,7 @@
-"""Checking one side of a kernel link against its Connection, in the caller's own netns (§9).
+"""Checking one side of a kernel link against its Connection, in the agent's netns (§9).
+
+The netns is the caller's own (`ns_fd=None`: a sidecar runs in its router's namespace) or, in an agent
+host that acts for many routers, the router's namespace given by its fd.
 
 A check reads only its own interface, in one netlink session (a lookup by name, then the kernel's
 filtered dumps of that link's addresses and routes), so its cost does not grow with the number of links
@@ -47,17 +50,23 @@ def _kernel_routes(config: SideConfig) -> list[Route]:
     return [Route(prefix=r.prefix, via=r.via) for r in config.routes]
 
 
-async def wait_link(ifname: str, timeout: float) -> LinkState:
-    """Wait (in a worker thread) until `ifname` exists in our netns; cancelling the task stops the wait."""
+async def wait_link(ifname: str, timeout: float, ns_fd: int | None = None) -> LinkState:
+    """Wait (in a worker thread) until `ifname` exists in the netns; cancelling the task stops the wait."""
     cancel = threading.Event()
     try:
-        return await asyncio.to_thread(wait_for_link, None, ifname, timeout, 0.05, cancel)
+        return await asyncio.to_thread(wait_for_link, ns_fd, ifname, timeout, 0.05, cancel)
     finally:
         cancel.set()
 
 
 async def check_side(
-    ifname: str, conn: Connection, side: Side, *, carrier: bool = False, adopt: Adopt | None = None
+    ifname: str,
+    conn: Connection,
+    side: Side,
+    *,
+    carrier: bool = False,
+    adopt: Adopt | None = None,
+    ns_fd: int | None = None,
 ) -> SideCheck:
     """Our side of the link against the connection: problems ([] when it matches), and a rename made.
 
@@ -68,17 +77,17 @@ async def check_side(
     config = expected_side(conn, side)
     mtu = conn.context.MTU or None
     try:
-        return await asyncio.to_thread(_check_in_kernel, ifname, config, mtu, carrier, adopt)
+        return await asyncio.to_thread(_check_in_kernel, ns_fd, ifname, config, mtu, carrier, adopt)
     except KernelError as exc:
         return SideCheck([f"cannot inspect {ifname}: {exc}"])
 
 
 def _check_in_kernel(
-    ifname: str, config: SideConfig, mtu: int | None, carrier: bool, adopt: Adopt | None
+    ns_fd: int | None, ifname: str, config: SideConfig, mtu: int | None, carrier: bool, adopt: Adopt | None
 ) -> SideCheck:
     renamed_from = rename_error = None
     routes = _kernel_routes(config)
-    with netlink_in(None) as ipr:
+    with netlink_in(ns_fd) as ipr:
         states = read_link_states(ipr, ifname, with_routes=bool(routes))
         if not states and adopt is not None:
             candidate = adopt(read_link_states(ipr))
@@ -104,7 +113,7 @@ ANNOUNCE_AFTER = (1.0, 5.0)
 """Seconds after a link is verified at which its addresses are announced again (`announce_later`)."""
 
 
-async def announce_later(ifname: str, addresses: Sequence[str]) -> None:
+async def announce_later(ifname: str, addresses: Sequence[str], ns_fd: int | None = None) -> None:
     """Announce a newly verified link's addresses to its namespace again, `ANNOUNCE_AFTER` the check.
 
     Routing daemons learn addresses from netlink notifications, and FRR 8.4's zebra (Debian 12's) can drop
@@ -120,7 +129,7 @@ async def announce_later(ifname: str, addresses: Sequence[str]) -> None:
         await asyncio.sleep(at - waited)
         waited = at
         try:
-            if await asyncio.to_thread(announce_addresses, None, ifname, addresses) == 0:
+            if await asyncio.to_thread(announce_addresses, ns_fd, ifname, addresses) == 0:
                 return
         except KernelError:
             return

@@ -77,8 +77,16 @@ def translate_errors(method: str, relay: ClientRelay | None = None) -> Iterator[
 
 class NsmClient:
     def __init__(
-        self, channel: grpc.aio.Channel, tokens: CallTokens, relay: ClientRelay | None = None
+        self,
+        channel: grpc.aio.Channel,
+        tokens: CallTokens,
+        relay: ClientRelay | None = None,
+        admission: asyncio.Semaphore | None = None,
     ) -> None:
+        """`admission`: shared by the clients of an agent host, it bounds their Requests, Closes and
+        registry writes in flight; a call waits for its turn before its deadline starts, so that a lab
+        of a thousand routers starting at once queues here instead of timing out in the manager."""
+        self.admission = admission
         self.channel = channel
         self.tokens = tokens
         self.relay = relay
@@ -142,6 +150,20 @@ class NsmClient:
         never see this): we drop the connection and ask once more on a new one. Any other failed check, or
         a second one, refuses the reply; a first Request is then Closed again, as Go's authorize client does.
         """
+        async with self._admitted():
+            return await self._request(request, timeout, wait_for_ready, check_reply)
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self) -> AsyncIterator[None]:
+        if self.admission is None:
+            yield
+            return
+        async with self.admission:
+            yield
+
+    async def _request(
+        self, request: NetworkServiceRequest, timeout: float, wait_for_ready: bool, check_reply: bool
+    ) -> Connection:
         method = "NetworkService/Request"
         deadline = time.monotonic() + timeout
         retried = False
@@ -187,10 +209,11 @@ class NsmClient:
 
     async def close(self, conn: Connection, timeout: float) -> None:
         method = "NetworkService/Close"
-        deadline = time.monotonic() + timeout
-        metadata, _ = await self._metadata(method, deadline)
-        with translate_errors(method, self.relay):
-            await self._ns.Close(conn, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
+        async with self._admitted():
+            deadline = time.monotonic() + timeout
+            metadata, _ = await self._metadata(method, deadline)
+            with translate_errors(method, self.relay):
+                await self._ns.Close(conn, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
 
     async def monitor(self, selector: MonitorScopeSelector) -> AsyncIterator[ConnectionEvent]:
         """Events until the stream ends; a broken stream raises RpcFailed (the heal trigger, §5.4)."""
@@ -224,12 +247,13 @@ class NsmClient:
         path: RegistryPath,
         timeout: float,
     ) -> tuple[ReplyT, RegistryPath]:
-        deadline = time.monotonic() + timeout
-        metadata, _ = await self._metadata(method, deadline, ((PATH_METADATA_KEY, path.to_json()),))
-        with translate_errors(method, self.relay):
-            call = rpc(message, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
-            reply = await call
-            header = await call.initial_metadata()
+        async with self._admitted():
+            deadline = time.monotonic() + timeout
+            metadata, _ = await self._metadata(method, deadline, ((PATH_METADATA_KEY, path.to_json()),))
+            with translate_errors(method, self.relay):
+                call = rpc(message, timeout=_left(deadline), metadata=metadata, wait_for_ready=True)
+                reply = await call
+                header = await call.initial_metadata()
         returned = path
         for key, value in header or ():
             if key == PATH_METADATA_KEY and isinstance(value, str):

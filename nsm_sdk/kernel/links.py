@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from nsm_sdk.kernel._netns import OWN_NETNS_PATH, netns_id
@@ -147,6 +148,12 @@ def delete_link(ns_fd: int | None, ifname: str) -> bool:
     """
     with netlink_in(ns_fd) as ipr:
         return delete_link_in(ipr, ifname)
+
+
+def delete_links(ns_fd: int | None, ifnames: Sequence[str]) -> list[bool]:
+    """`delete_link` of each name, in one netlink session (found or not, per name)."""
+    with netlink_in(ns_fd) as ipr:
+        return [delete_link_in(ipr, ifname) for ifname in ifnames]
 
 
 def delete_link_in(ipr: Rtnl, ifname: str) -> bool:
