@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check .
-.venv/bin/mypy nsm_sdk nsc_sidecar nse_sidecar nsm_local nsm_topo
+.venv/bin/mypy nsm_sdk nsc_sidecar nse_sidecar nsm_agent nsm_local nsm_topo
 .venv/bin/lint-imports

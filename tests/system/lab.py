@@ -17,7 +17,12 @@ from pathlib import Path
 
 from labtools import run, wait_until
 
-PROGRAMS = {"nsm-local": "nsm_local", "nse-sidecar": "nse_sidecar", "nsc-sidecar": "nsc_sidecar"}
+PROGRAMS = {
+    "nsm-local": "nsm_local",
+    "nse-sidecar": "nse_sidecar",
+    "nsc-sidecar": "nsc_sidecar",
+    "nsm-agent": "nsm_agent",
+}
 
 
 @dataclass
@@ -190,7 +195,7 @@ class Lab:
 
     def close(self) -> None:
         """Stop clients, then endpoints, then nsm-local (newest first), each given time to close cleanly."""
-        order = {"nsc-sidecar": 0, "nse-sidecar": 1, "nsm-local": 2}
+        order = {"nsc-sidecar": 0, "nsm-agent": 0, "nse-sidecar": 1, "nsm-local": 2}
         for process in sorted(reversed(self.processes), key=lambda p: order[p.name]):
             process.signal(signal.SIGTERM)
             try:
