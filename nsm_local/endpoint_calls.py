@@ -15,10 +15,10 @@ from nsm_local.request_rules import KERNEL, inode_of
 from nsm_local.sessions import Session
 from nsm_sdk._proto.networkservice.connection_pb2 import Connection, Mechanism, State
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
-from nsm_sdk._proto.registry.registry_pb2 import NetworkServiceEndpoint
+from nsm_sdk._proto.registry.registry_pb2 import NetworkService
 from nsm_sdk.agent.nsm_client import RpcFailed
 from nsm_sdk.protocol.errors import DeadlineError, NotFoundError, TemporaryError
-from nsm_sdk.protocol.matching import RoundRobin, select_endpoints
+from nsm_sdk.protocol.matching import EndpointView, RoundRobin, Selection
 from nsm_sdk.transport.errors import FdNotReceivedError
 
 ENDPOINT_CALL_TIMEOUT = 10.0
@@ -50,6 +50,7 @@ class EndpointCaller:
         self.dialer = dialer
         self._clock = clock
         self._round_robin = RoundRobin()
+        self._selections: dict[str, tuple[NetworkService, int, Selection[EndpointView]]] = {}
 
     def candidates(self, conn: Connection) -> list[str]:
         """The endpoint a refresh names, else the matches' choice in round-robin order; NotFound if none."""
@@ -61,15 +62,28 @@ class EndpointCaller:
         service = self.registry.services.get(conn.network_service)
         if service is None:
             raise NotFound(f"network service {conn.network_service} is not found")
-        entries = self.registry.find_endpoints(NetworkServiceEndpoint(network_service_names=[service.name]))
-        views = [endpoint_view(entry, service.name) for entry in entries]
-        chosen = select_endpoints(service_view(service), dict(conn.labels), views, self._clock())
+        chosen = self._selection(service).select(dict(conn.labels), self._clock())
         if not chosen:
             raise NotFound(
                 f"network service endpoint candidates not found for {service.name} "
                 f"(client labels {dict(sorted(conn.labels.items()))})"
             )
         return [view.name for view in self._round_robin.order(service.name, chosen)]
+
+    def _selection(self, service: NetworkService) -> Selection[EndpointView]:
+        """The service's indexed selection, made again only when the registry holds another object for
+        the service (a registered service is replaced, never changed in place) or its endpoints changed."""
+        version = self.registry.endpoints_version
+        cached = self._selections.get(service.name)
+        if cached is not None and cached[0] is service and cached[1] == version:
+            return cached[2]
+        views = [endpoint_view(entry, service.name) for entry in self.registry.endpoints_of(service.name)]
+        if cached is not None and cached[0] is service:
+            selection = cached[2].with_endpoints(views)  # the matches' index stays good
+        else:
+            selection = Selection(service_view(service), views)
+        self._selections[service.name] = (service, version, selection)
+        return selection
 
     async def call(
         self, conn: Connection, forwarded: Connection, session: Session | None, time_left: float | None

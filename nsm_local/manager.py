@@ -143,6 +143,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         self._log = log
         self._clock = clock
         self.sessions: dict[str, Session] = {}
+        self._by_endpoint: dict[str, dict[str, Session]] = {}  # endpoint key -> its sessions by id
         self._ends: dict[LinkEnd, str] = {}  # every live session's interfaces -> its id
         self.endpoints = EndpointCaller(registry, dialer, clock)
         self._locks = KeyedLocks()  # Request, Close, expiry and teardown of one connection never interleave
@@ -364,6 +365,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         if old is not None:
             self._release(old)
         self.sessions[conn_id] = session
+        self._by_endpoint.setdefault(session.endpoint_key, {})[conn_id] = session
         for end in session.ends:
             self._ends[end] = conn_id
 
@@ -373,6 +375,10 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         if self.sessions.get(conn_id) is not session:
             return
         del self.sessions[conn_id]
+        users = self._by_endpoint.get(session.endpoint_key, {})
+        users.pop(conn_id, None)
+        if not users:
+            self._by_endpoint.pop(session.endpoint_key, None)
         for end in session.ends:
             if self._ends.get(end) == conn_id:
                 del self._ends[end]
@@ -473,7 +479,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         its connections go DOWN (their clients heal) and its channel closes. Expired: the endpoint may
         still be there and register again, so the channel closes once no connection uses it (`_teardown`)."""
         key = entry.record.url
-        users = [session for session in self.sessions.values() if session.endpoint_key == key]
+        users = list(self._by_endpoint.get(key, {}).values())
         if why != "expired":
             for session in users:
                 if session.monitor is not None:
@@ -484,8 +490,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
 
     def _forget_unused_channel(self, key: str) -> None:
         """After a teardown: the channel of an endpoint that is no longer registered, once unused, goes."""
-        registered = any(entry.record.url == key for entry in self.registry.endpoints.values())
-        if not registered and not any(session.endpoint_key == key for session in self.sessions.values()):
+        if not self.registry.has_url(key) and key not in self._by_endpoint:
             self.dialer.forget(key)
 
     def _endpoint_lost(self, session: Session, reason: str) -> None:

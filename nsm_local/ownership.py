@@ -14,6 +14,7 @@ that opened it (sdk v1.18.0 keeps such a map only for an optional monitor policy
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import tempfile
@@ -61,12 +62,17 @@ class LinkEnd:
         return f"{self.ifname} in netns {self.netns}"
 
 
+SAVE_AFTER = 0.2
+"""Seconds from a change of the owners to the rewrite of their file (`ConnectionOwners._save_soon`)."""
+
+
 class ConnectionOwners:
     """nsmgr connection id -> owner identity, persisted (best effort) in `state_file`."""
 
     def __init__(self, state_file: Path | None) -> None:
         self._file = state_file
         self._owners: dict[str, str] = {}
+        self._pending: asyncio.TimerHandle | None = None
         self.load_problem: str | None = None
         if state_file is not None and state_file.exists():
             try:
@@ -94,13 +100,34 @@ class ConnectionOwners:
         if owner is None or self._owners.get(conn_id) == owner:
             return
         self._owners[conn_id] = owner
-        self._save()
+        self._save_soon()
 
     def forget(self, conn_id: str) -> None:
         if self._owners.pop(conn_id, None) is not None:
+            self._save_soon()
+
+    def _save_soon(self) -> None:
+        """Write the file `SAVE_AFTER` seconds after a change, once for all the changes made meanwhile:
+        a lab of two thousand links would otherwise rewrite the whole map two thousand times. Without a
+        running event loop, at once. A crash inside that window loses only the last changes: an unknown
+        connection is anyone's to refresh, and the refresh records its owner again."""
+        if self._file is None or self._pending is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._save()
+            return
+        self._pending = loop.call_later(SAVE_AFTER, self._save)
+
+    def flush(self) -> None:
+        """Write now what is waiting (nsm-local's shutdown)."""
+        if self._pending is not None:
+            self._pending.cancel()
             self._save()
 
     def _save(self) -> None:
+        self._pending = None
         if self._file is None:
             return
         self._file.parent.mkdir(parents=True, exist_ok=True)

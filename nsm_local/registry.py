@@ -19,9 +19,9 @@ import json
 import os
 import tempfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from google.protobuf import json_format
 
@@ -41,7 +41,9 @@ CLUSTER_ORIGIN = "k8s://"
 # make one process slow or large; a registry that needs more is not a local one.
 MAX_SERVICES = 10_000
 MAX_ENDPOINTS = 10_000
-MAX_WATCHES = 1_000
+MAX_WATCHES = MAX_ENDPOINTS + 1_000
+"""Of each kind: every endpoint watches its own registration (nse-sidecar's Registrar), plus room for
+managers' and operators' watches."""
 MAX_WATCH_BACKLOG = 1_000
 """`path_ids[0]` of a service that a Kubernetes object defines: `k8s://<namespace>/<object name>`."""
 
@@ -76,6 +78,9 @@ class EndpointEntry:
     dial_url: str
     socket_fd: int | None = None  # our dup of the socket file fd it sent, closed when the entry goes
     netns: int | None = None  # the namespace the endpoint runs in: the only one it may offer for links
+    views: dict[str, EndpointView] = field(default_factory=dict, repr=False, compare=False)
+    """Its selection view per service (`endpoint_view`), made once: an entry never changes, a
+    re-registration makes a new one."""
 
     @property
     def owner(self) -> str | None:
@@ -130,23 +135,32 @@ def service_view(service: NetworkService) -> ServiceView:
 
 
 def endpoint_view(entry: EndpointEntry, service: str) -> EndpointView:
-    labels = entry.record.network_service_labels.get(service)
-    return EndpointView(
-        name=entry.record.name,
-        labels_for_service=dict(labels.labels) if labels is not None else {},
-        expires=entry.expires,
-    )
+    view = entry.views.get(service)
+    if view is None:
+        labels = entry.record.network_service_labels.get(service)
+        view = entry.views[service] = EndpointView(
+            name=entry.record.name,
+            labels_for_service=dict(labels.labels) if labels is not None else {},
+            expires=entry.expires,
+        )
+    return view
 
 
 class Registry:
     def __init__(self, state_file: Path | None = None) -> None:
         self.services: dict[str, NetworkService] = {}
         self.endpoints: dict[str, EndpointEntry] = {}
+        self._urls: dict[str, int] = {}  # registered endpoint URL -> how many endpoints have it
+        self.endpoints_version = 0
+        """Changes with every endpoint registered, refreshed or gone (for caches of `endpoints_of`)."""
+        self._by_service: dict[str, dict[str, EndpointEntry]] = {}
+        """service -> its endpoints by name, in `endpoints`' order (a Request's candidates, without a scan
+        of every endpoint: a lab of a thousand routers has a thousand)."""
         self._state_file = state_file
         self._cluster_names: set[str] = set()
         self.load_problem: str | None = None
-        self._service_watches: list[tuple[NetworkService, _Watch]] = []
-        self._endpoint_watches: list[tuple[NetworkServiceEndpoint, _Watch]] = []
+        self._service_watches: _Watches[NetworkService] = _Watches()
+        self._endpoint_watches: _Watches[NetworkServiceEndpoint] = _Watches()
         self.on_endpoint_gone: Callable[[EndpointEntry, str], None] | None = None
         """Called with an entry whose socket is no longer registered, and why: "unregistered", "expired"
         or "replaced" (the same name registered another socket)."""
@@ -255,11 +269,13 @@ class Registry:
         if old is not None and (old.record.url != entry.record.url or old.socket_fd != entry.socket_fd):
             self._gone(old, "replaced")  # another socket now, even when its inode number came back
         self.endpoints[entry.record.name] = entry
+        self._index(entry.record.name, old, entry)
         self._notify_endpoints(entry.record, deleted=False)
 
     def unregister_endpoint(self, name: str, why: str = "unregistered") -> EndpointEntry | None:
         entry = self.endpoints.pop(name, None)
         if entry is not None:
+            self._index(name, entry, None)
             self._notify_endpoints(entry.record, deleted=True)
             entry.close()
             self._gone(entry, why)
@@ -269,7 +285,41 @@ class Registry:
         if self.on_endpoint_gone is not None:
             self.on_endpoint_gone(entry, why)
 
+    def _index(self, name: str, old: EndpointEntry | None, new: EndpointEntry | None) -> None:
+        """Keep `_by_service` in step when `name` goes from `old` to `new` (either may be None). A name
+        keeps its place in a service it stays in, as it does in `endpoints`."""
+        self.endpoints_version += 1
+        for entry, step in ((old, -1), (new, 1)):
+            if entry is not None:
+                count = self._urls.get(entry.record.url, 0) + step
+                if count > 0:
+                    self._urls[entry.record.url] = count
+                else:
+                    self._urls.pop(entry.record.url, None)
+        before = set(old.record.network_service_names) if old is not None else set()
+        after = list(dict.fromkeys(new.record.network_service_names)) if new is not None else []
+        for service in before.difference(after):
+            members = self._by_service.get(service, {})
+            members.pop(name, None)
+            if not members:
+                self._by_service.pop(service, None)
+        if new is not None:
+            for service in after:
+                self._by_service.setdefault(service, {})[name] = new
+
+    def has_url(self, url: str) -> bool:
+        """Whether a registered endpoint has this URL."""
+        return url in self._urls
+
+    def endpoints_of(self, service: str) -> list[EndpointEntry]:
+        """The endpoints that serve `service`, in registry order (what `find_endpoints` would give for a
+        pattern naming only that service)."""
+        return list(self._by_service.get(service, {}).values())
+
     def find_endpoints(self, pattern: NetworkServiceEndpoint) -> list[EndpointEntry]:
+        if pattern.name:  # an endpoint watching its own registration: no scan of every endpoint
+            named = self.endpoints.get(pattern.name)
+            return [named] if named is not None and endpoint_matches(pattern, named.record) else []
         return [e for e in self.endpoints.values() if endpoint_matches(pattern, e.record)]
 
     def expire(self, now: float) -> list[str]:
@@ -283,18 +333,20 @@ class Registry:
         for entry in self.endpoints.values():
             entry.close()
         self.endpoints.clear()
-        for _, watch in [*self._service_watches, *self._endpoint_watches]:
+        self._by_service.clear()
+        self._urls.clear()
+        for _, watch in [*self._service_watches.all(), *self._endpoint_watches.all()]:
             watch.close()
 
     # --- watches --------------------------------------------------------------------------------------
 
     def _notify_services(self, service: NetworkService, deleted: bool) -> None:
-        for pattern, watch in self._service_watches:
+        for pattern, watch in self._service_watches.for_name(service.name):
             if service_matches(pattern, service):
                 watch.offer((service, deleted))
 
     def _notify_endpoints(self, record: NetworkServiceEndpoint, deleted: bool) -> None:
-        for pattern, watch in self._endpoint_watches:
+        for pattern, watch in self._endpoint_watches.for_name(record.name):
             if endpoint_matches(pattern, record):
                 watch.offer((record, deleted))
 
@@ -329,20 +381,52 @@ class Registry:
                 yield NetworkServiceEndpointResponse(network_service_endpoint=changed, deleted=deleted)
 
 
+class _Watches(Generic[_P]):
+    """The watches of one kind, those whose pattern names an object kept apart by that name: a change
+    is offered to the watches of its name and to the unnamed ones, not to every endpoint's own watch."""
+
+    def __init__(self) -> None:
+        self._unnamed: dict[_Watch, _P] = {}
+        self._named: dict[str, dict[_Watch, _P]] = {}
+        self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def add(self, pattern: _P, watch: _Watch) -> None:
+        (self._named.setdefault(pattern.name, {}) if pattern.name else self._unnamed)[watch] = pattern
+        self._count += 1
+
+    def remove(self, pattern: _P, watch: _Watch) -> None:
+        group = self._named.get(pattern.name, {}) if pattern.name else self._unnamed
+        if group.pop(watch, None) is not None:
+            self._count -= 1
+        if pattern.name and not group:
+            self._named.pop(pattern.name, None)
+
+    def for_name(self, name: str) -> list[tuple[_P, _Watch]]:
+        """The watches a change of the object `name` may concern."""
+        groups: list[dict[_Watch, _P]] = [self._unnamed, self._named.get(name, {})]
+        return [(pattern, watch) for group in groups for watch, pattern in group.items()]
+
+    def all(self) -> list[tuple[_P, _Watch]]:
+        groups: list[dict[_Watch, _P]] = [self._unnamed]
+        groups.extend(self._named.values())
+        return [(pattern, watch) for group in groups for watch, pattern in group.items()]
+
+
 @contextlib.contextmanager
-def _subscription(watches: list[tuple[_P, _Watch]], pattern: _P) -> Iterator[_Watch]:
+def _subscription(watches: _Watches[_P], pattern: _P) -> Iterator[_Watch]:
     """Subscribe BEFORE listing the current objects, so that a change made while they are being sent
     is queued instead of lost; unsubscribe as soon as the stream is closed (not when it is collected)."""
     if len(watches) >= MAX_WATCHES:
         raise ExhaustedError(f"at most {MAX_WATCHES} watches of one kind at a time")
     watch = _Watch(MAX_WATCH_BACKLOG, f"the watch fell {MAX_WATCH_BACKLOG} changes behind: watch again")
-    entry = (pattern, watch)
-    watches.append(entry)
+    watches.add(pattern, watch)
     try:
         yield watch
     finally:
-        with contextlib.suppress(ValueError):
-            watches.remove(entry)
+        watches.remove(pattern, watch)
 
 
 def json_format_list(text: str) -> Iterable[dict[str, object]]:

@@ -27,7 +27,7 @@ import grpc
 from nsm_local.attestation import DEFAULT_SVID_TTL
 from nsm_local.endpoint_dialer import EndpointDialer
 from nsm_local.identities import ControlPlaneIdentity
-from nsm_local.manager import MANAGER_NAME, ManagerMonitorServicer, ManagerServicer
+from nsm_local.manager import MANAGER_NAME, MAX_CONNECTIONS, ManagerMonitorServicer, ManagerServicer
 from nsm_local.ownership import ConnectionOwners
 from nsm_local.registry import Registry
 from nsm_local.registry_servicer import EndpointRegistryServicer, RegistryPathKeeper, ServiceRegistryServicer
@@ -194,7 +194,7 @@ async def _serve(
     registry = Registry(settings.state_file)
     owners = ConnectionOwners(settings.owners_file)
     dialer = EndpointDialer(identity.forwarder)
-    hub = MonitorHub()
+    hub = MonitorHub(max_subscribers=MAX_CONNECTIONS)  # each client link monitors its own connection
     handle: ServerHandle | None = None
 
     def current() -> ServerHandle:
@@ -254,6 +254,7 @@ async def _serve(
             registry.close()
     finally:
         await manager.aclose()
+        owners.flush()
         with contextlib.suppress(Exception):
             await dialer.aclose()
         registry.close()

@@ -4,8 +4,9 @@ Each subscriber first gets INITIAL_STATE_TRANSFER with every matching connection
 events filtered by its selector, and by a `visible` predicate when the server shows callers only their
 own connections (nsm-local). Subscribers are `Feed`s (queues), so a slow monitor never blocks a
 Request; the stream ends when the client cancels or the hub is closed. Both are bounded: at most
-`MAX_SUBSCRIBERS` streams, and a subscriber `MAX_BACKLOG` events behind is cut off (its stream ends with
-RESOURCE_EXHAUSTED; a client then monitors again and gets the current state).
+`max_subscribers` streams (`MAX_SUBSCRIBERS` by default), and a subscriber `MAX_BACKLOG` events behind
+is cut off (its stream ends with RESOURCE_EXHAUSTED; a client then monitors again and gets the current
+state).
 
 A change reaches only the subscribers that can match it: a selector that names a segment id is indexed
 by that id (every sidecar link monitors its own connection so), so publishing costs the same with 1 or
@@ -47,8 +48,11 @@ def _segment_id_key(selector: MonitorScopeSelector) -> str | None:
 
 
 class MonitorHub:
-    def __init__(self) -> None:
+    def __init__(self, max_subscribers: int = MAX_SUBSCRIBERS) -> None:
+        """`max_subscribers`: a manager that serves a whole lab allows one stream per connection."""
+        self.max_subscribers = max_subscribers
         self._connections: dict[str, Connection] = {}
+        self._conns_by_segment_id: dict[str, set[str]] = {}  # a new stream's first event reads only these
         self._subscribers: dict[Feed[ConnectionEvent], tuple[MonitorScopeSelector, Visible]] = {}
         self._by_segment_id: dict[str, set[Feed[ConnectionEvent]]] = {}
         self._unkeyed: set[Feed[ConnectionEvent]] = set()  # selectors that name no segment id
@@ -63,15 +67,35 @@ class MonitorHub:
     def update(self, conn: Connection) -> None:
         stored = Connection()
         stored.CopyFrom(conn)
+        self._unindex(self._connections.get(conn.id))
         self._connections[conn.id] = stored
+        for segment in stored.path.path_segments:
+            self._conns_by_segment_id.setdefault(segment.id, set()).add(stored.id)
         self._publish(ConnectionEventType.UPDATE, stored)
 
     def delete(self, conn_id: str) -> None:
         stored = self._connections.pop(conn_id, None)
         if stored is None:
             return
+        self._unindex(stored)
         stored.state = State.DOWN
         self._publish(ConnectionEventType.DELETE, stored)
+
+    def _unindex(self, stored: Connection | None) -> None:
+        if stored is None:
+            return
+        for segment in stored.path.path_segments:
+            ids = self._conns_by_segment_id.get(segment.id)
+            if ids is not None:
+                ids.discard(stored.id)
+                if not ids:
+                    del self._conns_by_segment_id[segment.id]
+
+    def _matching(self, key: str | None) -> list[Connection]:
+        """The connections a selector naming segment id `key` may match (all of them for None)."""
+        if key is None:
+            return list(self._connections.values())
+        return [self._connections[conn_id] for conn_id in self._conns_by_segment_id.get(key, ())]
 
     def _candidates(self, conn: Connection) -> set[Feed[ConnectionEvent]]:
         """The subscribers whose selector may match `conn` (each gets its events in publishing order,
@@ -93,19 +117,19 @@ class MonitorHub:
     async def subscribe(
         self, selector: MonitorScopeSelector, visible: Visible = _everything
     ) -> AsyncIterator[ConnectionEvent]:
-        if len(self._subscribers) >= MAX_SUBSCRIBERS:
-            raise ExhaustedError(f"at most {MAX_SUBSCRIBERS} monitor streams at a time")
+        if len(self._subscribers) >= self.max_subscribers:
+            raise ExhaustedError(f"at most {self.max_subscribers} monitor streams at a time")
         feed = Feed[ConnectionEvent](
             MAX_BACKLOG, f"the monitor stream fell {MAX_BACKLOG} events behind: monitor again"
         )
+        key = _segment_id_key(selector)
         initial = build_event(
             ConnectionEventType.INITIAL_STATE_TRANSFER,
             selector,
-            [conn for conn in self._connections.values() if visible(conn)],
+            [conn for conn in self._matching(key) if visible(conn)],
         )
         assert initial is not None
         self._subscribers[feed] = (selector, visible)
-        key = _segment_id_key(selector)
         (self._unkeyed if key is None else self._by_segment_id.setdefault(key, set())).add(feed)
         try:
             yield initial

@@ -7,9 +7,10 @@ Inputs are plain data so this stays pure; the caller converts registry protobufs
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from nsm_sdk.protocol.template import render
 
@@ -83,6 +84,17 @@ def match_endpoints(service: ServiceView, client_labels: Labels, endpoints: Sequ
     than once); with `fallthrough` and no candidates the next match is tried; a match with metadata, no
     routes and no candidates gives all endpoints. No applicable match → [].
     """
+    return _match(service, client_labels, endpoints, lambda _selector: endpoints)
+
+
+def _match(
+    service: ServiceView,
+    client_labels: Labels,
+    endpoints: Sequence[E],
+    tested: Callable[[Labels], Iterable[E]],
+) -> list[E]:
+    """`match_endpoints`, testing for each route selector only `tested(selector)` (a subsequence of
+    `endpoints`, in their order, holding every endpoint that can pass)."""
     if not service.matches:
         return list(endpoints)
     for match in service.matches:
@@ -91,7 +103,7 @@ def match_endpoints(service: ServiceView, client_labels: Labels, endpoints: Sequ
         candidates = [
             endpoint
             for selector in match.routes
-            for endpoint in endpoints
+            for endpoint in tested(selector)
             if is_subset(endpoint.labels_for_service, selector, client_labels)
         ]
         if match.fallthrough and not candidates:
@@ -115,6 +127,67 @@ def select_endpoints(
     An empty result is Go's "network service endpoint candidates not found" (§7, §10.1).
     """
     return match_endpoints(service, client_labels, unexpired(endpoints, now))
+
+
+def _literal(selector: Labels) -> bool:
+    """Whether only labels equal to the selector's own values can pass it (no template, no empty value,
+    which Go matches against an absent label), so that an index by label finds everything that can."""
+    return bool(selector) and all(value and "{{" not in value for value in selector.values())
+
+
+class Selection(Generic[E]):
+    """`select_endpoints` for one service and one set of endpoints, indexed by label so that a Request
+    tests only the matches and endpoints that can pass. A topology's service has a match per link
+    (`link=net-<i>`) routing to the one endpoint labelled `device=<name>`; a lab of a thousand routers
+    has two thousand matches and a thousand endpoints. Same answers, same order: the index only skips
+    what cannot pass, and selectors it cannot index (templates, empty values) are tested as before."""
+
+    def __init__(self, service: ServiceView, endpoints: Sequence[E]) -> None:
+        self.service = service
+        self.endpoints = list(endpoints)
+        self._matches_by_label: dict[tuple[str, str], list[int]] = {}
+        self._matches_always: list[int] = []
+        for position, match in enumerate(service.matches):
+            if _literal(match.source_selector):
+                label = next(iter(match.source_selector.items()))
+                self._matches_by_label.setdefault(label, []).append(position)
+            else:
+                self._matches_always.append(position)
+        self._endpoints_by_label: dict[tuple[str, str], list[E]] | None = None
+
+    def with_endpoints(self, endpoints: Sequence[E]) -> Selection[E]:
+        """The same service with other endpoints, reusing the index of its matches."""
+        other = copy.copy(self)
+        other.endpoints = list(endpoints)
+        other._endpoints_by_label = None
+        return other
+
+    def _endpoints_having(self, selector: Labels) -> Iterable[E]:
+        if not _literal(selector):
+            return self.endpoints
+        if self._endpoints_by_label is None:
+            self._endpoints_by_label = {}
+            for endpoint in self.endpoints:
+                for label in endpoint.labels_for_service.items():
+                    self._endpoints_by_label.setdefault(label, []).append(endpoint)
+        return self._endpoints_by_label.get(next(iter(selector.items())), [])
+
+    def _matches_for(self, client_labels: Labels) -> ServiceView:
+        positions = set(self._matches_always)
+        for label in client_labels.items():
+            positions.update(self._matches_by_label.get(label, ()))
+        return ServiceView(self.service.name, tuple(self.service.matches[p] for p in sorted(positions)))
+
+    def select(self, client_labels: Labels, now: float) -> list[E]:
+        live = unexpired(self.endpoints, now)
+        if len(live) != len(self.endpoints):  # rare (an endpoint past its expiry): the plain way
+            return match_endpoints(self.service, client_labels, live)
+        if not self.service.matches:
+            return list(self.endpoints)
+        applicable = self._matches_for(client_labels)
+        if not applicable.matches:  # the service has matches, and none can apply to these labels
+            return []
+        return _match(applicable, client_labels, self.endpoints, self._endpoints_having)
 
 
 class RoundRobin:

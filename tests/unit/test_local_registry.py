@@ -453,3 +453,45 @@ def test_an_endpoint_registering_another_socket_under_the_same_url_replaces_the_
     registry.register_endpoint(second)
     assert gone == ["replaced"]
     assert not is_open(old_fd) and is_open(new_fd)
+
+
+# --- indexes for big labs -----------------------------------------------------------------------------------
+
+
+def test_endpoints_of_a_service_keep_registry_order_through_refreshes_and_changes() -> None:
+    registry = Registry()
+    for name in ("a", "b", "c"):
+        registry.register_endpoint(entry(name, url=f"unix:///{name}"))
+    registry.register_endpoint(entry("b", url="unix:///b"))  # a refresh keeps b's place
+    assert [e.record.name for e in registry.endpoints_of("p2p")] == ["a", "b", "c"]
+    registry.register_endpoint(entry("a", services=("other",), url="unix:///a"))  # a moves to another service
+    assert [e.record.name for e in registry.endpoints_of("p2p")] == ["b", "c"]
+    assert [e.record.name for e in registry.endpoints_of("other")] == ["a"]
+    registry.unregister_endpoint("c")
+    assert [e.record.name for e in registry.endpoints_of("p2p")] == ["b"]
+    assert registry.has_url("unix:///b") and not registry.has_url("unix:///c")
+    before = registry.endpoints_version
+    registry.register_endpoint(entry("b", url="unix:///b"))
+    assert registry.endpoints_version != before, "a refresh changes what selection sees (its expiry)"
+
+
+def test_a_change_reaches_the_watches_of_its_name_and_the_unnamed_ones_only() -> None:
+    async def main() -> list[list[str]]:
+        registry = Registry()
+        patterns = (
+            NetworkServiceEndpoint(name="a"),
+            NetworkServiceEndpoint(name="b"),
+            NetworkServiceEndpoint(),
+        )
+        streams = [registry.watch_endpoints(pattern, True) for pattern in patterns]
+        pending = [asyncio.create_task(take(stream, n)) for stream, n in zip(streams, (2, 1, 3), strict=True)]
+        await asyncio.sleep(0)  # every watch subscribed, nothing registered yet
+        registry.register_endpoint(entry("a"))
+        registry.register_endpoint(entry("b"))
+        registry.unregister_endpoint("a")
+        seen = [[r.network_service_endpoint.name for r in await task] for task in pending]
+        for stream in streams:
+            await stream.aclose()
+        return seen
+
+    assert run(main) == [["a", "a"], ["b"], ["a", "b", "a"]]

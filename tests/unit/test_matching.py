@@ -10,6 +10,7 @@ from nsm_sdk.protocol.matching import (
     EndpointView,
     Match,
     RoundRobin,
+    Selection,
     ServiceView,
     is_subset,
     match_endpoints,
@@ -213,3 +214,49 @@ def test_round_robin_of_nothing_is_empty_and_keeps_the_counter() -> None:
     rr = RoundRobin()
     assert rr.order("svc", []) == []
     assert rr.order("svc", ["a", "b"]) == ["a", "b"]
+
+
+# --- the indexed selection ----------------------------------------------------------------------
+
+_KEYS = st.sampled_from(["link", "device", "app"])
+_VALUES = st.sampled_from(["", "a", "b", "c", "{{.link}}", "{{.app}}-x"])
+_LABELS = st.dictionaries(_KEYS, _VALUES, max_size=3)
+_MATCHES = st.builds(
+    Match,
+    source_selector=_LABELS,
+    routes=st.lists(_LABELS, max_size=3).map(tuple),
+    fallthrough=st.booleans(),
+    metadata_labels=st.one_of(st.none(), _LABELS),
+)
+_ENDPOINTS = st.lists(
+    st.builds(
+        EndpointView,
+        name=st.sampled_from(["e1", "e2", "e3", "e4"]),
+        labels_for_service=_LABELS,
+        expires=st.one_of(st.none(), st.sampled_from([NOW - 1, NOW + 1])),
+    ),
+    max_size=6,
+)
+
+
+@given(st.lists(_MATCHES, max_size=5), _ENDPOINTS, _LABELS, st.lists(_ENDPOINTS, max_size=2))
+def test_the_indexed_selection_answers_as_select_endpoints_does(
+    matches: list[Match],
+    endpoints: list[EndpointView],
+    client: dict[str, str],
+    later: list[list[EndpointView]],
+) -> None:
+    service = ServiceView("svc", tuple(matches))
+    selection = Selection(service, endpoints)
+    assert selection.select(client, NOW) == select_endpoints(service, client, endpoints, NOW)
+    for other in later:  # the same matches with other endpoints (a registration came or went)
+        selection = selection.with_endpoints(other)
+        assert selection.select(client, NOW) == select_endpoints(service, client, other, NOW)
+
+
+def test_a_lab_service_selects_the_one_endpoint_of_the_links_device() -> None:
+    matches = tuple(Match({"link": f"net-{i}"}, ({"device": f"d{i + 1}"},)) for i in range(100))
+    endpoints = [EndpointView(f"nse-{i}", {"device": f"d{i}"}) for i in range(101)]
+    selection = Selection(ServiceView("lab", matches), endpoints)
+    assert names(selection.select({"link": "net-41", "peerif": "eth1"}, NOW)) == ["nse-42"]
+    assert selection.select({"link": "net-999"}, NOW) == []

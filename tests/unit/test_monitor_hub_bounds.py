@@ -43,11 +43,9 @@ def test_a_subscriber_too_far_behind_is_cut_off_and_a_keeping_up_one_is_not(
     asyncio.run(main())
 
 
-def test_streams_beyond_the_cap_are_refused_as_exhausted(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(monitor_hub, "MAX_SUBSCRIBERS", 2)
-
+def test_streams_beyond_the_cap_are_refused_as_exhausted() -> None:
     async def main() -> None:
-        hub = MonitorHub()
+        hub = MonitorHub(max_subscribers=2)
         streams = [hub.subscribe(MonitorScopeSelector()) for _ in range(3)]
         await anext(streams[0])
         await anext(streams[1])
@@ -106,5 +104,31 @@ def test_a_change_reaches_exactly_the_streams_whose_selector_matches_it() -> Non
             "all": [(update, ["c1"]), (update, ["c2"]), (delete, ["c1"])],
         }
         assert hub._by_segment_id == {} and hub._unkeyed == set() and hub._subscribers == {}
+
+    asyncio.run(main())
+
+
+def test_a_stream_naming_a_segment_id_starts_with_exactly_the_connections_that_carry_it() -> None:
+    async def initial(hub: MonitorHub, segment_id: str) -> list[str]:
+        selector = MonitorScopeSelector()
+        selector.path_segments.add(id=segment_id)
+        stream = hub.subscribe(selector)
+        event = await anext(stream)
+        await stream.aclose()
+        assert event.type == ConnectionEventType.INITIAL_STATE_TRANSFER
+        return sorted(event.connections)
+
+    async def main() -> None:
+        hub = MonitorHub()
+        for number in range(3):
+            hub.update(conn(number))
+        moved = conn(1)
+        moved.path.path_segments[0].id = "elsewhere"  # a refresh that changed the connection's path
+        hub.update(moved)
+        hub.delete("c2")
+        assert await initial(hub, "c0") == ["c0"]
+        assert await initial(hub, "c1") == [], "its path no longer carries c1"
+        assert await initial(hub, "elsewhere") == ["c1"]
+        assert await initial(hub, "c2") == [], "deleted"
 
     asyncio.run(main())
