@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
                 "--timeout", type=float, default=120.0, help="seconds for every link (default 120)"
             )
             sub.add_argument("--insecure", action="store_true", help="plaintext nsm-local and sidecars")
+            sub.add_argument(
+                "--agents",
+                type=_agent_hosts,
+                default=0,
+                metavar="N",
+                help="agent mode for big labs: N nsm-agent processes host the client and endpoint of every "
+                "device (default 0: an nsc-sidecar and an nse-sidecar process per device, as in pods)",
+            )
         if name == "check":
             sub.add_argument(
                 "--from", dest="source", default=None, help="the router to ping from (default: the first)"
@@ -178,6 +186,16 @@ def _kube_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser])
             )
 
 
+def _agent_hosts(text: str) -> int:
+    try:
+        hosts = int(text)
+    except ValueError:
+        hosts = -1
+    if not 0 <= hosts <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of agent processes from 0 to 64")
+    return hosts
+
+
 def _fail(message: str, code: int = 2) -> None:
     print(f"nsm-topo: {message}", file=sys.stderr)
     sys.exit(code)
@@ -218,10 +236,18 @@ def _require_root() -> None:
 
 
 def _status(topology: Topology, plane: ControlPlane) -> None:
-    from nsm_topo.local.lab import LabRecord, lab_container_states, lab_dir, link_views, netns_name
+    from nsm_topo.local.lab import (
+        LabRecord,
+        hosted_devices,
+        lab_container_states,
+        lab_dir,
+        link_views,
+        netns_name,
+    )
     from nsm_topo.local.processes import alive
 
     record = LabRecord.load(lab_dir(topology, plane) / "lab.json")
+    hosts = hosted_devices(lab_dir(topology, plane))
     # piped output keeps whole names and addresses (rich would squeeze the tables into 80 columns)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     if record is None:
@@ -233,8 +259,15 @@ def _status(topology: Topology, plane: ControlPlane) -> None:
     for device in topology.devices:
         name = netns_name(topology, device)
         exists = Path("/run/netns", name).exists()
-        procs = [p for p in (record.processes if record else []) if p.device == device]
-        shown = ", ".join(f"{p.role}{'' if alive(p) else ' (gone)'}" for p in procs) or "-"
+        host = hosts.get(name)
+        procs = [p for p in (record.processes if record else []) if p.device in (device, host)]
+        shown = (
+            ", ".join(
+                f"{p.role}{f' ({p.device})' if p.device == host else ''}{'' if alive(p) else ' (gone)'}"
+                for p in procs
+            )
+            or "-"
+        )
         ready = all(alive(p) for p in procs) and bool(procs)
         if device in boxes:  # a device that runs as a container
             box = boxes[device]
@@ -308,7 +341,7 @@ def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
     try:
         if args.command == "up":
             with _progress(topology.name) as report:
-                views = up(topology, plane, report, args.timeout)
+                views = up(topology, plane, report, args.timeout, args.agents)
             print(
                 f"{topology.name}: {len(views)} links up across {len(topology.devices)} devices "
                 f"(nsm-topo status {args.file}; nsm-topo down {args.file})"

@@ -8,7 +8,9 @@ What k8s-topo's NSM mode creates (legacy-contract.md §4.3), computed once:
   and `IP_ADDRESS=10.60.<n>.0/24`, n the device's position (k8s-topo's gaps in n are not copied), and,
   beyond k8s-topo, `ENDPOINT_LINKS` listing the links it answers: the k-th gets the k-th /30 of the pool,
   so a link's addresses are known in advance and stay the same whatever restarts (k8s-topo's endpoints
-  gave /30s first come, first served);
+  gave /30s first come, first served); and `NSM_REGISTER_SERVICE=false`: both targets create the
+  NetworkService, with its matches, before any endpoint starts, so an endpoint need not look for it (each
+  look fetches the whole service, at every registration refresh: 100 KB in a lab of two thousand links);
 * per device that is the first end of at least one link, an nsc-sidecar with `NS_NETWORKSERVICEMESH_IO`,
   one `<topology>/<if>?link=net-<i>&peerif=<peer if>` per link it owns.
 
@@ -16,7 +18,8 @@ What each device runs is decided here too, for both: routers (`is_router`) run F
 `router_config`, and `frr_daemons` says which FRR daemons that configuration needs.
 
 Each endpoint device's /24 holds 64 /30s, so a device can be the endpoint of at most 64 links; the pools
-run out after 256 devices. Both are refused here, naming the device.
+(10.60.0.0/24 onwards, within 10.60.0.0/14) run out after 1024 devices. Both are refused here, naming the
+device.
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from typing import Any
 
 from nsm_topo.topology import Link, Topology, TopologyError
 
-POOL_BASE = ipaddress.IPv4Network("10.60.0.0/16")
+POOL_BASE = ipaddress.IPv4Network("10.60.0.0/14")
+"""10.60.<n>.0/24 for the first 256 devices (k8s-topo's numbering), then on through 10.63.255.0/24."""
 POOL_PREFIX = 24
 LINK_PREFIX = 30
 MAX_DEVICES = 2 ** (POOL_PREFIX - POOL_BASE.prefixlen)
@@ -124,25 +128,31 @@ def wire(topology: Topology) -> Wiring:
     where = str(topology.source) if topology.source is not None else "<topology>"
     if len(topology.devices) > MAX_DEVICES:
         raise TopologyError(
-            f"{where}: {len(topology.devices)} devices, but the 10.60.<n>.0/24 pools hold {MAX_DEVICES}: "
+            f"{where}: {len(topology.devices)} devices, but the /24 pools of {POOL_BASE} hold {MAX_DEVICES}: "
             f"device {topology.devices[MAX_DEVICES]} gets none"
         )
     service = topology.name
     wired = []
-    for position, device in enumerate(topology.devices):
-        owned = tuple(link for link in topology.links if link.client.device == device)
-        served = tuple(link for link in topology.links if link.endpoint.device == device)
+    pools = POOL_BASE.subnets(new_prefix=POOL_PREFIX)
+    owned_by: dict[str, list[Link]] = {device: [] for device in topology.devices}
+    served_by: dict[str, list[Link]] = {device: [] for device in topology.devices}
+    for link in topology.links:
+        owned_by[link.client.device].append(link)
+        served_by[link.endpoint.device].append(link)
+    for device in topology.devices:
+        owned, served = tuple(owned_by[device]), tuple(served_by[device])
         if len(served) > MAX_LINKS_PER_ENDPOINT:
             raise TopologyError(
                 f"{where}: device {device} is the endpoint (second end) of {len(served)} links, but its "
                 f"/{POOL_PREFIX} pool holds {MAX_LINKS_PER_ENDPOINT} /{LINK_PREFIX}s: list it first in some "
                 "of them, or split the device"
             )
-        pool = list(POOL_BASE.subnets(new_prefix=POOL_PREFIX))[position]
+        pool = next(pools)
         nse_env = {
             "ENDPOINT_NETWORK_SERVICE": service,
             "ENDPOINT_LABELS": f"device={device}",
             "IP_ADDRESS": str(pool),
+            "NSM_REGISTER_SERVICE": "false",
         }
         if served:
             nse_env["ENDPOINT_LINKS"] = ",".join(link.name for link in served)

@@ -125,6 +125,14 @@ def acquire(plane: ControlPlane, lab: str) -> bool:
         return True
 
 
+def sole_user(plane: ControlPlane, lab: str) -> bool:
+    """Whether nsm-topo started this nsm-local and `lab` is the only lab using it (its `release` will
+    then stop it and remove everything it knows)."""
+    with _locked_record(plane.run_dir) as record:
+        ours = record.get("process")
+        return isinstance(ours, dict) and alive(ProcessRecord.from_json(ours)) and _labs(record) == {lab}
+
+
 def release(plane: ControlPlane, lab: str) -> None:
     """`lab` is down: stop nsm-local if nsm-topo started it and no other lab uses it (and then leave no
     trace of nsm-topo in the run directory)."""

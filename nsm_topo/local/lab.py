@@ -6,6 +6,11 @@ pod name and a readiness file); for routers, FRR with the device's configuration
 A device whose file entry names an image (`custom_image`) runs it as a container in its namespace, with
 podman or docker (`containers.py`); its sidecars run beside it as for any device, and it runs no FRR here.
 
+Agent mode (`up(..., agents=N)`, `nsm-topo up --agents N`) is for big labs: instead of two sidecar processes
+per device, N `nsm-agent --routers` processes host the agents of all devices (each device still its own
+NSM client and endpoint, acting in its namespace by fd; `nsm_agent.host`). Each host keeps a status file,
+which `up` follows instead of reading every namespace until all its devices are ready.
+
 Everything `up` creates is recorded, as it is created, in `/run/nsm-topo/<topology>/lab.json`; `down`
 removes exactly that, and when the record is missing (a crash before it was written, or a machine that
 lost /run) it finds the lab's namespaces by name, the processes by the namespace they run in and the
@@ -31,12 +36,13 @@ from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.netlink import netlink_in
 from nsm_topo.local import containers, frr
 from nsm_topo.local.containers import Container, ContainerError, Engine, NoEngineError
-from nsm_topo.local.controlplane import ControlPlane, acquire, apply_service, release
-from nsm_topo.local.processes import ProcessRecord, alive, pids_in_netns, spawn, start_time_of, stop
+from nsm_topo.local.controlplane import ControlPlane, acquire, apply_service, release, sole_user
+from nsm_topo.local.processes import ProcessRecord, alive, processes_by_netns, spawn, start_time_of, stop
 from nsm_topo.topology import Link, Topology
 from nsm_topo.wiring import Wiring, is_router, router_config, wire
 
 NETNS_DIR = Path("/run/netns")
+AGENT_ROLES = frozenset({"nsc-sidecar", "nse-sidecar", "nsm-agent"})
 SIDECAR_GRACE = 25.0
 """How long a sidecar may take to close its links after SIGTERM (its backstop: request timeout + 5 s)."""
 
@@ -154,6 +160,36 @@ def _run(*argv: str) -> None:
         raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
+def _create_namespaces(names: list[str]) -> None:
+    """Every named namespace in one `ip -batch` (a process per namespace costs a few ms: seconds for a
+    lab of a thousand devices); LabError naming the first that failed."""
+    if not names:
+        return
+    done = subprocess.run(
+        ["ip", "-batch", "-"],
+        input="".join(f"netns add {name}\n" for name in names),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise LabError(f"ip netns add: {done.stderr.strip()}")
+
+
+def _loopback_up(name: str) -> None:
+    """`ip -n NAME link set lo up`, by netlink from here (lo is index 1 in every new namespace)."""
+    fd = _netns_fd(name)
+    if fd is None:
+        raise LabError(f"network namespace {name} is gone")
+    try:
+        with netlink_in(fd) as ipr:
+            ipr.set_link(1, up=True)
+    except KernelError as exc:
+        raise LabError(f"{name}: cannot set lo up: {exc}") from None
+    finally:
+        os.close(fd)
+
+
 def _sidecar_env(plane: ControlPlane, pod: str, extra: dict[str, str]) -> dict[str, str]:
     """`pod` plays a pod's name (the seed took it from the hostname): the device's namespace name, unique
     across labs, so two labs with the same device names register different endpoint names."""
@@ -169,8 +205,13 @@ Progress = Callable[[str, int, int], None]
 """progress(event, done, total): 'link.up net-3', ... for the caller's display."""
 
 
-def up(topology: Topology, plane: ControlPlane, progress: Progress, timeout: float = 120.0) -> list[LinkView]:
-    """Bring the lab up and wait until every link is up; LabError (lab left as it is) if not in time."""
+def up(
+    topology: Topology, plane: ControlPlane, progress: Progress, timeout: float = 120.0, agents: int = 0
+) -> list[LinkView]:
+    """Bring the lab up and wait until every link is up; LabError (lab left as it is) if not in time.
+
+    `agents`: 0 runs an nse-sidecar and an nsc-sidecar per device (as in pods); N > 0 runs N agent hosts.
+    """
     wiring = wire(topology)
     directory = lab_dir(topology, plane)
     record_path = directory / "lab.json"
@@ -194,19 +235,24 @@ def up(topology: Topology, plane: ControlPlane, progress: Progress, timeout: flo
     record = LabRecord(topology.name, str(topology.source or ""), engine=engine.name if engine else "")
     record.save(record_path)
 
+    own_namespace = {  # docker's containers make their own namespace, which then gets the lab's name
+        d for d in topology.devices if engine is not None and d in images and not engine.joins_named_netns
+    }
+    plain = [d for d in topology.devices if d not in own_namespace]
+    for device in plain:
+        record.namespaces[device] = netns_name(topology, device)
+    record.save(record_path)  # recorded first: a crash right after still leaves them to `down`
+    _create_namespaces([netns_name(topology, d) for d in plain])
     for device in topology.devices:
         name = netns_name(topology, device)
-        if engine is not None and device in images and not engine.joins_named_netns:
-            # docker: the container makes its own namespace, which then gets the lab's name
+        if device in own_namespace and engine is not None:
             pid = _start_container(engine, topology, device, images[device], record, record_path)
             _run("ip", "netns", "attach", name, str(pid))
-        else:
-            _run("ip", "netns", "add", name)
-        record.namespaces[device] = name
-        record.save(record_path)
+            record.namespaces[device] = name
+            record.save(record_path)
         if engine is not None and device in images and engine.joins_named_netns:
             _start_container(engine, topology, device, images[device], record, record_path)
-        _run("ip", "-n", name, "link", "set", "lo", "up")
+        _loopback_up(name)
         if device in routers:
             _run("ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv4.ip_forward=1")
     progress("namespaces", len(topology.devices), len(topology.devices))
@@ -221,7 +267,11 @@ def up(topology: Topology, plane: ControlPlane, progress: Progress, timeout: flo
         config = router_config(topology, device)
         record.processes += frr.start(netns_name(topology, device), device, config)
         record.save(record_path)
-    _start_sidecars(topology, wiring, plane, record, record_path)
+    if agents:
+        _start_agent_hosts(topology, wiring, plane, record, record_path, agents)
+        _wait_for_hosts(record, progress, len(topology.devices), timeout)
+    else:
+        _start_sidecars(topology, wiring, plane, record, record_path)
     views = _wait_for_links(topology, record, progress, timeout)
     if engine is not None and record.containers:
         _check_containers_run(engine, topology)
@@ -344,7 +394,10 @@ def _start_sidecars(
         env = _sidecar_env(
             plane,
             netns_name(topology, device.name),
-            {**device.nse_env, "NSM_READY_FILE": str(directory / f"{device.name}.nse.ready")},
+            {
+                **device.nse_env,
+                "NSM_READY_FILE": str(directory / f"{device.name}.nse.ready"),
+            },
         )
         record.processes.append(
             spawn(
@@ -378,6 +431,72 @@ def _start_sidecars(
         record.save(record_path)
 
 
+def _start_agent_hosts(
+    topology: Topology, wiring: Wiring, plane: ControlPlane, record: LabRecord, record_path: Path, hosts: int
+) -> None:
+    """`hosts` nsm-agent processes, each hosting an equal share of the devices (both roles of each)."""
+    directory = lab_dir(topology, plane)
+    shares: list[list[dict[str, Any]]] = [[] for _ in range(min(hosts, len(wiring.devices)))]
+    for position, device in enumerate(wiring.devices):
+        pod = netns_name(topology, device.name)
+        env = {"POD_NAME": pod, **device.nse_env, **(device.nsc_env or {})}
+        shares[position % len(shares)].append({"netns": str(NETNS_DIR / pod), "env": env})
+    for index, routers in enumerate(shares):
+        routers_file = directory / f"agents-{index}.json"
+        routers_file.write_text(json.dumps({"routers": routers}, indent=1))
+        argv = [sys.executable, "-m", "nsm_agent", "--routers", str(routers_file)]
+        argv += ["--status", str(directory / f"agents-{index}.status")]
+        env = _sidecar_env(plane, f"{topology.name}-agents-{index}", {})
+        env.pop("POD_NAME")  # each router has its own
+        record.processes.append(
+            spawn("nsm-agent", f"agents-{index}", argv, env, directory / f"agents-{index}.log")
+        )
+        record.save(record_path)
+
+
+def hosted_devices(directory: Path) -> dict[str, str]:
+    """device namespace -> the agent host (`agents-<k>`) that hosts it, from the hosts' routers files."""
+    hosted = {}
+    for routers_file in directory.glob("agents-*.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            for router in json.loads(routers_file.read_text())["routers"]:
+                hosted[Path(router["netns"]).name] = routers_file.stem
+    return hosted
+
+
+def _wait_for_hosts(record: LabRecord, progress: Progress, devices: int, timeout: float) -> None:
+    """Until every agent host says all its routers are ready (their links verified on the client side,
+    their endpoints registered); LabError if a host dies or time runs out."""
+    hosts = [p for p in record.processes if p.role == "nsm-agent"]
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        ready, waiting = 0, []
+        for host in hosts:
+            status_file = Path(host.log).with_suffix(".status")
+            try:
+                status = json.loads(status_file.read_text())
+                ready += int(status["ready"])
+                waiting += [str(name) for name in status["not_ready"]]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # not written yet (the host is still importing), or being replaced
+        if ready != last:
+            progress("routers ready", ready, devices)
+            last = ready
+        if ready == devices:
+            return
+        dead = [h for h in hosts if not alive(h)]
+        if dead or time.monotonic() > deadline:
+            why = (
+                f"agent host {dead[0].device} exited (log: {dead[0].log})"
+                if dead
+                else f"not within {timeout:.0f}s"
+            )
+            shown = ", ".join(waiting[:5]) + (" and more" if len(waiting) > 5 else "")
+            raise LabError(f"{devices - ready} of {devices} devices are not ready, {why}: {shown}")
+        time.sleep(0.2)
+
+
 def _wait_for_links(
     topology: Topology, record: LabRecord, progress: Progress, timeout: float
 ) -> list[LinkView]:
@@ -394,7 +513,7 @@ def _wait_for_links(
                 )
         if len(seen) == total:
             return views
-        dead = [p for p in record.processes if p.role.endswith("sidecar") and not alive(p)]
+        dead = [p for p in record.processes if p.role in AGENT_ROLES and not alive(p)]
         if dead or time.monotonic() > deadline:
             missing = [v.link for v in views if not v.up]
             why = (
@@ -427,18 +546,26 @@ def down(topology: Topology, plane: ControlPlane) -> DownReport:
     if record is not None:
         names.update(record.namespaces)
     processes = list(record.processes) if record is not None else []
-    order = {"nsc-sidecar": 0, "nse-sidecar": 1}
+    order = {"nsc-sidecar": 0, "nsm-agent": 0, "nse-sidecar": 1}
     live = [p for p in processes if alive(p)]
+    if record is not None and sole_user(plane, topology.name):
+        # This lab's nsm-local goes with it (`release`), and all it knows with it: closing every link
+        # through it first would only make it remove the veths one by one (tens of ms each in the kernel;
+        # a minute for a lab of a thousand routers) that deleting the namespaces removes in one batch.
+        stop([p for p in live if p.role in order], 0)
     for rank in (0, 1):  # clients first (they close their links), then endpoints, then the rest (FRR)
         stop([p for p in live if order.get(p.role) == rank], SIDECAR_GRACE)
     removed_containers, container_problem = _remove_containers(topology, record)
     stop([p for p in live if p.role not in order], 5)
     stray = _stop_strays(names.values())
-    removed = 0
+    present = [name for name in names.values() if (NETNS_DIR / name).exists()]
+    if present:  # one `ip` for all of them; -force goes on past one that fails
+        batch = "".join(f"netns delete {name}\n" for name in present)
+        subprocess.run(
+            ["ip", "-force", "-batch", "-"], input=batch, capture_output=True, text=True, check=False
+        )
+    removed = sum(not (NETNS_DIR / name).exists() for name in present)
     for name in names.values():
-        if (NETNS_DIR / name).exists():
-            subprocess.run(["ip", "netns", "delete", name], capture_output=True, check=False)
-            removed += 1
         frr.remove_rundir(name)
     if record is not None and record.control_plane and plane.running():
         # the service may be gone already (another lab's down, a restarted nsm-local): never block on it
@@ -466,18 +593,16 @@ def _remove_containers(topology: Topology, record: LabRecord | None) -> tuple[in
 
 def _stop_strays(names: Iterable[str]) -> int:
     """Processes still running in the lab's namespaces (not recorded: a crash during `up`)."""
-    strays: list[ProcessRecord] = []
+    inodes = {}
     for name in names:
-        path = NETNS_DIR / name
-        try:
-            inode = os.stat(path).st_ino
-        except OSError:
+        with contextlib.suppress(OSError):
+            inodes[os.stat(NETNS_DIR / name).st_ino] = name
+    strays: list[ProcessRecord] = []
+    for pid, netns in processes_by_netns(set(inodes)):
+        if pid == os.getpid():
             continue
-        for pid in pids_in_netns(inode):
-            if pid == os.getpid():
-                continue
-            started = start_time_of(pid)
-            if started is not None:
-                strays.append(ProcessRecord("stray", name, pid, started))
+        started = start_time_of(pid)
+        if started is not None:
+            strays.append(ProcessRecord("stray", inodes[netns], pid, started))
     stop(strays, 10)
     return len(strays)

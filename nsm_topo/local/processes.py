@@ -117,15 +117,17 @@ def _reap() -> None:
             pass
 
 
-def pids_in_netns(netns_inode: int) -> list[int]:
-    """Every process whose network namespace is this one (what a crashed lab may have left behind)."""
+def processes_by_netns(netns_inodes: set[int]) -> list[tuple[int, int]]:
+    """(pid, netns inode) of every process whose network namespace is one of these (what a crashed lab
+    may have left behind), in one pass over /proc."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            if os.stat(f"/proc/{entry}/ns/net").st_ino == netns_inode:
-                found.append(int(entry))
+            inode = os.stat(f"/proc/{entry}/ns/net").st_ino
         except OSError:
             continue
+        if inode in netns_inodes:
+            found.append((int(entry), inode))
     return found

@@ -24,6 +24,7 @@ def test_sidecar_environment_is_k8s_topos_nsm_mode() -> None:
         "ENDPOINT_NETWORK_SERVICE": "nsm-5node",
         "ENDPOINT_LABELS": "device=qrtr-4",
         "IP_ADDRESS": "10.60.3.0/24",
+        "NSM_REGISTER_SERVICE": "false",  # ours: the NetworkService object is created first
     }
     # pools follow the device order without k8s-topo's gaps
     assert [str(device.pool) for device in wiring.devices] == [f"10.60.{n}.0/24" for n in range(5)]
@@ -76,9 +77,16 @@ def test_a_device_with_more_links_than_its_pool_is_refused_naming_it() -> None:
 
 
 def test_more_devices_than_pools_is_refused_naming_the_first_without_one() -> None:
-    links = "".join(f'  - endpoints: ["a{i}:eth1", "b{i}:eth1"]\n' for i in range(129))
-    with pytest.raises(TopologyError, match=r"258 devices.* device a128 gets none"):
+    links = "".join(f'  - endpoints: ["a{i}:eth1", "b{i}:eth1"]\n' for i in range(513))
+    with pytest.raises(TopologyError, match=r"1026 devices.* device a512 gets none"):
         wire(parse_topology("links:\n" + links))
+
+
+def test_devices_past_the_256th_get_pools_after_10_60_255() -> None:
+    links = "".join(f'  - endpoints: ["a{i}:eth1", "b{i}:eth1"]\n' for i in range(512))
+    wiring = wire(parse_topology("links:\n" + links))
+    assert [str(d.pool) for d in wiring.devices[255:257]] == ["10.60.255.0/24", "10.61.0.0/24"]
+    assert str(wiring.devices[-1].pool) == "10.63.255.0/24"
 
 
 def test_endpoint_links_fix_each_links_addresses_in_the_endpoints_pool() -> None:
