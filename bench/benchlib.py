@@ -152,5 +152,5 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[index]
 
 
-def run_quiet(*argv: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout)
+def run_quiet(*argv: str, timeout: float = 30, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, check=False, capture_output=True, text=True, timeout=timeout, input=input)

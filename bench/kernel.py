@@ -12,7 +12,12 @@ the two namespaces, removed through `remove_cross_connect` one after another (ea
 each, and the kernel waits for RCU per link), and again all at once (the forwarder batches them: one
 device group, one RTM_DELLINK, one wait).
 
-    python bench/kernel.py --links 50 --together 1000
+Last, pairs spread over many namespaces (`--spread`, default 200; 0 skips it), as in a lab's teardown:
+each pair's client end in a namespace of its own. The kernel cannot batch those, but most of a removal
+is waiting for RCU outside the rtnl lock, so the forwarder works on the namespaces side by side
+(`REMOVAL_THREADS`); one after another, then all at once.
+
+    python bench/kernel.py --links 50 --together 1000 --spread 200
 """
 
 from __future__ import annotations
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--links", type=int, default=50, help="links to create (1..200, default %(default)s)")
     parser.add_argument("--together", type=int, default=1000, help="pairs removed at once (0: skip)")
+    parser.add_argument("--spread", type=int, default=200, help="pairs in as many namespaces (0: skip)")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         parser.error("needs root (network namespaces)")
@@ -124,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.together:
             print()
             print(removal_table(client_fd, endpoint_fd, args.together))
+        if args.spread:
+            print()
+            print(spread_table(endpoint_fd, args.spread))
     finally:
         for fd in fds:
             os.close(fd)
@@ -155,6 +164,35 @@ def removal_table(client_fd: int, endpoint_fd: int, count: int) -> str:
         rows.append([mode, count, f"{wall:.2f}", f"{wall / count * 1000:.2f}", sum(removed), left])
     headers = ["removal", "pairs", "wall s", "per pair ms", "removed", "links left"]
     return f"Many pairs going at once ({count})\n\n" + table(headers, rows)
+
+
+def spread_table(endpoint_fd: int, count: int) -> str:
+    """`count` pairs, each client end in a namespace of its own, removed one after another, then `count`
+    others all at once."""
+    names = [f"nsmbench-s{secrets.token_hex(3)}-{i}" for i in range(count)]
+    run_quiet("ip", "-batch", "-", input="".join(f"netns add {name}\n" for name in names))
+    fds = [os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC) for name in names]
+    rows = []
+    try:
+        for mode in ("one after another", "all at once (side by side)"):
+            with netlink_in(endpoint_fd) as ipr_b:
+                for i, fd in enumerate(fds):
+                    with netlink_in(fd) as ipr_a:
+                        create_veth_pair_in(ipr_a, ipr_b, End(fd, "eth1"), End(endpoint_fd, f"s{i}"))
+            pairs = [CrossConnect(fd, "eth1", endpoint_fd, f"s{i}") for i, fd in enumerate(fds)]
+            started = time.perf_counter()
+            if mode == "one after another":
+                removed = [asyncio.run(remove_cross_connect(xc)) for xc in pairs]
+            else:
+                removed = asyncio.run(_remove_together(pairs))
+            wall = time.perf_counter() - started
+            rows.append([mode, count, f"{wall:.2f}", f"{wall / count * 1000:.2f}", sum(removed)])
+    finally:
+        for fd in fds:
+            os.close(fd)
+        run_quiet("ip", "-force", "-batch", "-", input="".join(f"netns delete {name}\n" for name in names))
+    headers = ["removal", "pairs", "wall s", "per pair ms", "removed"]
+    return f"Pairs spread over {count} namespaces\n\n" + table(headers, rows)
 
 
 if __name__ == "__main__":

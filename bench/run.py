@@ -41,13 +41,19 @@ class Suite:
 
 SUITES = (
     Suite("startup", ("--runs", "7"), ("--runs", "1"), "-"),
-    Suite("kernel", ("--links", "60"), ("--links", "5", "--together", "20"), "root"),
+    Suite("kernel", ("--links", "60"), ("--links", "5", "--together", "20", "--spread", "20"), "root"),
     Suite("rpc", (), ("--calls", "100", "--concurrency", "4", "--payloads", "64"), "-"),
     Suite("accept", (), ("--seconds", "1", "--backends", "1,2", "--rate", "50"), "-"),
     Suite(
         "links",
         ("--topology", "fan", "--routers", "31", "--parallel", "2", "--nse-first"),
         ("--topology", "chain", "--routers", "3", "--settle", "1"),
+        "root, iproute2",
+    ),
+    Suite(
+        "lab_scale",
+        ("--routers", "1000", "--links", "2000", "--agents", "2"),
+        ("--routers", "6", "--links", "8", "--agents", "1"),
         "root, iproute2",
     ),
     Suite("security", ("--runs", "5"), ("--runs", "1", "--warmup", "0"), "root, iproute2"),

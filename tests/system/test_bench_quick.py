@@ -16,7 +16,7 @@ import pytest
 pytestmark = pytest.mark.timeout(900)
 
 REPO = Path(__file__).resolve().parents[2]
-QUICK = ["startup", "kernel", "rpc", "accept", "links", "security", "pod_resources", "versus_go"]
+QUICK = ["startup", "kernel", "rpc", "accept", "links", "lab_scale", "security", "pod_resources", "versus_go"]
 
 
 def test_every_benchmark_runs_in_quick_mode_and_prints_its_tables(tmp_path: Path) -> None:
