@@ -88,6 +88,12 @@ class HostSettings:
         if len(set(names)) != len(names):
             twice = next(name for name in names if names.count(name) > 1)
             raise ConfigError("--routers", routers_file, f"router name {twice!r} appears twice")
+        ready_files = [r.settings.readiness_file for r in routers if r.settings.readiness_file is not None]
+        if len(set(ready_files)) != len(ready_files):
+            shared = next(path for path in ready_files if ready_files.count(path) > 1)
+            raise ConfigError(
+                "NSM_READY_FILE", shared, "several routers would share this file: give each its own"
+            )
         return cls(tuple(routers), status_file)
 
     @property
@@ -97,6 +103,16 @@ class HostSettings:
     @property
     def request_timeout(self) -> float:
         return max(router.settings.request_timeout for router in self.routers)
+
+    @property
+    def links(self) -> int:
+        return sum(len(r.settings.client.links) for r in self.routers if r.settings.client is not None)
+
+    @property
+    def shutdown_backstop(self) -> float:
+        """From SIGTERM to forced exit: a sidecar's request timeout + 5 s, plus `CLOSE_ALLOWANCE` per link,
+        since the host closes its links `IN_FLIGHT` at a time."""
+        return self.request_timeout + 5 + CLOSE_ALLOWANCE * self.links
 
 
 class HostStatus:
@@ -156,6 +172,9 @@ IN_FLIGHT = 32
 """Requests, Closes and registrations the host's routers have in flight at most, together: the manager
 answers a few hundred a second, and a call that waits in its queue past the deadline is work thrown away
 (and retried). 32 keeps the manager's two or eight workers busy with calls that each take tens of ms."""
+CLOSE_ALLOWANCE = 0.02
+"""Seconds of shutdown allowed per link: nsm-local closes about 130 links a second at a lab's teardown (2
+cores, docs/performance.md), so a host's thousand links may take 8 s and get 20."""
 HOST_THREADS = 32
 """Worker threads of an agent host (kernel checks and removals of its routers' links)."""
 CLIENTS_WAIT = 5.0
@@ -267,7 +286,7 @@ async def run_host(settings: HostSettings, stop: asyncio.Event) -> None:
     log.info("host.start", routers=len(settings.routers))
     endpoints = EndpointsRegistered(settings.routers)
     admission = asyncio.Semaphore(IN_FLIGHT)
-    clients = ClientsClosed(settings.routers, settings.request_timeout + 1.0)
+    clients = ClientsClosed(settings.routers, settings.shutdown_backstop - 4.0)  # endpoints get the last 4 s
     helpers = [
         asyncio.create_task(status.keep_written(), name="status"),
         asyncio.create_task(endpoints.bound(), name="endpoints-registered"),

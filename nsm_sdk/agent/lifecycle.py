@@ -127,7 +127,9 @@ def agent_main(
     if metrics is not None:
         metrics.count_events()
     try:
-        asyncio.run(run_agent(lambda stop: agent(settings, stop), settings.request_timeout + 5, metrics))
+        # An agent host closes many routers' links and says how long that may take (`shutdown_backstop`).
+        backstop = getattr(settings, "shutdown_backstop", settings.request_timeout + 5)
+        asyncio.run(run_agent(lambda stop: agent(settings, stop), backstop, metrics))
     finally:
         if metrics is not None:
             metrics.close()

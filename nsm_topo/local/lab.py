@@ -45,6 +45,8 @@ NETNS_DIR = Path("/run/netns")
 AGENT_ROLES = frozenset({"nsc-sidecar", "nse-sidecar", "nsm-agent"})
 SIDECAR_GRACE = 25.0
 """How long a sidecar may take to close its links after SIGTERM (its backstop: request timeout + 5 s)."""
+HOST_CLOSE_ALLOWANCE = 0.02
+"""Seconds per link added to the grace: an agent host's backstop grows so with its links (nsm_agent.host)."""
 
 
 class LabError(RuntimeError):
@@ -553,8 +555,9 @@ def down(topology: Topology, plane: ControlPlane) -> DownReport:
         # through it first would only make it remove the veths one by one (tens of ms each in the kernel;
         # a minute for a lab of a thousand routers) that deleting the namespaces removes in one batch.
         stop([p for p in live if p.role in order], 0)
+    grace = SIDECAR_GRACE + HOST_CLOSE_ALLOWANCE * len(topology.links)  # an agent host closes many
     for rank in (0, 1):  # clients first (they close their links), then endpoints, then the rest (FRR)
-        stop([p for p in live if order.get(p.role) == rank], SIDECAR_GRACE)
+        stop([p for p in live if order.get(p.role) == rank], grace)
     removed_containers, container_problem = _remove_containers(topology, record)
     stop([p for p in live if p.role not in order], 5)
     stray = _stop_strays(names.values())

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from lab import Lab, wait_until
 
 CROSS = """
@@ -76,15 +77,25 @@ def test_one_process_per_router_serves_requests_verifies_and_closes_both_roles(l
         assert agent.events("close.done") and agent.events("registration.removed"), agent.log
 
 
-def test_a_router_with_neither_role_is_refused_in_one_line_with_exit_code_2() -> None:
+@pytest.mark.parametrize(
+    ("args", "starts"),
+    [
+        ((), "nsm-agent: NS_NETWORKSERVICEMESH_IO"),
+        (
+            ("--routers", "/nonexistent/routers.json"),
+            "nsm-agent: --routers='/nonexistent/routers.json': not a routers file",
+        ),
+    ],
+)
+def test_bad_configuration_is_refused_in_one_line_with_exit_code_2(
+    args: tuple[str, ...], starts: str
+) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "nsm_agent"],
+        [sys.executable, "-m", "nsm_agent", *args],
         env={"PATH": "/usr/bin:/bin", "NSM_NAME": "r1"},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert done.returncode == 2
-    assert done.stderr.count("\n") == 1 and done.stderr.startswith("nsm-agent: NS_NETWORKSERVICEMESH_IO"), (
-        done.stderr
-    )
+    assert done.stderr.count("\n") == 1 and done.stderr.startswith(starts), done.stderr

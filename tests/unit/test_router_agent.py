@@ -166,3 +166,22 @@ def test_the_status_file_says_how_many_routers_are_ready_and_which_are_not(tmp_p
     assert (written["routers"], written["ready"], written["not_ready"]) == (3, 1, ["a", "c"])
     status.remove()
     assert not (tmp_path / "host.status").exists()
+
+
+def test_a_hosts_shutdown_backstop_grows_with_its_links(tmp_path: Path) -> None:
+    two_links = {
+        "NS_NETWORKSERVICEMESH_IO": "lab/eth1?link=net-0&peerif=eth1,lab/eth2?link=net-1&peerif=eth1"
+    }
+    path = routers_file(
+        tmp_path,
+        [{"netns": f"/run/netns/r{i}", "env": {**two_links, "NSM_NAME": f"r{i}"}} for i in range(500)],
+    )
+    settings = HostSettings.load(path, None, {})
+    assert settings.links == 1000
+    assert settings.shutdown_backstop == settings.request_timeout + 5 + 0.02 * 1000
+
+
+def test_routers_sharing_one_readiness_file_are_refused(tmp_path: Path) -> None:
+    routers = [{"netns": f"/run/netns/r{i}", "env": {**ENDPOINT, "NSM_NAME": f"r{i}"}} for i in range(2)]
+    with pytest.raises(ConfigError, match="several routers would share this file"):
+        HostSettings.load(routers_file(tmp_path, routers), None, {"NSM_READY_FILE": "/run/ready"})
