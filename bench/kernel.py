@@ -145,6 +145,16 @@ async def _remove_together(pairs: list[CrossConnect]) -> list[bool]:
     return await asyncio.gather(*(remove_cross_connect(xc) for xc in pairs))
 
 
+def _timed_removal(pairs: list[CrossConnect], together: bool) -> tuple[float, list[bool]]:
+    """Wall seconds to remove `pairs` through the forwarder, one after another or all at once."""
+    started = time.perf_counter()
+    if together:
+        removed = asyncio.run(_remove_together(pairs))
+    else:
+        removed = [asyncio.run(remove_cross_connect(xc)) for xc in pairs]
+    return time.perf_counter() - started, removed
+
+
 def removal_table(client_fd: int, endpoint_fd: int, count: int) -> str:
     """`count` pairs removed one after another, then `count` others removed all at once."""
     rows = []
@@ -153,12 +163,7 @@ def removal_table(client_fd: int, endpoint_fd: int, count: int) -> str:
             for i in range(count):
                 create_veth_pair_in(ipr_a, ipr_b, End(client_fd, f"r{i}"), End(endpoint_fd, f"r{i}"))
         pairs = [CrossConnect(client_fd, f"r{i}", endpoint_fd, f"r{i}") for i in range(count)]
-        started = time.perf_counter()
-        if mode == "one after another":
-            removed = [asyncio.run(remove_cross_connect(xc)) for xc in pairs]
-        else:
-            removed = asyncio.run(_remove_together(pairs))
-        wall = time.perf_counter() - started
+        wall, removed = _timed_removal(pairs, together=mode != "one after another")
         with netlink_in(client_fd) as ipr_a, netlink_in(endpoint_fd) as ipr_b:
             left = len(ipr_a.links()) + len(ipr_b.links()) - 2  # less each namespace's lo
         rows.append([mode, count, f"{wall:.2f}", f"{wall / count * 1000:.2f}", sum(removed), left])
@@ -180,12 +185,7 @@ def spread_table(endpoint_fd: int, count: int) -> str:
                     with netlink_in(fd) as ipr_a:
                         create_veth_pair_in(ipr_a, ipr_b, End(fd, "eth1"), End(endpoint_fd, f"s{i}"))
             pairs = [CrossConnect(fd, "eth1", endpoint_fd, f"s{i}") for i, fd in enumerate(fds)]
-            started = time.perf_counter()
-            if mode == "one after another":
-                removed = [asyncio.run(remove_cross_connect(xc)) for xc in pairs]
-            else:
-                removed = asyncio.run(_remove_together(pairs))
-            wall = time.perf_counter() - started
+            wall, removed = _timed_removal(pairs, together=mode != "one after another")
             rows.append([mode, count, f"{wall:.2f}", f"{wall / count * 1000:.2f}", sum(removed)])
     finally:
         for fd in fds:

@@ -7,7 +7,6 @@ the addresses its endpoint's pool plans, and its own SPIFFE identity, the one it
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -16,11 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from labtools import run
-from topocli import TopoCli, lab_namespaces, processes_of
+from topocli import TopoCli, interface_addresses, lab_namespaces, planned, processes_of
 
-from nsm_topo.topology import Topology, load_topology
-from nsm_topo.wiring import planned_addresses, wire
+from nsm_topo.topology import load_topology
 
 # No router names: no FRR, only the NSM agents (the shape of the thousand-router benchmark, smaller).
 RING = """\
@@ -48,32 +45,6 @@ def ring(cli: TopoCli, name: str) -> Path:
     path = cli.directory / f"{name}.yml"
     path.write_text(RING.format(name=name))
     return path
-
-
-def kernel_addresses(topology: Topology) -> dict[str, tuple[str, str]]:
-    """Each link's (client, endpoint) address as the kernel has it, read in the two namespaces."""
-
-    def address(device: str, interface: str) -> str:
-        shown = json.loads(
-            run("ip", "-j", "-n", f"{topology.name}-{device}", "addr", "show", interface).stdout
-        )
-        info = shown[0]["addr_info"][0]
-        return f"{info['local']}/{info['prefixlen']}"
-
-    return {
-        link.name: (
-            address(link.client.device, link.client.interface),
-            address(link.endpoint.device, link.endpoint.interface),
-        )
-        for link in topology.links
-    }
-
-
-def planned(topology: Topology) -> dict[str, tuple[str, str]]:
-    wiring = wire(topology)
-    return {
-        link.name: planned_addresses(wiring.device(link.endpoint.device), link) for link in topology.links
-    }
 
 
 def agent_hosts(directory: Path) -> list[str]:
@@ -112,7 +83,7 @@ def test_agent_mode_verifies_every_link_gives_each_device_its_identity_and_leave
     assert up.returncode == 0, up.stderr
     assert "5 links up across 4 devices" in up.stdout
     topology = load_topology(path)
-    assert kernel_addresses(topology) == planned(topology)
+    assert interface_addresses(topology) == planned(topology)
     assert len(agent_hosts(topo.directory)) == 2, "two processes host the four devices"
     assert not [p for p in processes_of(topo.directory) if "_sidecar" in p], "no sidecar processes"
 

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 from labtools import run
-from topocli import TopoCli, lab_namespaces, processes_of
+from topocli import TopoCli, interface_addresses, lab_namespaces, planned, processes_of
 
-from nsm_topo.topology import Topology, load_topology
-from nsm_topo.wiring import planned_addresses, wire
+from nsm_topo.topology import load_topology
 
 THREE_ROUTERS = """\
 prefix: {name}
@@ -105,32 +104,6 @@ def test_three_routers_come_up_route_and_leave_nothing_behind(topo: TopoCli) -> 
     assert not list((topo.directory / "sock").glob("*.sock"))
     again = topo("down", str(path))
     assert again.returncode == 0 and "nothing to remove" in again.stdout
-
-
-def planned(topology: Topology) -> dict[str, tuple[str, str]]:
-    wiring = wire(topology)
-    return {
-        link.name: planned_addresses(wiring.device(link.endpoint.device), link) for link in topology.links
-    }
-
-
-def interface_addresses(topology: Topology) -> dict[str, tuple[str, str]]:
-    """Each link's (client, endpoint) address as the kernel has it, read in the two namespaces."""
-
-    def address(device: str, interface: str) -> str:
-        shown = json.loads(
-            run("ip", "-j", "-n", f"{topology.name}-{device}", "addr", "show", interface).stdout
-        )
-        info = shown[0]["addr_info"][0]
-        return f"{info['local']}/{info['prefixlen']}"
-
-    return {
-        link.name: (
-            address(link.client.device, link.client.interface),
-            address(link.endpoint.device, link.endpoint.interface),
-        )
-        for link in topology.links
-    }
 
 
 def routing_state(topo: TopoCli, path: Path) -> str:

@@ -1,6 +1,7 @@
 """The `nsm-topo` command as a user runs it, against a lab with its own sockets and state directory
 (--connect-to, --workload-api, --state-dir), so nothing of the host's own nsm-local or labs is touched;
-and what to look at afterwards (the lab's namespaces, processes left behind). Shared by tests/system.
+and what to look at afterwards (the lab's namespaces, processes left behind, each link's addresses against
+the planned ones). Shared by tests/system.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from labtools import run
+
+from nsm_topo.topology import Topology
+from nsm_topo.wiring import planned_addresses, wire
 
 
 @dataclass
@@ -60,3 +64,29 @@ def processes_of(directory: Path) -> list[str]:
             if str(directory) in cmdline and int(entry) != os.getpid():
                 found.append(cmdline)
     return found
+
+
+def planned(topology: Topology) -> dict[str, tuple[str, str]]:
+    wiring = wire(topology)
+    return {
+        link.name: planned_addresses(wiring.device(link.endpoint.device), link) for link in topology.links
+    }
+
+
+def interface_addresses(topology: Topology) -> dict[str, tuple[str, str]]:
+    """Each link's (client, endpoint) address as the kernel has it, read in the two namespaces."""
+
+    def address(device: str, interface: str) -> str:
+        shown = json.loads(
+            run("ip", "-j", "-n", f"{topology.name}-{device}", "addr", "show", interface).stdout
+        )
+        info = shown[0]["addr_info"][0]
+        return f"{info['local']}/{info['prefixlen']}"
+
+    return {
+        link.name: (
+            address(link.client.device, link.client.interface),
+            address(link.endpoint.device, link.endpoint.interface),
+        )
+        for link in topology.links
+    }
