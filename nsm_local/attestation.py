@@ -10,6 +10,7 @@ to. Both answer None for a caller they cannot name, and such a caller gets no id
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 
 from nsm_sdk.transport.peercred import PeerCredentials
@@ -33,3 +34,12 @@ def netns_uid_attestor(trust_domain: str) -> Attestor:
         return f"spiffe://{trust_domain}/netns/{credentials.netns}/uid/{credentials.uid}"
 
     return attest
+
+
+_NETNS_ID = re.compile(r"^spiffe://[^/]+/netns/(\d+)/uid/\d+$")
+
+
+def netns_named_by(spiffe_id: str | None) -> int | None:
+    """The namespace inode a `netns_uid_attestor` identity names (None for any other identity)."""
+    found = _NETNS_ID.match(spiffe_id or "")
+    return int(found.group(1)) if found else None

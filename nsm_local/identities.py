@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nsm_local.attestation import Attestor, netns_uid_attestor
+from nsm_local.attestation import Attestor, netns_named_by, netns_uid_attestor
 from nsm_sdk.agent.credentials import CallTokens
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.security import prepare, secure_identity
@@ -161,6 +161,19 @@ class ControlPlaneIdentity:
         if connection.credentials is not None:
             return self._attest(connection.credentials)
         return None
+
+    def acting_netns(self, connection: RelayConnection | None) -> int | None:
+        """The namespace a caller may put links in or offer (None: unknown): the one its identity names
+        (`.../netns/<inode>/uid/<uid>`), else the one its process runs in. A caller that sent another
+        namespace's fd (`PeerCredentials.acting_in`) but shows an identity of its own so gets its own
+        namespace, not the one it sent."""
+        if connection is None or connection.credentials is None:
+            return None
+        named = netns_named_by(self.caller(connection))
+        if named is not None:
+            return named
+        credentials = connection.credentials  # a pod's identity names no namespace: the process's own
+        return credentials.process_netns if credentials.process_netns is not None else credentials.netns
 
     def forwarder_peer(self) -> PeerIdentity | None:
         """The forwarder as nsmgr's peer (in one process): the audience of nsmgr's token to it."""

@@ -390,8 +390,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
         dev, ino = inode_of(url, "client")
         if connection is None:
             raise ProtocolError("this connection cannot carry file descriptors")
-        credentials = connection.credentials
-        check_own_namespace("the client", ino, credentials.netns if credentials is not None else None)
+        check_own_namespace("the client", ino, self.identity.acting_netns(connection))
         try:
             fd = await connection.received.wait(dev, ino, fd_wait(remaining))
         except FdNotReceivedError as exc:

@@ -249,12 +249,11 @@ class EndpointRegistryServicer(registry_pb2_grpc.NetworkServiceEndpointRegistryS
             record.initial_registration_time.CopyFrom(epoch_to_timestamp(now))
         del record.path_ids[:]
         record.path_ids.extend(call.path_ids)
-        credentials = call.connection.credentials if call.connection is not None else None
         fresh = old is None or old.record.url != nse.url or _unlinked(old.socket_fd)
         if old is not None and not fresh and old.socket_fd is not None and fd is not None:
             os.close(fd)  # same socket file as before: keep the fd (and the /proc path) we already dial
             dial_url, fd = old.dial_url, old.socket_fd
-        netns = credentials.netns if credentials is not None else None
+        netns = self.paths.identity.acting_netns(call.connection)
         entry = EndpointEntry(record=record, dial_url=dial_url, socket_fd=fd, netns=netns)
         try:
             self.registry.register_endpoint(entry)

@@ -41,6 +41,8 @@ from nsm_topo.topology import Topology, TopologyError, load_topology
 from nsm_topo.wiring import Wiring, wire
 
 _err = Console(stderr=True)
+BIG_LAB = 64
+"""Devices beyond which `up` without --agents suggests agent mode (two processes a device add up)."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -340,6 +342,12 @@ def _lab_command(args: argparse.Namespace, topology: Topology) -> None:
     )
     try:
         if args.command == "up":
+            if not args.agents and len(topology.devices) > BIG_LAB:
+                print(
+                    f"nsm-topo: {len(topology.devices)} devices run {2 * len(topology.devices)} sidecar "
+                    "processes; `--agents 2` hosts them in 2 (agent mode, README 'Big labs')",
+                    file=sys.stderr,
+                )
             with _progress(topology.name) as report:
                 views = up(topology, plane, report, args.timeout, args.agents)
             print(

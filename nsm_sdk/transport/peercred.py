@@ -4,12 +4,12 @@ Read once at accept time, while the connecting process still exists. nsm-local a
 callers with this (uid + network namespace make an identity) and checks that a client asks for links in
 its own namespace.
 
-A caller acts in its process's namespace, unless the first fd it sent (with its first bytes) is a network
-namespace (`acting_in`): then it acts in that one. Holding the fd is the proof, checked by the kernel when
-the fd was opened: `/run/netns/*` files are root's, `/proc/<pid>/ns/net` needs ptrace rights over that
-process, so a caller can only name a namespace whose processes it could already command. That is how one
-agent host acts for the many routers it hosts (each with its own identity), while the uid stays the
-connecting process's.
+A caller acts in its process's namespace, unless it is root and the first fd it sent (with its first
+bytes) is a network namespace (`acting_in`): then it acts in that one. Root could enter that namespace
+itself (setns), so this gives it nothing new; it lets one agent host act for the many routers it hosts,
+each with its own identity, without a thread or process per router. Other users are not trusted so: a
+process may open the namespace file of another process of its uid (`/proc/<pid>/ns/net` needs only
+ptrace read rights) without being able to enter that namespace.
 """
 
 from __future__ import annotations

@@ -317,13 +317,19 @@ class RelayConnection:
 
     def _note_first_bytes(self) -> None:
         """At the caller's first bytes (which carry its first fd, if it sends any): if that fd is a network
-        namespace, the caller acts in it. Fds sent later never change who it is."""
+        namespace and the caller is root, it acts in it. Fds sent later never change who it is."""
         if self._first_bytes_seen:
             return
         self._first_bytes_seen = True
         first = self.received.first()
-        if self.credentials is not None and first is not None and is_network_namespace(first[1]):
-            self.credentials = self.credentials.acting_in(first[0].ino)
+        credentials = self.credentials
+        if (
+            credentials is not None
+            and credentials.uid == 0
+            and first is not None
+            and is_network_namespace(first[1])
+        ):
+            self.credentials = credentials.acting_in(first[0].ino)
 
     async def _flush_to_peer(self) -> None:
         # No await between draining the session and taking the (FIFO) write lock keeps records in order.

@@ -3,7 +3,8 @@ for each router it hosts), and nsm-local's Workload API names it by that namespa
 
 The server runs in this process (host netns). The caller is this process too, but it sends the fd of a
 throwaway namespace (`make_netns`), which it holds, as root holds every /run/netns file. Only the first fd
-counts: one that is not a network namespace changes nothing, and neither does a netns fd after it.
+counts: one that is not a network namespace changes nothing, and neither does a netns fd after it. And only
+root is trusted so: a process of another uid that was handed the fd still acts in its own namespace.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import asyncio
 import json
 import os
 import shutil
+import sys
 import tempfile
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -98,6 +101,55 @@ def test_a_caller_acts_in_the_namespace_it_sends_with_its_first_bytes(
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+NOT_ROOT_CALLER = textwrap.dedent("""
+    import asyncio, json, os, sys
+    from nsm_sdk.transport import dial  # before dropping to nobody: the venv may be root's alone
+    fd, url = int(sys.argv[1]), sys.argv[2]
+    os.setgid(65534)
+    os.setuid(65534)  # SO_PEERCRED records who connects, at connect time
+    async def main():
+        async with dial(url, send_fds=[fd]) as (channel, _):
+            call = channel.unary_unary("/test.Delegation/Whoami")
+            print((await call(b"", timeout=10, wait_for_ready=True)).decode())
+    asyncio.run(main())
+""")
+
+
+def test_a_caller_that_is_not_root_acts_in_its_own_namespace_whatever_it_sends(
+    make_netns: Callable[[], Netns],
+) -> None:
+    router = make_netns()
+    own = os.stat("/proc/self/ns/net").st_ino
+    directory = Path(tempfile.mkdtemp(prefix="nsmt-", dir="/tmp"))
+    directory.chmod(0o755)  # the unprivileged caller must reach the socket
+    source_tree = str(Path(__file__).resolve().parents[2])
+
+    async def main() -> dict[str, Any]:
+        servicer = Whoami()
+        async with serve(str(directory / "who.sock"), servicer.register) as handle:
+            servicer.handle = handle
+            child = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-c",
+                NOT_ROOT_CALLER,
+                str(router.fd),
+                f"unix://{directory / 'who.sock'}",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=[router.fd],
+                env={**os.environ, "PYTHONPATH": source_tree},
+            )
+            out, err = await asyncio.wait_for(child.communicate(), 60)
+            assert child.returncode == 0, err.decode()
+            answer: dict[str, Any] = json.loads(out)
+            return answer
+
+    try:
+        assert asyncio.run(main()) == {"netns": own, "process": own, "delegated": False}
+    finally:
+        shutil.rmtree(directory)
 
 
 def test_the_workload_api_gives_a_router_the_identity_of_its_namespace(
