@@ -316,7 +316,10 @@ class Lab:
         if not path.exists():
             return []
         found = []
-        for line in path.read_text().splitlines():
+        text = path.read_text()
+        # the harness may be writing a line right now (a long error event comes in more than one write):
+        # only lines it has finished, those before the last newline, are events yet
+        for line in text[: text.rfind("\n") + 1].splitlines():
             if not line.strip():
                 continue
             event = json.loads(line)
