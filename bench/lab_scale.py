@@ -14,6 +14,7 @@ its nsm-local is started by `nsm-topo up` for it alone and stopped by its `down`
     sudo python bench/lab_scale.py --routers 1000 --links 2000 --agents 2     # issue 10's big target
     sudo python bench/lab_scale.py --routers 100 --links 300 --agents 1
     sudo python bench/lab_scale.py --routers 20 --links 30 --agents 0         # one process per role
+    python bench/lab_scale.py --routers 1000 --links 2000 --write big.yml     # only the file, for nsm-topo
 """
 
 from __future__ import annotations
@@ -131,10 +132,15 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=600.0, help="for up, and for down")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy the lab's logs here before down")
+    parser.add_argument("--write", type=Path, default=None, help="only write the topology file, run nothing")
     args = parser.parse_args()
+    name = f"scale{args.routers}"
+    if args.write is not None:
+        write_topology(args.write, name, args.routers, args.links, args.seed)
+        print(f"{args.write}: {args.routers} devices, {args.links} links (nsm-topo up FILE --agents 2)")
+        return
     if os.geteuid() != 0:
         raise SystemExit("needs root (network namespaces)")
-    name = f"scale{args.routers}"
     print_machine()
     with tempfile.TemporaryDirectory(prefix="nsm-scale-") as directory:
         topology = Path(directory) / f"{name}.yml"
