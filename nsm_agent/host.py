@@ -160,7 +160,7 @@ class HostStatus:
 
 
 def open_router_netns(path: str) -> int:
-    """An fd of the router's namespace file; ConfigError-free: the caller reports an OSError per router."""
+    """An fd of the router's namespace file (OSError if it is gone or is no network namespace)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     if not is_network_namespace(fd):
         os.close(fd)
@@ -169,9 +169,9 @@ def open_router_netns(path: str) -> int:
 
 
 IN_FLIGHT = 32
-"""Requests, Closes and registrations the host's routers have in flight at most, together: the manager
-answers a few hundred a second, and a call that waits in its queue past the deadline is work thrown away
-(and retried). 32 keeps the manager's two or eight workers busy with calls that each take tens of ms."""
+"""Requests, Closes and registrations the host's routers have in flight at most, together: nsm-local
+answers about a hundred a second on 2 cores, and a call that waits in its queue past its deadline is work
+thrown away (and retried). With 32 in flight a call waits well under a second there."""
 CLOSE_ALLOWANCE = 0.02
 """Seconds of shutdown allowed per link: nsm-local closes about 130 links a second at a lab's teardown (2
 cores, docs/performance.md), so a host's thousand links may take 8 s and get 20."""

@@ -146,12 +146,11 @@ async def run_router(
 
     The client closes its links first, and the endpoint unregisters and stops only then (`nsm-topo down`
     stops client sidecars before endpoint ones for the same reason): a Close that reaches an endpoint
-    already gone waits out its deadline. An agent host passes
-    `endpoints_stop`, which it sets once the clients of all its routers are closed (each says so through
-    `on_client_closed`). At start it is the other way
-    round: a host holds its clients back (`clients_start`) until its endpoints have registered (each says
-    so through `on_registered`), so that a lab's first Requests find the endpoints they ask for instead
-    of failing and backing off. `admission` bounds the host's calls in flight (`NsmClient`).
+    already gone waits out its deadline. An agent host passes `endpoints_stop`, which it sets once the
+    clients of all its routers are closed (each says so through `on_client_closed`). At start it is the
+    other way round: a host holds its clients back (`clients_start`) until its endpoints have registered
+    (each says so through `on_registered`), so that a lab's first Requests find the endpoints they ask
+    for instead of failing and backing off. `admission` bounds the host's calls in flight (`NsmClient`).
     """
     name = settings.name or default_name or f"router-{os.fstat(netns_fd).st_ino}"
     log = EventLog("nsm_agent.router", name=name)
