@@ -14,6 +14,7 @@ from nsm_agent.host import HostSettings, run_host
 from nsm_agent.router import RouterSettings, run_router
 from nsm_sdk.agent.lifecycle import agent_main, readiness
 from nsm_sdk.transport.fdpass import open_netns_fd
+from nsm_sdk.version import version_line
 
 
 async def run(settings: RouterSettings, stop: asyncio.Event) -> None:
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> None:
         "and its endpoint (the service it serves). Configured from the environment like nsc-sidecar and "
         "nse-sidecar together, or, with --routers, the agents of many routers of a local lab.",
     )
+    parser.add_argument("--version", action="version", version=version_line("nsm-agent"))
     parser.add_argument("--routers", metavar="FILE", help="JSON file of routers to host (nsm-topo writes it)")
     parser.add_argument("--status", metavar="FILE", help="with --routers: keep a JSON readiness summary here")
     args = parser.parse_args(argv)

@@ -36,6 +36,7 @@ from nsm_sdk.protocol.durations import parse_positive_duration
 from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT, SecuritySettings, boolean
 from nsm_sdk.protocol.errors import ConfigError, NsmError
 from nsm_sdk.protocol.nsurl import parse_socket_url
+from nsm_sdk.version import version_line
 
 if TYPE_CHECKING:
     from nsm_local.kube.node import KubeNode, KubeSettings
@@ -46,6 +47,7 @@ _DNS_LABEL = "lowercase letters, digits and '-', at most 63, starting and ending
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsm-local", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line("nsm-local"))
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the control plane")
     serve.add_argument(

@@ -35,6 +35,7 @@ from rich.table import Table
 from nsm_sdk.protocol.envvalues import DEFAULT_SPIFFE_ENDPOINT
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.nsurl import DEFAULT_NSMGR_URL, parse_socket_url
+from nsm_sdk.version import version_line
 from nsm_topo.builder import DEFAULT_PREFIX, BuilderError, build, write
 from nsm_topo.local.controlplane import RUN_DIR, ControlPlane
 from nsm_topo.topology import Topology, TopologyError, load_topology
@@ -47,6 +48,7 @@ BIG_LAB = 64
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nsm-topo", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=version_line("nsm-topo"))
     commands = parser.add_subparsers(dest="command", required=True)
     random_ = commands.add_parser("random", help="write a random network of routers")
     random_.add_argument("routers", type=int, help="number of routers (2..768)")

@@ -24,7 +24,6 @@ Pure: no client, no I/O. In the order to apply them:
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any
 import yaml
 
 from nsm_local.kube.services import CRD_NAME, NSM_GROUP, NSM_PLURAL, NSM_VERSION
+from nsm_sdk.version import package_version
 
 Manifest = dict[str, Any]
 
@@ -56,10 +56,7 @@ _READ = ["get", "list", "watch"]
 
 def project_version() -> str:
     """The version images/build.sh tags the images with (the project's)."""
-    try:
-        return importlib.metadata.version("nsm-topology-sidecars")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "latest"
+    return package_version(unknown="latest")
 
 
 def name_problem(name: str) -> str | None:

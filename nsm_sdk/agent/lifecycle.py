@@ -16,9 +16,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from nsm_sdk.agent.logs import setup_logging
+from nsm_sdk.agent.logs import EventLog, setup_logging
 from nsm_sdk.agent.metrics import MetricsEndpoint, open_metrics
 from nsm_sdk.protocol.errors import ConfigError
+from nsm_sdk.version import NSM_API_VERSION, package_version, version_line
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
@@ -117,6 +118,9 @@ def agent_main(
     """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), the optional
     metrics endpoint (`NSM_PROMETHEUS_LISTEN_ON`, see metrics.py), then the agent until a stop signal; the
     backstop leaves time for closing within the request timeout."""
+    if sys.argv[1:] == ["--version"]:
+        print(version_line(program))
+        sys.exit(0)
     try:
         settings = load(os.environ)
         metrics = open_metrics(os.environ)
@@ -124,6 +128,9 @@ def agent_main(
         print(f"{program}: {exc}", file=sys.stderr)
         sys.exit(2)
     setup_logging(program, settings.log_level)
+    EventLog("nsm_sdk.agent.lifecycle").info(
+        "program.start", version=package_version(), nsm_api=NSM_API_VERSION
+    )
     if metrics is not None:
         metrics.count_events()
     try:

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib.metadata
 import json
 import re
 from collections.abc import Iterable
@@ -47,6 +46,7 @@ from typing import Any, Literal
 
 import yaml
 
+from nsm_sdk.version import package_version
 from nsm_topo.wiring import DeviceWiring, Wiring, frr_daemons, is_router, router_config
 
 Manifest = dict[str, Any]
@@ -168,10 +168,7 @@ def namespace_problem(name: str) -> str | None:
 
 def project_version() -> str:
     """The version images/build.sh tags the sidecar images with (the project's)."""
-    try:
-        return importlib.metadata.version("nsm-topology-sidecars")
-    except importlib.metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
-        return "latest"
+    return package_version(unknown="latest")
 
 
 @dataclass(frozen=True, slots=True)

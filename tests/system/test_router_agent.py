@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from lab import Lab, wait_until
 
+from nsm_sdk.version import NSM_API_VERSION
+
 CROSS = """
 apiVersion: networkservicemesh.io/v1alpha1
 kind: NetworkService
@@ -67,6 +69,7 @@ def test_one_process_per_router_serves_requests_verifies_and_closes_both_roles(l
         wait_until(lambda agent=agent: len(agent.events("link.verified")) == 2, 10, "both sides verified")
         start = agent.events("agent.start")[0]
         assert start["roles"] == "client+endpoint"
+        assert agent.events("program.start")[0]["nsm_api"] == NSM_API_VERSION
 
     for agent in (agent1, agent2):
         agent.signal()
