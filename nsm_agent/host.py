@@ -26,7 +26,7 @@ import os
 import random
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,57 +178,45 @@ cores, docs/performance.md), so a host's thousand links may take 8 s and get 20.
 HOST_THREADS = 32
 """Worker threads of an agent host (kernel checks and removals of its routers' links)."""
 CLIENTS_WAIT = 5.0
-"""Seconds a host holds its clients back at most while its endpoints register (`EndpointsRegistered`)."""
+"""Seconds a host holds its clients back at most while its endpoints register."""
 
 
-class EndpointsRegistered:
-    """Set `clients_start` once every hosted router's endpoint has registered (or a router has none), at
-    the latest `CLIENTS_WAIT` after the host starts: a slow endpoint must not hold every client back."""
+class Countdown:
+    """`event` is set once each of `names` has said so (`done`), at once if there are none. A host holds
+    its clients back until its endpoints have registered, and its endpoints until its clients have closed
+    their links; `set_later` bounds each wait."""
 
-    def __init__(self, routers: tuple[HostedRouter, ...]) -> None:
-        self.clients_start = asyncio.Event()
-        self._waiting = {router.name for router in routers if router.settings.endpoint is not None}
-        if not self._waiting:
-            self.clients_start.set()
+    def __init__(self, names: Iterable[str]) -> None:
+        self.event = asyncio.Event()
+        self._left = set(names)
+        if not self._left:
+            self.event.set()
 
-    def registered(self, name: str) -> None:
-        self._waiting.discard(name)
-        if not self._waiting:
-            self.clients_start.set()
-
-    async def bound(self) -> None:
-        await asyncio.sleep(CLIENTS_WAIT)
-        self.clients_start.set()
+    def done(self, name: str) -> None:
+        self._left.discard(name)
+        if not self._left:
+            self.event.set()
 
 
-class ClientsClosed:
-    """Set `endpoints_stop` once, after `stop`, every hosted router's client has closed its links (or a
-    router has no client, or its agents failed); at the latest `grace` seconds after `stop`."""
+def playing(routers: Iterable[HostedRouter], role: str) -> list[str]:
+    """The names of the routers that play `role` ("client" or "endpoint")."""
+    return [router.name for router in routers if role in router.settings.present]
 
-    def __init__(self, routers: tuple[HostedRouter, ...], grace: float) -> None:
-        self.endpoints_stop = asyncio.Event()
-        self._open = {router.name for router in routers if router.settings.client is not None}
-        self._grace = grace
 
-    def closed(self, name: str) -> None:
-        self._open.discard(name)
-        if not self._open:
-            self.endpoints_stop.set()
-
-    async def bound(self, stop: asyncio.Event) -> None:
-        await stop.wait()
-        if not self._open:
-            self.endpoints_stop.set()
-        await asyncio.sleep(self._grace)
-        self.endpoints_stop.set()
+async def set_later(event: asyncio.Event, seconds: float, after: asyncio.Event | None = None) -> None:
+    """Set `event` `seconds` from now, or from when `after` is set: a slow router must not hold up all."""
+    if after is not None:
+        await after.wait()
+    await asyncio.sleep(seconds)
+    event.set()
 
 
 async def _supervise(
     router: HostedRouter,
     stop: asyncio.Event,
     status: HostStatus,
-    endpoints: EndpointsRegistered,
-    clients: ClientsClosed,
+    registered: Countdown,
+    clients_closed: Countdown,
     admission: asyncio.Semaphore,
     log: EventLog,
 ) -> None:
@@ -254,10 +242,10 @@ async def _supervise(
                     report,
                     delegated=True,
                     default_name=router.name,
-                    endpoints_stop=clients.endpoints_stop,
-                    on_client_closed=lambda: clients.closed(router.name) if stop.is_set() else None,
-                    clients_start=endpoints.clients_start,
-                    on_registered=lambda: endpoints.registered(router.name),
+                    endpoints_stop=clients_closed.event,
+                    on_client_closed=lambda: clients_closed.done(router.name) if stop.is_set() else None,
+                    clients_start=registered.event,
+                    on_registered=lambda: registered.done(router.name),
                     admission=admission,
                 )
                 delays = RESTART.delays(random.Random())
@@ -267,7 +255,7 @@ async def _supervise(
                 report(False)
                 os.close(netns_fd)
         if stop.is_set():
-            clients.closed(router.name)
+            clients_closed.done(router.name)
             return
         delay = next(delays)
         log.warning("router.restarting", router=router.name, after=f"{delay:.1f}s")
@@ -284,19 +272,20 @@ async def run_host(settings: HostSettings, stop: asyncio.Event) -> None:
     )
     status = HostStatus([router.name for router in settings.routers], settings.status_file)
     log.info("host.start", routers=len(settings.routers))
-    endpoints = EndpointsRegistered(settings.routers)
+    registered = Countdown(playing(settings.routers, "endpoint"))
+    clients_closed = Countdown(playing(settings.routers, "client"))
     admission = asyncio.Semaphore(IN_FLIGHT)
-    clients = ClientsClosed(settings.routers, settings.shutdown_backstop - 4.0)  # endpoints get the last 4 s
+    grace = settings.shutdown_backstop - 4.0  # the endpoints get the last 4 s
     helpers = [
         asyncio.create_task(status.keep_written(), name="status"),
-        asyncio.create_task(endpoints.bound(), name="endpoints-registered"),
-        asyncio.create_task(clients.bound(stop), name="clients-closed"),
+        asyncio.create_task(set_later(registered.event, CLIENTS_WAIT), name="clients-start"),
+        asyncio.create_task(set_later(clients_closed.event, grace, after=stop), name="endpoints-stop"),
     ]
     try:
         async with asyncio.TaskGroup() as group:
             for router in settings.routers:
                 group.create_task(
-                    _supervise(router, stop, status, endpoints, clients, admission, log),
+                    _supervise(router, stop, status, registered, clients_closed, admission, log),
                     name=f"router-{router.name}",
                 )
     finally:

@@ -73,7 +73,8 @@ class RouterSettings:
 
     @property
     def any_role(self) -> NscSettings | NseSettings:
-        """The settings of a role present (the variables both roles read mean the same to both)."""
+        """The settings of a role present: the variables both roles read (name, manager, timeouts, token
+        lifetime, security, readiness file, log level) come from one environment, so either will do."""
         settings = self.client or self.endpoint
         assert settings is not None
         return settings
@@ -88,7 +89,7 @@ class RouterSettings:
 
     @property
     def request_timeout(self) -> float:
-        return max(s.request_timeout for s in (self.client, self.endpoint) if s is not None)
+        return self.any_role.request_timeout
 
     @property
     def log_level(self) -> LogLevel:
@@ -99,17 +100,20 @@ class RouterSettings:
         return self.any_role.readiness_file
 
     @property
+    def present(self) -> tuple[str, ...]:
+        """The roles played: "client", "endpoint" or both."""
+        return tuple(role for role, s in (("client", self.client), ("endpoint", self.endpoint)) if s)
+
+    @property
     def roles(self) -> str:
-        return "+".join(role for role, s in (("client", self.client), ("endpoint", self.endpoint)) if s)
+        return "+".join(self.present)
 
 
 class RouterReadiness:
     """Ready while every role present is ready; `report(ready)` is told each change."""
 
     def __init__(self, settings: RouterSettings, report: Callable[[bool], None]) -> None:
-        self._parts = {
-            role: False for role, s in (("client", settings.client), ("endpoint", settings.endpoint)) if s
-        }
+        self._parts = dict.fromkeys(settings.present, False)
         self._report = report
         self.ready = False
 
@@ -159,7 +163,7 @@ async def run_router(
             log.warning("config.warning", detail=warning)
     client_settings, endpoint_settings = settings.client, settings.endpoint
     connect_to = str(settings.any_role.connect_to)
-    lifetime = min(s.max_token_lifetime for s in (client_settings, endpoint_settings) if s is not None)
+    lifetime = settings.any_role.max_token_lifetime
     readiness = RouterReadiness(settings, report_ready)
     client_closed = asyncio.Event()  # set only once the client has closed its links, after `stop`
     if endpoints_stop is None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nsm_agent.host import ClientsClosed, EndpointsRegistered, HostedRouter, HostSettings, HostStatus
+from nsm_agent.host import Countdown, HostedRouter, HostSettings, HostStatus, playing, set_later
 from nsm_agent.router import RouterReadiness, RouterSettings
 from nsm_sdk.protocol.errors import ConfigError
 
@@ -120,40 +120,38 @@ def hosted(name: str, env: dict[str, str]) -> HostedRouter:
 
 def test_clients_start_once_every_hosted_endpoint_has_registered() -> None:
     async def main() -> None:
-        gate = EndpointsRegistered(
-            (hosted("a", ENDPOINT), hosted("b", {**ENDPOINT, **CLIENT}), hosted("c", CLIENT))
-        )
-        gate.registered("a")
-        assert not gate.clients_start.is_set()
-        gate.registered("b")
-        assert gate.clients_start.is_set()
+        routers = (hosted("a", ENDPOINT), hosted("b", {**ENDPOINT, **CLIENT}), hosted("c", CLIENT))
+        gate = Countdown(playing(routers, "endpoint"))
+        gate.done("a")
+        assert not gate.event.is_set()
+        gate.done("b")
+        assert gate.event.is_set()
 
     asyncio.run(main())
 
 
 def test_endpoints_stop_once_every_hosted_client_has_closed_after_stop() -> None:
     async def main() -> None:
-        closed = ClientsClosed(
-            (hosted("a", CLIENT), hosted("b", {**ENDPOINT, **CLIENT}), hosted("c", ENDPOINT)), 30
-        )
-        closed.closed("a")
-        assert not closed.endpoints_stop.is_set()
-        closed.closed("b")
-        assert closed.endpoints_stop.is_set(), "c has no client to wait for"
+        routers = (hosted("a", CLIENT), hosted("b", {**ENDPOINT, **CLIENT}), hosted("c", ENDPOINT))
+        closed = Countdown(playing(routers, "client"))
+        closed.done("a")
+        assert not closed.event.is_set()
+        closed.done("b")
+        assert closed.event.is_set(), "c has no client to wait for"
 
     asyncio.run(main())
 
 
 def test_endpoints_stop_at_the_latest_the_grace_after_stop() -> None:
     async def main() -> None:
-        closed = ClientsClosed((hosted("a", CLIENT),), 0.01)
+        closed = Countdown(playing((hosted("a", CLIENT),), "client"))
         stop = asyncio.Event()
-        bound = asyncio.create_task(closed.bound(stop))
+        bound = asyncio.create_task(set_later(closed.event, 0.01, after=stop))
         await asyncio.sleep(0.05)
-        assert not closed.endpoints_stop.is_set(), "not before stop"
+        assert not closed.event.is_set(), "not before stop"
         stop.set()
         await asyncio.wait_for(bound, 5)
-        assert closed.endpoints_stop.is_set()
+        assert closed.event.is_set()
 
     asyncio.run(main())
 
