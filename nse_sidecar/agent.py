@@ -177,14 +177,14 @@ class Endpoint:
         self._hub = MonitorHub()
         self._sides = EndpointSides(settings.request_timeout, log, netns_fd if delegated else None)
         core = EndpointCore(name, make_allocator(settings), inode_url_for_fd(netns_fd), identity.tokens.sign)
-        self._served: list[ServerHandle] = []  # the handle, once the server runs
+        self._handle: ServerHandle | None = None  # while serving
         self._servicer = EndpointServicer(
             core, self._hub, self._sides.accepted, self._sides.closed, log, self._connection_for, netns_fd
         )
         self._path: str | None = None
 
     def _connection_for(self, context: grpc.aio.ServicerContext[Any, Any]) -> RelayConnection | None:
-        return self._served[0].connection_for(context) if self._served else None
+        return self._handle.connection_for(context) if self._handle is not None else None
 
     def _register(self, server: grpc.aio.Server) -> None:
         networkservice_pb2_grpc.add_NetworkServiceServicer_to_server(self._servicer, server)
@@ -198,8 +198,7 @@ class Endpoint:
             async with serve(
                 path, self._register, security=self._identity.security, stop_grace=1.0
             ) as handle:
-                self._served.append(handle)
-                self._path = path
+                self._handle, self._path = handle, path
                 socket_fd = open_socket_file_fd(path)
                 try:
                     self._log.info(
@@ -211,7 +210,7 @@ class Endpoint:
                     yield socket_fd
                 finally:
                     os.close(socket_fd)
-                    self._served.clear()
+                    self._handle = None
 
     async def run(
         self,
