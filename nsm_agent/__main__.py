@@ -42,7 +42,12 @@ def main(argv: list[str] | None = None) -> None:
             parser.error("--status needs --routers")
         agent_main("nsm-agent", RouterSettings.from_env, run)
     else:
-        agent_main("nsm-agent", lambda env: HostSettings.load(args.routers, args.status, env), run_host)
+        agent_main(
+            "nsm-agent",
+            lambda env: HostSettings.load(args.routers, args.status, env),
+            run_host,
+            backstop=lambda settings: settings.shutdown_backstop,
+        )
 
 
 if __name__ == "__main__":

@@ -114,10 +114,12 @@ def agent_main(
     program: str,
     load: Callable[[Mapping[str, str]], SettingsT],
     agent: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
+    backstop: Callable[[SettingsT], float] | None = None,
 ) -> None:
     """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), the optional
     metrics endpoint (`NSM_PROMETHEUS_LISTEN_ON`, see metrics.py), then the agent until a stop signal; the
-    backstop leaves time for closing within the request timeout."""
+    backstop leaves time for closing within the request timeout (`backstop(settings)`: an agent host,
+    which closes many routers' links, says how long instead)."""
     if sys.argv[1:] == ["--version"]:
         print(version_line(program))
         sys.exit(0)
@@ -134,9 +136,8 @@ def agent_main(
     if metrics is not None:
         metrics.count_events()
     try:
-        # An agent host closes many routers' links and says how long that may take (`shutdown_backstop`).
-        backstop = getattr(settings, "shutdown_backstop", settings.request_timeout + 5)
-        asyncio.run(run_agent(lambda stop: agent(settings, stop), backstop, metrics))
+        limit = backstop(settings) if backstop is not None else settings.request_timeout + 5
+        asyncio.run(run_agent(lambda stop: agent(settings, stop), limit, metrics))
     finally:
         if metrics is not None:
             metrics.close()
