@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nsm_agent.host import CLOSE_ALLOWANCE
 from nsm_sdk.kernel import LinkState, read_link_states
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.netlink import netlink_in
@@ -45,8 +46,6 @@ NETNS_DIR = Path("/run/netns")
 AGENT_ROLES = frozenset({"nsc-sidecar", "nse-sidecar", "nsm-agent"})
 SIDECAR_GRACE = 25.0
 """How long a sidecar may take to close its links after SIGTERM (its backstop: request timeout + 5 s)."""
-HOST_CLOSE_ALLOWANCE = 0.02
-"""Seconds per link added to the grace: an agent host's backstop grows so with its links (nsm_agent.host)."""
 
 
 class LabError(RuntimeError):
@@ -162,18 +161,18 @@ def _run(*argv: str) -> None:
         raise LabError(f"{' '.join(argv)}: {done.stderr.strip()}")
 
 
+def _ip_batch(commands: list[str], *, force: bool = False) -> subprocess.CompletedProcess[str]:
+    """The `ip` commands in one process (`ip -batch`; a process each costs a few ms: seconds for a lab of
+    a thousand devices); with `force`, going on past one that fails."""
+    argv = ["ip", *(["-force"] if force else []), "-batch", "-"]
+    return subprocess.run(argv, input="\n".join(commands) + "\n", capture_output=True, text=True, check=False)
+
+
 def _create_namespaces(names: list[str]) -> None:
-    """Every named namespace in one `ip -batch` (a process per namespace costs a few ms: seconds for a
-    lab of a thousand devices); LabError naming the first that failed."""
+    """Every named namespace, in one batch; LabError naming the first that failed."""
     if not names:
         return
-    done = subprocess.run(
-        ["ip", "-batch", "-"],
-        input="".join(f"netns add {name}\n" for name in names),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = _ip_batch([f"netns add {name}" for name in names])
     if done.returncode != 0:
         raise LabError(f"ip netns add: {done.stderr.strip()}")
 
@@ -555,18 +554,15 @@ def down(topology: Topology, plane: ControlPlane) -> DownReport:
         # through it first would only make it remove the veths one by one (tens of ms each in the kernel;
         # a minute for a lab of a thousand routers) that deleting the namespaces removes in one batch.
         stop([p for p in live if p.role in order], 0)
-    grace = SIDECAR_GRACE + HOST_CLOSE_ALLOWANCE * len(topology.links)  # an agent host closes many
+    grace = SIDECAR_GRACE + CLOSE_ALLOWANCE * len(topology.links)  # as an agent host's backstop grows
     for rank in (0, 1):  # clients first (they close their links), then endpoints, then the rest (FRR)
         stop([p for p in live if order.get(p.role) == rank], grace)
     removed_containers, container_problem = _remove_containers(topology, record)
     stop([p for p in live if p.role not in order], 5)
     stray = _stop_strays(names.values())
     present = [name for name in names.values() if (NETNS_DIR / name).exists()]
-    if present:  # one `ip` for all of them; -force goes on past one that fails
-        batch = "".join(f"netns delete {name}\n" for name in present)
-        subprocess.run(
-            ["ip", "-force", "-batch", "-"], input=batch, capture_output=True, text=True, check=False
-        )
+    if present:
+        _ip_batch([f"netns delete {name}" for name in present], force=True)
     removed = sum(not (NETNS_DIR / name).exists() for name in present)
     for name in names.values():
         frr.remove_rundir(name)
