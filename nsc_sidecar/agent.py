@@ -11,13 +11,12 @@ import asyncio
 import os
 from collections.abc import Callable
 
-import grpc
-
 from nsc_sidecar.link import Link
 from nsc_sidecar.settings import NscSettings
 from nsm_sdk.agent.lifecycle import readiness
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
+from nsm_sdk.agent.reachability import report_unreachable_manager
 from nsm_sdk.agent.security import agent_identity
 from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd
@@ -46,15 +45,6 @@ class Readiness:
             )
 
 
-async def _report_reachability(channel: grpc.aio.Channel, dial_timeout: float, log: EventLog) -> None:
-    """Say so once if the manager cannot be reached within NSM_DIAL_TIMEOUT; requests keep waiting for it
-    (wait-for-ready, bounded by NSM_REQUEST_TIMEOUT each) and are retried, so this is only a diagnosis."""
-    try:
-        await asyncio.wait_for(channel.channel_ready(), dial_timeout)
-    except TimeoutError:
-        log.warning("manager.unreachable", after=f"{dial_timeout}s")
-
-
 async def run(settings: NscSettings, stop: asyncio.Event) -> None:
     netns_fd = open_netns_fd()
     try:
@@ -76,7 +66,9 @@ async def run(settings: NscSettings, stop: asyncio.Event) -> None:
                 relay,
             ):
                 client = NsmClient(channel, identity.tokens, relay)
-                reachability = asyncio.create_task(_report_reachability(channel, settings.dial_timeout, log))
+                reachability = asyncio.create_task(
+                    report_unreachable_manager(channel, str(settings.connect_to), log, settings.dial_timeout)
+                )
                 try:
                     await _run_links(settings, name, netns_url, client, log, stop)
                 finally:

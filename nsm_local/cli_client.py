@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import TextIO
@@ -27,17 +28,54 @@ from nsm_sdk.protocol.envvalues import SecuritySettings
 from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.registry_path import RegistryPath
 from nsm_sdk.transport.client import dial
+from nsm_sdk.transport.probe import socket_problem
 
 TIMEOUT = 10.0
+STARTUP_GRACE = 2.0
+"""Seconds the CLI waits for a socket to be served before it says that nothing serves it."""
 
 
 class NoIdentity(TemporaryError):
     """The Workload API gave no SVID in time."""
 
 
+class Unreachable(TemporaryError):
+    """Nothing answers at nsm-local's socket or at the Workload API's."""
+
+
+def _problem_after_grace(url: str) -> str | None:
+    """`socket_problem(url)`, asked again for up to STARTUP_GRACE while there is one: a script may run us
+    a moment after starting `nsm-local serve`, while it still replaces a stale socket."""
+    deadline = time.monotonic() + STARTUP_GRACE
+    while (problem := socket_problem(url)) is not None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return problem
+
+
+def check_reachable(url: str, security: SecuritySettings) -> None:
+    """Fail soon (STARTUP_GRACE), naming the socket and what to start, when nothing listens where we would
+    wait for an answer (gRPC would only say DEADLINE_EXCEEDED after TIMEOUT seconds)."""
+    problem = _problem_after_grace(url)
+    if problem is not None:
+        raise Unreachable(
+            f"cannot reach nsm-local at {url}: {problem}; start it with `nsm-local serve` "
+            "(or give --connect-to the socket of one that runs)"
+        )
+    if security.insecure:
+        return
+    workload_api = str(security.spiffe_endpoint)
+    problem = _problem_after_grace(workload_api)
+    if problem is not None:
+        raise Unreachable(
+            f"no SPIFFE Workload API at {workload_api} (the CLI's identity comes from it): {problem}; "
+            "`nsm-local serve` serves it (or set SPIFFE_ENDPOINT_SOCKET to the one it serves)"
+        )
+
+
 @asynccontextmanager
 async def connected(url: str, security: SecuritySettings) -> AsyncIterator[NsmClient]:
     """A client of nsm-local at `url`, with an SVID from `security`'s Workload API (or insecure)."""
+    await asyncio.to_thread(check_reachable, url, security)
     stop = asyncio.Event()
     timer = asyncio.get_running_loop().call_later(TIMEOUT, stop.set)
     log = EventLog("nsm_local.cli")

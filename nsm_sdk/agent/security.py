@@ -29,6 +29,7 @@ from nsm_sdk.identity.tokens import TokenSigner
 from nsm_sdk.identity.x509 import X509Material
 from nsm_sdk.protocol.envvalues import SecuritySettings
 from nsm_sdk.transport.client import dial
+from nsm_sdk.transport.probe import socket_problem
 from nsm_sdk.transport.security import PLAINTEXT, StreamSecurity
 from nsm_sdk.transport.server import ServerHandle
 from nsm_sdk.transport.tls import TlsSecurity
@@ -98,7 +99,7 @@ async def agent_identity(
         channel = None
         if netns_fd is not None:
             channel, _ = await stack.enter_async_context(dial(url, send_fds=[netns_fd]))
-        source = WorkloadApiSource(url, channel)
+        source = WorkloadApiSource(url, channel, socket_problem)
         stack.push_async_callback(source.aclose)
         if not await source.start(stop):
             yield None

@@ -26,9 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import time
+from collections.abc import Callable
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -40,7 +40,12 @@ from nsm_sdk.protocol.errors import TemporaryError
 from nsm_sdk.protocol.timing import Backoff
 
 _log = logging.getLogger(__name__)
+WAIT_REPORT_FIRST = 5.0
 WAIT_REPORT_EVERY = 30.0
+WORKLOAD_API_HINT = (
+    "start one: `nsm-local serve` serves it on this host (SPIRE's agent on a cluster node); "
+    "or set SPIFFE_ENDPOINT_SOCKET to the socket of one that runs"
+)
 RECONNECT = Backoff(base=0.1, factor=2.0, cap=5.0, jitter=0.1)
 HEADER = (("workload.spiffe.io", "true"),)
 
@@ -84,10 +89,17 @@ def material_from(response: object) -> X509Material:
 class WorkloadApiSource:
     """The current X.509 material of this workload, from the Workload API at `socket_url`."""
 
-    def __init__(self, socket_url: str, channel: grpc.aio.Channel | None = None) -> None:
+    def __init__(
+        self,
+        socket_url: str,
+        channel: grpc.aio.Channel | None = None,
+        diagnose: Callable[[str], str | None] | None = None,
+    ) -> None:
         """`channel`: one already dialled to `socket_url` (and closed by its owner), e.g. one that sends a
-        router's netns fd so that the SVID is the router's; by default our own plain channel."""
+        router's netns fd so that the SVID is the router's; by default our own plain channel. `diagnose`
+        says why nothing answers at a URL (the transport layer's `socket_problem`, passed in from above)."""
         self.socket_url = socket_url
+        self._diagnose = diagnose
         self._material: X509Material | None = None
         self._first = asyncio.Event()
         self._given_channel = channel
@@ -111,11 +123,11 @@ class WorkloadApiSource:
         never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         stopping = asyncio.ensure_future(stop.wait()) if stop is not None else never
         try:
+            report_in = WAIT_REPORT_FIRST
             while not self._first.is_set():
                 first = asyncio.ensure_future(self._first.wait())
-                await asyncio.wait(
-                    [first, stopping], timeout=WAIT_REPORT_EVERY, return_when=asyncio.FIRST_COMPLETED
-                )
+                await asyncio.wait([first, stopping], timeout=report_in, return_when=asyncio.FIRST_COMPLETED)
+                report_in = WAIT_REPORT_EVERY
                 first.cancel()
                 if stopping.done():
                     return False
@@ -126,7 +138,7 @@ class WorkloadApiSource:
                         workload_api=self.socket_url,
                         waited=f"{time.monotonic() - started:.0f}s",
                         reason=self._why_waiting(),
-                        hint="is the SPIFFE agent (or nsm-local) running, and SPIFFE_ENDPOINT_SOCKET right?",
+                        hint=WORKLOAD_API_HINT,
                     )
         finally:
             stopping.cancel()
@@ -141,10 +153,8 @@ class WorkloadApiSource:
         return True
 
     def _why_waiting(self) -> str:
-        path = self.socket_url.removeprefix("unix://")
-        if self.socket_url.startswith("unix://") and not os.path.exists(path):
-            return f"no socket at {path}"
-        return self._problem
+        problem = self._diagnose(self.socket_url) if self._diagnose is not None else None
+        return problem or self._problem
 
     async def _watch_forever(self) -> None:
         assert self._channel is not None

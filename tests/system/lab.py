@@ -17,6 +17,8 @@ from pathlib import Path
 
 from labtools import run, wait_until
 
+from nsm_sdk.transport.probe import socket_problem
+
 PROGRAMS = {
     "nsm-local": "nsm_local",
     "nse-sidecar": "nse_sidecar",
@@ -143,7 +145,7 @@ class Lab:
             ),
         )
         wait_until(
-            lambda: Path(self.socket[len("unix://") :]).exists() or not process.alive(),
+            lambda: socket_problem(self.socket) is None or not process.alive(),  # not a killed one's file
             10,
             "nsm-local to listen",
         )
