@@ -36,6 +36,7 @@ from nsm_sdk._proto.networkservice.connection_pb2 import (
 )
 from nsm_sdk._proto.networkservice.connectioncontext_pb2 import ConnectionContext
 from nsm_sdk._proto.networkservice.networkservice_pb2 import NetworkServiceRequest
+from nsm_sdk.agent.lifecycle import ABANDONED_GRACE, Stopped, unless_stopped
 from nsm_sdk.agent.link_check import RECHECK_AFTER, Adopt, announce_later, check_side
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
@@ -117,6 +118,7 @@ class Link:
         self._checked: tuple[str, ConnectionContext] | None = None  # what the last clean check saw
         self._checked_at = 0.0
         self._triggers: asyncio.Queue[Trigger] = asyncio.Queue()
+        self._abandoned = False  # a first Request was cut short by the stop: the manager may make it yet
 
     def __repr__(self) -> str:
         return f"<Link {self.spec.interface_name} {self.state.value} conn={self.conn_id}>"
@@ -142,7 +144,11 @@ class Link:
         while not stop.is_set():
             outcome_unknown = False
             try:
-                return await self.client.request(request, self.request_timeout, check_reply=True)
+                call = self.client.request(request, self.request_timeout, check_reply=True)
+                return await unless_stopped(stop, call)
+            except Stopped:
+                self._abandoned = self.conn is None
+                return None
             except RpcFailed as exc:
                 attempts += 1
                 if exc.details != last_reason:
@@ -152,7 +158,11 @@ class Link:
                     last_reason = exc.details
                 outcome_unknown = exc.code in OUTCOME_UNKNOWN
             if outcome_unknown and not request.connection.network_service_endpoint_name:
-                request = await self._adopt_if_made(request)
+                try:
+                    request = await unless_stopped(stop, self._adopt_if_made(request))
+                except Stopped:
+                    self._abandoned = self.conn is None
+                    return None
             if (
                 request.connection.network_service_endpoint_name
                 and self.conn is not None
@@ -243,7 +253,11 @@ class Link:
         last_reason = ""
         while not stop.is_set():
             try:
-                held = await self.client.held_connections(selector, self.request_timeout)
+                held = await unless_stopped(
+                    stop, self.client.held_connections(selector, self.request_timeout)
+                )
+            except Stopped:
+                return None
             except RpcFailed as exc:
                 if exc.details != last_reason:
                     self._log.warning("adopt.lookup_failed", code=exc.code.name, reason=exc.details)
@@ -392,6 +406,8 @@ class Link:
     async def close(self) -> None:
         """Close at the manager (bounded by the request timeout), then make sure our side is gone."""
         if self.conn is None:  # never established: the name may belong to someone else's interface
+            if self._abandoned:
+                await self._close_abandoned()
             self._move(LinkState.CLOSED)
             return
         try:
@@ -407,6 +423,20 @@ class Link:
             self._log.warning("link.remove_failed", reason=str(exc))
         if self.state != LinkState.CLOSED:
             self._move(LinkState.CLOSED)
+
+    async def _close_abandoned(self) -> None:
+        """The first Request the stop cut short may have been made by the manager after all: if it holds
+        a connection for our id now, Close it. Bounded by ABANDONED_GRACE, so the stop stays prompt."""
+        selector = MonitorScopeSelector(path_segments=[PathSegment(id=self.conn_id)])
+        try:
+            async with asyncio.timeout(ABANDONED_GRACE):
+                held = await self.client.held_connections(selector, ABANDONED_GRACE)
+                made = previous_connection(held, self.conn_id)
+                if made is not None:
+                    await self.client.close(made, ABANDONED_GRACE)
+                    self._log.info("close.done", abandoned="true")
+        except (RpcFailed, TimeoutError) as exc:
+            self._log.info("close.abandoned", reason=str(exc) or "no answer in time")
 
 
 def previous_connection(held: Iterable[Connection], conn_id: str) -> Connection | None:

@@ -20,7 +20,7 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceLabels,
     NetworkServiceQuery,
 )
-from nsm_sdk.agent.lifecycle import sleep_or_stop
+from nsm_sdk.agent.lifecycle import ABANDONED_GRACE, Stopped, sleep_or_stop, unless_stopped
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient, RpcFailed
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
@@ -109,7 +109,9 @@ class Registrar:
         delays = RETRY.delays(random.Random())
         while not stop.is_set():
             try:
-                refresh_in = await self._register_once()
+                refresh_in = await unless_stopped(stop, self._register_once())
+            except Stopped:
+                return
             except RpcFailed as exc:
                 self._on_registered(False)
                 self._log.warning("registration.failed", name=self.record.name, reason=str(exc))
@@ -141,9 +143,13 @@ class Registrar:
                 self._on_registered(False)
 
     async def unregister(self) -> None:
+        """Remove our registration; when none was ever confirmed, only a bounded try (ABANDONED_GRACE): an
+        attempt cut short or failed may still have reached the manager, and it expires by itself."""
         record = self._registered or self.record
+        timeout = self.timeout if self._registered is not None else ABANDONED_GRACE
         try:
-            await self.client.unregister_endpoint(record, self._path, self.timeout)
+            await self.client.unregister_endpoint(record, self._path, timeout)
             self._log.info("registration.removed", name=self.record.name)
         except RpcFailed as exc:
-            self._log.warning("registration.remove_failed", name=self.record.name, reason=str(exc))
+            report = self._log.warning if self._registered is not None else self._log.info
+            report("registration.remove_failed", name=self.record.name, reason=str(exc))

@@ -95,6 +95,10 @@ class Deadline:
     token: float
 
 
+CANCELLED_EARLY = 0.5
+"""A Request cancelled with more than this left before its deadline (seconds) was given up by its caller
+(stopping, or gone), not timed out: a first one that gets made all the same is closed again."""
+
 KERNEL_RECHECK = 5.0
 """A refresh whose link is unchanged (same interfaces in the same namespaces, same IP context) reads the
 kernel again only when the last kernel step of its connection is at least this old (seconds). With short
@@ -203,6 +207,7 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             close_at = server_close_deadline(expires, remaining or 0.0)
             deadline = Deadline(close_at, expires if expires is not None else close_at)
             time_left = _time_left(remaining)
+            first = conn.id not in self.sessions
             # Detached from this call: once it touches the kernel, a Request runs to its end even if the
             # caller gives up (its deadline passes): cut short, it would undo a refresh's live link or
             # close fds a kernel thread still uses. A caller that gave up finds the result by its id.
@@ -218,6 +223,9 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
                 reply: Connection = await asyncio.shield(work)
             except asyncio.CancelledError:
                 work.add_done_callback(partial(self._log_abandoned, conn.id))
+                left = context.time_remaining()
+                if first and (left is None or left > CANCELLED_EARLY):
+                    work.add_done_callback(partial(self._undo_abandoned, conn.id))
                 raise
         except (NsmError, KernelError) as exc:
             self._log.warning(
@@ -249,6 +257,22 @@ class ManagerServicer(networkservice_pb2_grpc.NetworkServiceServicer):
             outcome="failed" if error else "done",
             reason=str(error) if error else "",
         )
+
+    def _undo_abandoned(self, conn_id: str, work: asyncio.Task[Connection]) -> None:
+        """A first Request whose caller cancelled it before its deadline (the client is stopping, or died)
+        and that was made all the same: nobody will ever hear of it, so it is closed again, as Go's chain
+        rolls back a cancelled Request. A caller whose deadline passed keeps it: it adopts it by its id."""
+        if work.cancelled() or work.exception() is not None:
+            return
+        made = self.sessions.get(conn_id)
+        if made is None:
+            return
+
+        async def undo() -> None:
+            if self.sessions.get(conn_id) is made:  # not refreshed or closed by anyone since
+                await self._teardown(made, "its caller left before the reply", call_endpoint=True)
+
+        self._tasks.spawn(self._locked(conn_id, undo()), f"undo {conn_id}")
 
     async def _request(
         self,

@@ -258,3 +258,4 @@ async def _serve(
         with contextlib.suppress(Exception):
             await dialer.aclose()
         registry.close()
+        log.info("server.stopped")

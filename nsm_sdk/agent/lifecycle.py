@@ -21,6 +21,7 @@ from nsm_sdk.agent.metrics import MetricsEndpoint, open_metrics
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.version import NSM_API_VERSION, package_version, version_line
 
+T = TypeVar("T")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 
 
@@ -53,6 +54,33 @@ async def run_agent(
     finally:
         for sig in STOP_SIGNALS:
             loop.remove_signal_handler(sig)
+
+
+ABANDONED_GRACE = 0.3
+"""Seconds a stopping agent gives to undoing a call it cut short (`Stopped`), whose outcome it does not
+know: a Close of what the manager may have made after all. Enough for a manager that answers; one that
+does not would only keep the stop waiting, and what it made ends when its tokens expire."""
+
+
+class Stopped(Exception):
+    """A call was cancelled because the agent is stopping (`unless_stopped`)."""
+
+
+async def unless_stopped(stop: asyncio.Event, call: Awaitable[T]) -> T:
+    """`call`'s result; or, as soon as `stop` is set, `call` cancelled and Stopped raised: a stop signal
+    never waits out a request's deadline (a manager that is gone, an endpoint that is slow)."""
+    work = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+    if work.cancelled() and stop.is_set():
+        raise Stopped
+    return work.result()
 
 
 async def sleep_or_stop(stop: asyncio.Event, delay: float) -> bool:
@@ -115,14 +143,27 @@ def agent_main(
     load: Callable[[Mapping[str, str]], SettingsT],
     agent: Callable[[SettingsT, asyncio.Event], Awaitable[None]],
     backstop: Callable[[SettingsT], float] | None = None,
+    usage: str | None = None,
 ) -> None:
     """Entrypoint of a sidecar: settings from the environment (bad ones: one line, exit 2), the optional
     metrics endpoint (`NSM_PROMETHEUS_LISTEN_ON`, see metrics.py), then the agent until a stop signal; the
     backstop leaves time for closing within the request timeout (`backstop(settings)`: an agent host,
-    which closes many routers' links, says how long instead)."""
-    if sys.argv[1:] == ["--version"]:
+    which closes many routers' links, says how long instead). With `usage` (what `--help` prints) the
+    program takes no other argument than `--help` and `--version`; without it, its caller parsed them."""
+    arguments = sys.argv[1:]
+    if arguments == ["--version"]:
         print(version_line(program))
         sys.exit(0)
+    if usage is not None and arguments in (["--help"], ["-h"]):
+        print(usage)
+        sys.exit(0)
+    if usage is not None and arguments:
+        print(
+            f"{program}: unexpected argument {arguments[0]!r}: configuration comes from the environment "
+            f"(`{program} --help` lists it)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     try:
         settings = load(os.environ)
         metrics = open_metrics(os.environ)
