@@ -4,26 +4,8 @@
 variable in a fixed order and raises the first `ConfigError` (``VAR='value': problem``).
 
 A variable that is unset, empty or only whitespace counts as unset and takes its default (k8s manifests
-often carry ``value: ""``). Variables (nsm-v1-protocol.md §2.2, legacy-contract.md §1):
-
-======================== ============================================== ===========================
-variable                 meaning                                        default
-======================== ============================================== ===========================
-NSM_NETWORK_SERVICES     ``kernel://ns[@domain][/ifname][?k=v&..]`` list  \\ exactly one of the two
-NS_NETWORKSERVICEMESH_IO seed list ``ns[/ifname][?k=v&..]``              / is required
-NSM_NAME                 client name (path segment, connection ids)     POD_NAME, else ``nsc-<netns inode>``
-NSM_CONNECT_TO           nsmgr URL, ``unix:///abs`` or ``tcp://h:p``      the nsmgr socket (§2.1)
-NSM_REQUEST_TIMEOUT      deadline of each Request / Close               ``15s``
-NSM_DIAL_TIMEOUT         deadline of connecting to nsmgr                ``5s``
-NSM_MAX_TOKEN_LIFETIME   lifetime cap of our path tokens                ``10m``
-NSM_LABELS               ``k=v,k=v`` added to every link's labels         none
-POD_NAME / NODE_NAME /   labels ``podName`` / ``nodeName`` /            not added
-CLUSTER_NAME             ``clusterName`` (NSM clientinfo)
-NSM_READY_FILE           file touched once every link is verified       none
-NSM_LOG_LEVEL            TRACE, DEBUG, INFO, WARN(ING), ERROR           ``INFO``
-SPIFFE_ENDPOINT_SOCKET   SPIFFE Workload API (our X.509-SVID)           the SPIRE agent socket
-NSM_INSECURE             plaintext, no SPIFFE (experiments only)        ``false``
-======================== ============================================== ===========================
+often carry ``value: ""``). The variables are listed once, in `ENVIRONMENT` (nsm-v1-protocol.md §2.2,
+legacy-contract.md §1).
 
 Labels are merged per link in this order, an earlier source winning on a key: the URL's query, then
 ``NSM_LABELS``, then the clientinfo labels. The name default does not use the hostname, so that this stays
@@ -37,6 +19,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from nsm_sdk.protocol import envdoc
+from nsm_sdk.protocol.envdoc import NO_DEFAULT, EnvVar
 from nsm_sdk.protocol.envvalues import (
     LogLevel,
     SecuritySettings,
@@ -60,13 +44,64 @@ from nsm_sdk.protocol.nsurl import (
 )
 
 # Seed (NSM v0) variables that this agent does not use, with what to do instead.
-_IGNORED_LEGACY = {
+IGNORED_LEGACY = {
     "CLIENT_NETWORK_SERVICE": "single-client mode is not supported; use NS_NETWORKSERVICEMESH_IO",
     "CLIENT_LABELS": "single-client mode is not supported; put labels in the URL query or NSM_LABELS",
     "NSC_INTERFACE_NAME": "single-client mode is not supported; put the name in the URL path",
     "NSM_SERVER_SOCKET": "NSM v0 nsmd socket; use NSM_CONNECT_TO",
     "WORKSPACE": "NSM v0 workspace; not needed",
 }
+
+
+SUMMARY = (
+    "The client sidecar of a router: asks the NSM manager for every link in NS_NETWORKSERVICEMESH_IO (or "
+    "NSM_NETWORK_SERVICES), checks that each interface arrived with its name and addresses, keeps the links "
+    "alive (refresh, heal) and closes them on SIGTERM."
+)
+EXAMPLE = "NS_NETWORKSERVICEMESH_IO='p2p/eth12?link=net-0&peerif=eth21' nsc-sidecar"
+ENVIRONMENT = (
+    EnvVar(
+        ("NS_NETWORKSERVICEMESH_IO",),
+        "seed grammar: comma list of `service[/ifname][?k=v&...]`, one entry per link; labels go into "
+        "the request",
+        NO_DEFAULT,
+        "NS_NETWORKSERVICEMESH_IO='p2p/eth12?link=net-0&peerif=eth21'",
+    ),
+    EnvVar(
+        ("NSM_NETWORK_SERVICES",),
+        "NSM v1 grammar: comma list of `kernel://service[@domain]/ifname?k=v&...` (set one of the two)",
+        NO_DEFAULT,
+        "NSM_NETWORK_SERVICES='kernel://p2p/eth12?link=net-0'",
+    ),
+    EnvVar(
+        ("NSM_NAME",),
+        "client name (path segment, connection ids `<name>-<i>`)",
+        "`POD_NAME`, else `nsc-<netns inode>`",
+        "NSM_NAME=router-1",
+    ),
+    envdoc.CONNECT_TO,
+    envdoc.REQUEST_TIMEOUT,
+    EnvVar(
+        ("NSM_DIAL_TIMEOUT",),
+        "how long connecting to the manager may take before `manager.unreachable` says why "
+        "(calls keep waiting)",
+        "`5s`",
+        "NSM_DIAL_TIMEOUT=10s",
+    ),
+    envdoc.MAX_TOKEN_LIFETIME,
+    EnvVar(("NSM_LABELS",), "`k=v,k=v` added to every request", NO_DEFAULT, "NSM_LABELS=site=lab"),
+    envdoc.CLIENT_INFO,
+    EnvVar(
+        ("NSM_READY_FILE",),
+        "a file that exists exactly while every link is verified (readiness probe: `test -f`)",
+        NO_DEFAULT,
+        "NSM_READY_FILE=/run/nsm/ready",
+    ),
+    envdoc.LOG_LEVEL,
+    *envdoc.SECURITY_AND_METRICS,
+)
+"""Every variable `from_env` reads (tests/unit/test_help_tables.py checks it), as `--help` and the README
+show them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +155,7 @@ class NscSettings:
             security=SecuritySettings.from_env(env),
             warnings=tuple(
                 f"{variable} is set but ignored: {why}"
-                for variable, why in _IGNORED_LEGACY.items()
+                for variable, why in IGNORED_LEGACY.items()
                 if env_value(env, variable) is not None
             ),
         )

@@ -5,33 +5,10 @@ variable in a fixed order and raises the first `ConfigError` (``VAR='value': pro
 
 A variable that is unset, empty or only whitespace counts as unset and takes its default. Seed variables
 (legacy-contract.md §1.2) and NSM v1 variables (nsm-v1-protocol.md §2.3) are both read; within each pair
-below, set at most one side (both → ConfigError naming both). A legacy alias is only read when the new
-name is unset.
+in `ENVIRONMENT` ("set one of the two"), set at most one side (both → ConfigError naming both). A legacy
+alias is only read when the new name is unset.
 
-=========================================== ========================================= =====================
-variable (seed / alias | NSM v1)            meaning                                   default
-=========================================== ========================================= =====================
-ENDPOINT_NETWORK_SERVICE / ADVERTISE_NSE_NAME served network service (one name)       \\ one of the two
-| NSM_SERVICE_NAMES                         or a comma list of names                  / is required
-ENDPOINT_LABELS / ADVERTISE_NSE_LABELS      NSE labels ``k=v,k=v``                     none
-| NSM_LABELS                                or ``k:v,k:v`` (envconfig map syntax)
-IP_ADDRESS                                  seed addressing: one CIDR, a /30 (/126)   \\ NSM mode with
-| NSM_CIDR_PREFIX                           per link; or NSM CIDR groups ``[a,b],c``  / 169.254.0.0/16
-ENDPOINT_LINKS                              with IP_ADDRESS: ``link`` label values;   none (first come,
-                                            the k-th gets the k-th /30, always        first served)
-NSM_NAME                                    NSE name (registration, path segment)     POD_NAME, else nse-<ino>
-NSM_CONNECT_TO                              nsmgr URL (unix or tcp)                   the nsmgr socket
-NSM_LISTEN_ON                               our server socket, ``unix:///abs`` only     fresh temp dir
-NSM_REGISTER_SERVICE                        register the NetworkService at start      true
-NSM_PAYLOAD                                 ETHERNET or IP                            ETHERNET
-NSM_MAX_TOKEN_LIFETIME                      lifetime cap of our path tokens           ``10m``
-NSM_REQUEST_TIMEOUT                         deadline of each registry call            ``15s``
-POD_NAME / NODE_NAME / CLUSTER_NAME         labels podName / nodeName / clusterName   not added
-NSM_READY_FILE                              file touched once registered              none
-NSM_LOG_LEVEL                               TRACE, DEBUG, INFO, WARN(ING), ERROR      INFO
-SPIFFE_ENDPOINT_SOCKET                      SPIFFE Workload API (our X.509-SVID)      the SPIRE agent socket
-NSM_INSECURE                                plaintext, no SPIFFE (experiments only)   false
-=========================================== ========================================= =====================
+The variables are listed once, in `ENVIRONMENT`.
 
 Addressing: without ``IP_ADDRESS`` and ``NSM_CIDR_PREFIX`` we use NSM mode with cmd-nse's default
 ``169.254.0.0/16`` (the seed instead failed every Request with "no room"). A CIDR whose host bits are set
@@ -47,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from nsm_sdk.protocol import envdoc
+from nsm_sdk.protocol.envdoc import NO_DEFAULT, EnvVar
 from nsm_sdk.protocol.envvalues import (
     LogLevel,
     SecuritySettings,
@@ -80,13 +59,99 @@ DEFAULT_NSM_POOL = ipaddress.IPv4Network("169.254.0.0/16")
 _PAYLOADS: dict[str, Payload] = {"ETHERNET": "ETHERNET", "IP": "IP"}
 
 # Seed (NSM v0) variables that this agent does not use, with what to do instead.
-_IGNORED_LEGACY = {
+IGNORED_LEGACY = {
     "NSM_SERVER_SOCKET": "NSM v0 nsmd socket; use NSM_CONNECT_TO",
     "NSM_CLIENT_SOCKET": "NSM v0 endpoint socket; use NSM_LISTEN_ON",
     "WORKSPACE": "NSM v0 workspace; not needed",
     "MECHANISM_TYPE": "the mechanism is always KERNEL",
     "ROUTES": "extra routes are not supported",
 }
+
+
+SUMMARY = (
+    "The endpoint sidecar of a router: registers with the NSM manager as an endpoint of "
+    "ENDPOINT_NETWORK_SERVICE (or NSM_SERVICE_NAMES), answers each link's Request with point-to-point "
+    "addresses and the interface name the client asked for (peerif), and checks its side of every link."
+)
+EXAMPLE = "ENDPOINT_NETWORK_SERVICE=p2p ENDPOINT_LABELS=device=device-2 IP_ADDRESS=10.60.1.0/24 nse-sidecar"
+ENVIRONMENT = (
+    EnvVar(
+        ("ENDPOINT_NETWORK_SERVICE", "ADVERTISE_NSE_NAME"),
+        "seed: the service served (the second name is the seed's alias)",
+        NO_DEFAULT,
+        "ENDPOINT_NETWORK_SERVICE=p2p",
+    ),
+    EnvVar(
+        ("NSM_SERVICE_NAMES",),
+        "NSM v1: comma list of the services served (set one of the two)",
+        NO_DEFAULT,
+        "NSM_SERVICE_NAMES=p2p,backup",
+    ),
+    EnvVar(
+        ("ENDPOINT_LABELS", "ADVERTISE_NSE_LABELS"),
+        "seed: endpoint labels `k=v,k=v`, which NetworkService matches select on",
+        NO_DEFAULT,
+        "ENDPOINT_LABELS=device=device-2",
+    ),
+    EnvVar(
+        ("NSM_LABELS",),
+        "NSM v1: endpoint labels `k:v,k:v` (set one of the two)",
+        NO_DEFAULT,
+        "NSM_LABELS=device:device-2",
+    ),
+    EnvVar(
+        ("IP_ADDRESS",),
+        "seed addressing: one CIDR, a /30 (IPv6 /126) per link, client network+1, endpoint network+2",
+        NO_DEFAULT,
+        "IP_ADDRESS=10.60.1.0/24",
+    ),
+    EnvVar(
+        ("ENDPOINT_LINKS",),
+        "with `IP_ADDRESS`: `link` label values; the k-th always gets the k-th /30 "
+        "(same addresses after restarts)",
+        "first come, first served",
+        "ENDPOINT_LINKS=net-0,net-3",
+    ),
+    EnvVar(
+        ("NSM_CIDR_PREFIX",),
+        "NSM v1 addressing: CIDRs (`[a,b],c` groups), /32 pairs with routes",
+        "`169.254.0.0/16`",
+        "NSM_CIDR_PREFIX=172.16.0.0/16",
+    ),
+    EnvVar(("NSM_NAME",), "endpoint name", "`POD_NAME`, else `nse-<netns inode>`", "NSM_NAME=router-2"),
+    envdoc.CONNECT_TO,
+    EnvVar(
+        ("NSM_LISTEN_ON",),
+        "its own socket, `unix:///path`",
+        "a fresh `/tmp/<name>-*/listen.on`",
+        "NSM_LISTEN_ON=unix:///run/nse/listen.on",
+    ),
+    EnvVar(
+        ("NSM_REGISTER_SERVICE",),
+        "create the NetworkService if it does not exist (never overwrites one with matches)",
+        "`true`",
+        "NSM_REGISTER_SERVICE=false",
+    ),
+    EnvVar(
+        ("NSM_PAYLOAD",),
+        "payload of a service it creates, `ETHERNET` or `IP`",
+        "`ETHERNET`",
+        "NSM_PAYLOAD=IP",
+    ),
+    envdoc.REQUEST_TIMEOUT,
+    envdoc.MAX_TOKEN_LIFETIME,
+    envdoc.CLIENT_INFO,
+    EnvVar(
+        ("NSM_READY_FILE",),
+        "a file that exists exactly while the endpoint is registered (readiness probe: `test -f`)",
+        NO_DEFAULT,
+        "NSM_READY_FILE=/run/nsm/ready",
+    ),
+    envdoc.LOG_LEVEL,
+    *envdoc.SECURITY_AND_METRICS,
+)
+"""Every variable `from_env` reads (tests/unit/test_help_tables.py checks it), as `--help` and the README
+show them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +216,7 @@ class NseSettings:
         clientinfo = client_info(env)
         warnings.extend(
             f"{variable} is set but ignored: {why}"
-            for variable, why in _IGNORED_LEGACY.items()
+            for variable, why in IGNORED_LEGACY.items()
             if env_value(env, variable) is not None
         )
         return cls(

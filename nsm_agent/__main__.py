@@ -32,6 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         description="Both NSM agent roles of a router in one process: its client (the links it requests) "
         "and its endpoint (the service it serves). Configured from the environment like nsc-sidecar and "
         "nse-sidecar together, or, with --routers, the agents of many routers of a local lab.",
+        epilog="environment: the variables of nsc-sidecar and nse-sidecar (`nsc-sidecar --help`, "
+        "`nse-sidecar --help`); a role runs when its service variable is set. NSM_LABELS, which the two "
+        "read differently, is refused: use ENDPOINT_LABELS, and labels in the link URLs. Example: "
+        "ENDPOINT_NETWORK_SERVICE=p2p ENDPOINT_LABELS=device=r2 IP_ADDRESS=10.60.1.0/24 "
+        "NS_NETWORKSERVICEMESH_IO='p2p/eth21?link=net-1&peerif=eth12' nsm-agent",
     )
     parser.add_argument("--version", action="version", version=version_line("nsm-agent"))
     parser.add_argument("--routers", metavar="FILE", help="JSON file of routers to host (nsm-topo writes it)")
