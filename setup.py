@@ -8,7 +8,10 @@ under `nsm_sdk._proto` while the descriptor pool keeps the unique names `network
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -40,11 +43,7 @@ def compile_protos() -> list[str]:
         files = sorted(str(p.relative_to(PROTO_DIR)) for p in (PROTO_DIR / package).glob("*.proto"))
         args = ["protoc", f"-I{PROTO_DIR}", f"-I{include}", f"--python_out={OUT_DIR}",
                 f"--grpc_python_out={OUT_DIR}", *files]
-        try:
-            import mypy_protobuf  # noqa: F401
-            args[3:3] = [f"--mypy_out={OUT_DIR}", f"--mypy_grpc_out={OUT_DIR}"]
-        except ImportError:
-            pass
+        args[3:3] = _mypy_stub_args()
         if protoc.main(args) != 0:
             raise RuntimeError(f"protoc failed for proto/{package}")
     for generated in OUT_DIR.glob("*/*_pb2*.py*"):
@@ -53,6 +52,20 @@ def compile_protos() -> list[str]:
         if fixed != text:
             generated.write_text(fixed)
     return [f"nsm_sdk._proto.{package}" for package in packages]
+
+
+def _mypy_stub_args() -> list[str]:
+    """Type stubs too, when mypy-protobuf is installed (the dev extra). Its protoc plugins are scripts
+    beside this interpreter, which need not be on PATH (`python -m build --no-isolation` from a venv)."""
+    bindirs = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    plugins = {name: shutil.which(f"protoc-gen-{name}", path=bindirs) for name in ("mypy", "mypy_grpc")}
+    if not all(plugins.values()):
+        return []
+    return [
+        *(f"--plugin=protoc-gen-{name}={path}" for name, path in plugins.items()),
+        f"--mypy_out={OUT_DIR}",
+        f"--mypy_grpc_out={OUT_DIR}",
+    ]
 
 
 def _relative_import(match: re.Match[str]) -> str:

@@ -178,6 +178,8 @@ PROJECT_WHEEL=$(basename "$(ls "$WHEELS"/nsm_topology_sidecars-*.whl | head -n1)
 VERSION=$(echo "$PROJECT_WHEEL" | cut -d- -f2)
 [ -n "$TAG" ] || TAG=$VERSION
 REVISION=$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)
+NSM_API=$(sed -n 's/^NSM_API_VERSION = "\(.*\)".*/\1/p' "$ROOT/nsm_sdk/version.py")  # the NSM API it speaks
+[ -n "$NSM_API" ] || die "no NSM_API_VERSION in nsm_sdk/version.py"
 if [ -z "$SOURCE" ]; then
     SOURCE=$(git -C "$ROOT" remote get-url origin 2>/dev/null || true)
     [ -n "$SOURCE" ] || echo "build.sh: warning: no --source and no git remote; the source label stays empty" >&2
@@ -239,7 +241,7 @@ for target in "${TARGETS[@]}"; do
     echo "==> $ENGINE build --target $target -t $image (base $BASE)"
     engine build ${BUILD_ARGS[@]+"${BUILD_ARGS[@]}"} -f "$ROOT/images/Dockerfile" --target "$target" -t "$image" \
         --build-arg "BASE=$BASE" --build-arg "VERSION=$VERSION" --build-arg "REVISION=$REVISION" \
-        --build-arg "SOURCE=$SOURCE" --build-arg "TREE=${TREE:-$(tree_hash)}" "$OUT"
+        --build-arg "NSM_API=$NSM_API" --build-arg "SOURCE=$SOURCE" --build-arg "TREE=${TREE:-$(tree_hash)}" "$OUT"
 done
 # A rebuild leaves the previous images and install stage untagged: remove those (nothing else).
 for id in ${OLD_IDS[@]+"${OLD_IDS[@]}"}; do [ -z "$id" ] || engine rmi "$id" >/dev/null 2>&1 || true; done

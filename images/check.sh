@@ -107,6 +107,13 @@ check_image() {
         && pass "OCI labels: licenses=$licenses source='$source' description set" \
         || fail "labels: licenses='$licenses' description='$description'"
     [ -n "$source" ] || echo "WARN  org.opencontainers.image.source is empty (build.sh --source URL sets it)"
+    local version api said
+    version=$(label version)
+    api=$(bah inspect --type image --format '{{index .OCIv1.Config.Labels "nsm-topology-sidecars.nsm-api"}}' "$image")
+    said=$(brun "$c" -- "$target" --version 2>&1)
+    [ -n "$api" ] && [ "$said" = "$target $version (NSM API $api)" ] \
+        && pass "labels version=$version nsm-api=$api, as $target --version says: $said" \
+        || fail "labels version='$version' nsm-api='$api', but $target --version says: $said"
     case "$target" in
         nsc-sidecar) expect_config_error "$c" nsc-sidecar NS_NETWORKSERVICEMESH_IO ;;
         nse-sidecar) expect_config_error "$c" nse-sidecar ENDPOINT_NETWORK_SERVICE ;;
@@ -129,9 +136,12 @@ for target in nsc-sidecar nse-sidecar nsm-local; do check_image "$target"; done
 
 e2e() {
     echo "== end to end: nsm-local + nse-sidecar + nsc-sidecar (one link)"
+    # Each container runs under `ip netns exec`, whose fresh /sys has no cgroup mounts: runc (buildah's oci
+    # isolation) refuses to start there, so these runs use chroot isolation (capabilities are still set).
+    RUN_ARGS=(--isolation chroot)
     WORK=$(mktemp -d /tmp/nsm-check.XXXXXX)
-    local sock="$WORK/nsm" ns
-    mkdir -p "$sock"
+    local sock="$WORK/nsm" spire="$WORK/spire" ns
+    mkdir -p "$sock" "$spire"
     for ns in nsmimg-cp nsmimg-d1 nsmimg-d2; do
         ip netns add "$ns" || { fail "ip netns add $ns"; return; }
         NETNS+=("$ns"); ip -n "$ns" link set lo up
@@ -139,26 +149,34 @@ e2e() {
     container nsm-e2e-cp "${PREFIX}nsm-local:${TAG}" || return
     container nsm-e2e-nse "${PREFIX}nse-sidecar:${TAG}" || return
     container nsm-e2e-nsc "${PREFIX}nsc-sidecar:${TAG}" || return
-    local mnt=(-v "$sock:/var/lib/networkservicemesh") i cp_caps sidecar_caps
+    # the manager's socket, and nsm-local's Workload API (it gives every sidecar its SVID, by namespace)
+    local mnt=(-v "$sock:/var/lib/networkservicemesh" -v "$spire:/run/spire/sockets") i cp_caps sidecar_caps
     mapfile -t cp_caps < <(only_caps NET_ADMIN SYS_ADMIN)
     mapfile -t sidecar_caps < <(only_caps NET_ADMIN)
     ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" nsm-e2e-nsc -- \
         grep -q '^CapEff:.*0000000000001000$' /proc/self/status \
         && pass "sidecars run with CapEff=0x1000 (CAP_NET_ADMIN only)" || fail "capability set is not NET_ADMIN only"
-    ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} \
+    # --pid host: nsm-local attests its callers by their pid's namespaces, as on a node (docs/containers.md)
+    ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} --pid host \
         "${cp_caps[@]}" "${mnt[@]}" nsm-e2e-cp -- nsm-local serve \
         >"$WORK/nsm-local.log" 2>&1 & PIDS+=($!)
-    for i in $(seq 100); do [ -S "$sock/nsm.io.sock" ] && break; sleep 0.1; done
-    brun "${mnt[@]}" -v "$ROOT/examples:/examples:ro" nsm-e2e-cp -- nsm-local apply -f /examples/p2p.yaml \
+    for i in $(seq 100); do [ -S "$sock/nsm.io.sock" ] && [ -S "$spire/agent.sock" ] && break; sleep 0.1; done
+    # The CLI with nsm-local's own capabilities: it reads a caller's namespaces in /proc only when the caller
+    # holds no capability it lacks (the kernel's ptrace access rule).
+    # And in nsm-local's namespace: there it is the operator, who may see every connection.
+    ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${cp_caps[@]}" "${mnt[@]}" \
+        -v "$ROOT/examples:/examples:ro" nsm-e2e-cp -- nsm-local apply -f /examples/p2p.yaml \
         >/dev/null 2>&1 && pass "nsm-local apply -f examples/p2p.yaml" || fail "nsm-local apply"
+    # mounted before they run (where the readiness files are seen from the host): mounting a container's
+    # root while buildah run sets it up races with it
+    local nsc_root nse_root
+    nsc_root=$(bah mount nsm-e2e-nsc); nse_root=$(bah mount nsm-e2e-nse)
     ip netns exec nsmimg-d2 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" "${mnt[@]}" \
         -e ENDPOINT_NETWORK_SERVICE=p2p -e ENDPOINT_LABELS=device=device-2 -e IP_ADDRESS=10.60.1.0/24 \
         -e POD_NAME=device-2 nsm-e2e-nse -- nse-sidecar >"$WORK/nse.log" 2>&1 & local nse=$!; PIDS+=("$nse")
     ip netns exec nsmimg-d1 "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${sidecar_caps[@]}" "${mnt[@]}" \
         -e 'NS_NETWORKSERVICEMESH_IO=p2p/eth12?link=net-0&peerif=eth21' -e POD_NAME=device-1 \
         nsm-e2e-nsc -- nsc-sidecar >"$WORK/nsc.log" 2>&1 & local nsc=$!; PIDS+=("$nsc")
-    local nsc_root nse_root
-    nsc_root=$(bah mount nsm-e2e-nsc); nse_root=$(bah mount nsm-e2e-nse)
     for i in $(seq 300); do [ -f "$nsc_root/run/nsm/ready" ] && [ -f "$nse_root/run/nsm/ready" ] && break; sleep 0.1; done
     brun nsm-e2e-nsc -- test -f /run/nsm/ready && pass "nsc-sidecar readiness: test -f /run/nsm/ready" \
         || fail "nsc-sidecar not ready"
@@ -170,7 +188,8 @@ e2e() {
     ip netns exec nsmimg-d1 ping -c 1 -W 2 10.60.1.2 >/dev/null && pass "ping 10.60.1.2 from device-1" \
         || fail "ping 10.60.1.2"
     local listing
-    listing=$(brun "${mnt[@]}" nsm-e2e-cp -- nsm-local list 2>&1)
+    listing=$(ip netns exec nsmimg-cp "${BUILDAH[@]}" run ${RUN_ARGS[@]+"${RUN_ARGS[@]}"} "${cp_caps[@]}" \
+        "${mnt[@]}" nsm-e2e-cp -- nsm-local list 2>&1)
     [[ "$listing" == *"link=net-0 -> device=device-2"* ]] && [[ "$listing" == *"device-1 -> device-2"* ]] \
         && pass "nsm-local list: the applied match survived the endpoint's registration; connection listed" \
         || fail "nsm-local list: $listing"
@@ -183,7 +202,15 @@ e2e() {
     done
     py=$(for i in $(descendants "${PIDS[0]}"); do grep -q python "/proc/$i/cmdline" 2>/dev/null && echo "$i"; done | tail -n1)
     [ -n "$py" ] && kill -TERM "$py"
-    wait "${PIDS[0]}" && pass "SIGTERM → nsm-local exited 0" || fail "nsm-local did not exit cleanly"
+    # buildah 1.28 itself may crash (a nil logger) after a --pid host child has exited: nsm-local's own end
+    # is its last log line, server.stopped, written once everything is closed
+    wait "${PIDS[0]}"; rc=$?
+    if [ "$rc" = 0 ] || { grep -q 'event=server.stopped' "$WORK/nsm-local.log" \
+            && grep -q '^panic: runtime error' "$WORK/nsm-local.log"; }; then
+        pass "SIGTERM → nsm-local stopped cleanly (event=server.stopped; buildah exit $rc)"
+    else
+        fail "nsm-local did not stop cleanly (buildah exit $rc)"
+    fi
     ip -n nsmimg-d1 link show eth12 >/dev/null 2>&1 || ip -n nsmimg-d2 link show eth21 >/dev/null 2>&1 \
         && fail "link still present after stop" || pass "eth12/eth21 removed after both sidecars stopped"
     [ ! -e "$nsc_root/run/nsm/ready" ] && pass "nsc-sidecar readiness file removed on stop" \

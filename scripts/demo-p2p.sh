@@ -6,7 +6,7 @@
 # in the demo's own directory here, so that a running nsm-local or SPIRE agent is not disturbed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN="$PWD/.venv/bin"
+BIN="${NSM_BIN:-$PWD/.venv/bin}"  # NSM_BIN: the programs of another install (tests/system/test_package.py)
 WORK=$(mktemp -d /tmp/nsm-demo.XXXXXX)
 SOCK="unix://$WORK/nsm.sock"
 export SPIFFE_ENDPOINT_SOCKET="unix://$WORK/agent.sock"

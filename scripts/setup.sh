@@ -23,6 +23,7 @@ fi
 # cannot run containers with hybrid cgroups (shared/docs/build-environment.md).
 need_containers=()
 command -v podman >/dev/null 2>&1 || need_containers+=(podman runc conmon containernetworking-plugins catatonit)
+command -v buildah >/dev/null 2>&1 || need_containers+=(buildah)  # images/check.sh runs commands in images without a runtime
 command -v debootstrap >/dev/null 2>&1 || need_containers+=(debootstrap)
 # the kube tests' cluster (scripts/kube-up.sh installs them too): etcd, containerd, the bridge's iptables
 [ -x /usr/bin/etcd ] || need_containers+=(etcd-server)

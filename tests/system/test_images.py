@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,3 +298,23 @@ def test_sidecar_images_link_two_namespaces_and_leave_nothing(
     assert labelled(host.label) == []
     assert not [n for n in os.listdir("/run/netns") if n.startswith(f"img{host.tag}-")]
     assert not list(host.nsm_dir.iterdir()) and not list(host.spire_dir.iterdir())
+
+
+def test_image_check_script_passes_every_check_end_to_end(images: str) -> None:
+    """images/check.sh as CI runs it (images/README.md): entrypoints, labels (the version and NSM API the
+    programs report), no build tools, bad configuration, then one link end to end from the three images."""
+    if shutil.which("buildah") is None:
+        pytest.skip("buildah is not installed: scripts/setup.sh installs it")
+    done = subprocess.run(
+        ["bash", str(ROOT / "images" / "check.sh"), "--tag", images, "--e2e"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    report = [line for line in done.stdout.splitlines() if not line.startswith("      |")]
+    print("\n".join(report))
+    assert done.returncode == 0, "\n".join(report) + done.stderr[-2000:]
+    assert not [line for line in report if line.startswith("FAIL")]
+    assert "PASS  ping 10.60.1.2 from device-1" in report
+    assert sum(line.startswith("PASS") for line in report) >= 30
+    assert report[-1] == "all checks passed"

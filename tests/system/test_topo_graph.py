@@ -160,3 +160,47 @@ def test_the_page_of_a_running_lab_shows_its_links_up_with_the_real_addresses(
         down = topo("down", str(path))
     assert down.returncode == 0, down.stderr
     assert lab_namespaces("graphlab") == [] and processes_of(topo.directory) == []
+
+
+README_PICTURE = Path(__file__).resolve().parents[2] / "docs" / "images" / "demo-lab.png"
+UPDATE_PICTURES = "NSM_UPDATE_PICTURES"
+
+
+def _differing_share(a: Image, b: Image) -> float:
+    """The share of pixels whose colours differ by more than anti-aliasing does."""
+    pairs = zip(a.pixels(), b.pixels(), strict=True)
+    return sum(1 for p, q in pairs if max(abs(x - y) for x, y in zip(p, q, strict=True)) > 40) / (
+        a.width * a.height
+    )
+
+
+def test_the_readme_picture_is_the_seed_demo_lab_as_its_graph_page_draws_it(
+    topo: TopoCli, announce: Callable[[str], None]
+) -> None:
+    """The README's first picture: scripts/demo.sh's network (10 FRR routers, seed 2020), brought up, drawn
+    by `nsm-topo graph`. `NSM_UPDATE_PICTURES=1` writes the new picture after a change to the page."""
+    made = topo("random", "10", "4", "--seed", "2020", "--name", "demo", "-o", str(topo.directory))
+    assert made.returncode == 0, made.stderr
+    path = topo.directory / "demo.yml"
+    up = topo("up", str(path))
+    assert up.returncode == 0, up.stderr
+    try:
+        graph = topo("graph", str(path), "-o", "demo.html")
+        assert graph.stdout.splitlines() == ["demo.html: demo, 10 devices, 13 links (13 up)"], graph.stderr
+        png = screenshot(topo.directory / "demo.html", topo.directory / "demo.png", 1100, 650)
+    finally:
+        down = topo("down", str(path))
+        assert down.returncode == 0, down.stderr
+    colours, drawn, green = looks_drawn(png, STATE_COLOURS["up"])
+    assert colours > 50 and drawn > 5_000 and green > 1_000, (colours, drawn, green)
+    announce(f"README picture as drawn now: {topo.directory / 'demo.png'}")
+    if os.environ.get(UPDATE_PICTURES) == "1":
+        README_PICTURE.parent.mkdir(exist_ok=True)
+        README_PICTURE.write_bytes(png)
+    committed, now = decode_png(README_PICTURE.read_bytes()), decode_png(png)
+    assert (committed.width, committed.height) == (now.width, now.height)
+    share = _differing_share(committed, now)
+    assert share < 0.03, (
+        f"{share:.1%} of docs/images/demo-lab.png differs from what the page draws now; "
+        f"{UPDATE_PICTURES}=1 .venv/bin/python -m pytest tests/system/test_topo_graph.py -k readme writes it"
+    )
