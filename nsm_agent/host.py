@@ -24,7 +24,6 @@ import contextlib
 import json
 import os
 import random
-import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 from nsm_agent.router import RouterSettings, run_router
 from nsm_sdk.agent.lifecycle import ReadinessFile, sleep_or_stop
 from nsm_sdk.agent.logs import EventLog
+from nsm_sdk.agent.statefile import write_atomically
 from nsm_sdk.protocol.envvalues import LogLevel
 from nsm_sdk.protocol.errors import ConfigError
 from nsm_sdk.protocol.timing import Backoff
@@ -141,10 +141,7 @@ class HostStatus:
     def write(self) -> None:
         if self._path is None:
             return
-        fd, temp = tempfile.mkstemp(dir=self._path.parent, prefix=f".{self._path.name}.")
-        with os.fdopen(fd, "w") as out:
-            json.dump(self.summary(), out)
-        os.replace(temp, self._path)
+        write_atomically(self._path, json.dumps(self.summary()))
 
     async def keep_written(self) -> None:
         self.write()

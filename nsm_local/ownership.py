@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from nsm_sdk.agent.statefile import write_atomically
 from nsm_sdk.identity.policies import PermissionDenied
 from nsm_sdk.identity.tokens import TokenError, decode_unverified
 from nsm_sdk.protocol.errors import NsmError
@@ -130,8 +129,4 @@ class ConnectionOwners:
         self._pending = None
         if self._file is None:
             return
-        self._file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self._file.parent, prefix=".owners-")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self._owners, handle)
-        os.replace(tmp, self._file)
+        write_atomically(self._file, json.dumps(self._owners))

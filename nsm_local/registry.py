@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import AsyncGenerator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from nsm_sdk._proto.registry.registry_pb2 import (
     NetworkServiceResponse,
 )
 from nsm_sdk.agent.feed import Feed
+from nsm_sdk.agent.statefile import write_atomically
 from nsm_sdk.protocol.errors import ExhaustedError, NsmError
 from nsm_sdk.protocol.gotime import timestamp_to_epoch
 from nsm_sdk.protocol.matching import EndpointView, Match, ServiceView
@@ -192,16 +192,12 @@ class Registry:
     def _save(self) -> None:
         if self._state_file is None:
             return
-        self._state_file.parent.mkdir(parents=True, exist_ok=True)
         items = [
             json_format.MessageToJson(s, indent=None)
             for name, s in self.services.items()
             if name not in self._cluster_names
         ]
-        fd, tmp = tempfile.mkstemp(dir=self._state_file.parent, prefix=".services-")
-        with os.fdopen(fd, "w") as handle:
-            handle.write("[" + ",".join(items) + "]\n")
-        os.replace(tmp, self._state_file)
+        write_atomically(self._state_file, "[" + ",".join(items) + "]\n")
 
     # --- NetworkServices ------------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from nsm_agent.host import CLOSE_ALLOWANCE
+from nsm_sdk.agent.statefile import write_atomically
 from nsm_sdk.kernel import LinkState, read_link_states
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.netlink import netlink_in
@@ -84,9 +85,7 @@ class LabRecord:
             "containers": self.containers,
             "engine": self.engine,
         }
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(data, indent=1), mode=0o644)  # `nsm-topo graph` reads it as anyone
 
     @classmethod
     def load(cls, path: Path) -> LabRecord | None:
