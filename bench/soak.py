@@ -503,6 +503,7 @@ def run_soak(config: SoakConfig, progress: Callable[[str], None] | None = None) 
                     "NSM_MAX_TOKEN_LIFETIME": config.token,
                     "NSM_REQUEST_TIMEOUT": config.request_timeout,
                     "NSM_PROMETHEUS_LISTEN_ON": f"127.0.0.1:{NSC_METRICS_PORT}",
+                    "NSM_LOG_LEVEL": "DEBUG",  # the refreshes counted from the log are debug lines
                 },
                 lab.namespaces[owner],
                 ready=True,

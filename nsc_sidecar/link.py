@@ -128,7 +128,13 @@ class Link:
             raise RuntimeError(
                 f"link {self.spec.interface_name}: no transition {self.state.value} -> {new.value}"
             )
-        self._log.info(f"link.{new.value}", previous=self.state.value, **fields)
+        routine = (new is LinkState.REFRESHING and fields.get("reason") == Trigger.REFRESH_DUE.value) or (
+            new is LinkState.ESTABLISHED and self.state is LinkState.REFRESHING
+        )
+        # A refresh on time is routine (every link, every fifth of its token lifetime): debug, so that a
+        # big lab's log says what changed. Metrics count it whatever the level (NSM_PROMETHEUS_LISTEN_ON).
+        report = self._log.debug if routine else self._log.info
+        report(f"link.{new.value}", previous=self.state.value, **fields)
         self.state = new
 
     async def _request(self, request: NetworkServiceRequest, stop: asyncio.Event) -> Connection | None:

@@ -107,6 +107,7 @@ def test_links_survive_many_token_lifetimes_and_registration_expiries(lab: Lab) 
         NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21",
         NSM_MAX_TOKEN_LIFETIME="3s",
         NSM_REQUEST_TIMEOUT="1s",
+        NSM_LOG_LEVEL="DEBUG",  # routine refreshes are logged at debug
     )
     wait_until(lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30"), 20, "the link")
     wait_until(lambda: len(nsc.events("link.refreshing")) >= 8, 30, "several refreshes (token lifetime 3s)")

@@ -171,7 +171,10 @@ def test_svids_rotate_under_a_live_link_and_refreshes_go_on(lab: Lab) -> None:
         NSM_REQUEST_TIMEOUT="2s",
     )
     nsc = lab.nsc(
-        dev1, NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21", NSM_REQUEST_TIMEOUT="2s"
+        dev1,
+        NS_NETWORKSERVICEMESH_IO="p2p/eth12?link=net-0&peerif=eth21",
+        NSM_REQUEST_TIMEOUT="2s",
+        NSM_LOG_LEVEL="DEBUG",  # routine refreshes are logged at debug
     )
     wait_until(
         lambda: lab.link_up(dev1, "eth12", "10.60.1.1/30") and lab.link_up(dev2, "eth21", "10.60.1.2/30"),
