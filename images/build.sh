@@ -12,7 +12,7 @@ usage() {
     cat <<'EOF'
 usage: images/build.sh [options] [TARGET ...]
 
-TARGETs: nsc-sidecar nse-sidecar nsm-local (default: all three)
+TARGETs: nsc-sidecar nse-sidecar nsm-agent nsm-local (default: all four)
 
 options:
   --engine podman|docker  container tool (default: podman if installed, else docker)
@@ -70,11 +70,11 @@ while [ $# -gt 0 ]; do
         --skip-wheels) SKIP_WHEELS=1; shift ;;
         --if-changed) IF_CHANGED=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        nsc-sidecar|nse-sidecar|nsm-local) TARGETS+=("$1"); shift ;;
+        nsc-sidecar|nse-sidecar|nsm-agent|nsm-local) TARGETS+=("$1"); shift ;;
         *) usage >&2; die "unknown argument: $1" ;;
     esac
 done
-[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nsc-sidecar nse-sidecar nsm-local)
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(nsc-sidecar nse-sidecar nsm-agent nsm-local)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 # One build at a time per work dir (test sessions and setup may start one concurrently): wait for it.

@@ -117,6 +117,7 @@ check_image() {
     case "$target" in
         nsc-sidecar) expect_config_error "$c" nsc-sidecar NS_NETWORKSERVICEMESH_IO ;;
         nse-sidecar) expect_config_error "$c" nse-sidecar ENDPOINT_NETWORK_SERVICE ;;
+        nsm-agent) expect_config_error "$c" nsm-agent NS_NETWORKSERVICEMESH_IO ;;
         nsm-local)
             local help
             help=$(brun "$c" -- nsm-local --help 2>&1) && [[ "$help" == "usage: nsm-local"* ]] \
@@ -132,7 +133,7 @@ check_image() {
     echo "      size: $(bah images --format '{{.Size}}' "$image")"
 }
 
-for target in nsc-sidecar nse-sidecar nsm-local; do check_image "$target"; done
+for target in nsc-sidecar nse-sidecar nsm-agent nsm-local; do check_image "$target"; done
 
 e2e() {
     echo "== end to end: nsm-local + nse-sidecar + nsc-sidecar (one link)"

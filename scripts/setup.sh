@@ -73,7 +73,7 @@ events_logger = "file"
 CONF
     echo "setup: wrote $CONTAINERS_CONF_FILE (runc, cgroupfs, ulimits nofile=$nofile nproc=$nproc)"
 fi
-# The three images from this checkout on a local debootstrap base (no registry needed), rebuilt only when
+# The four images from this checkout on a local debootstrap base (no registry needed), rebuilt only when
 # their sources changed (about 1 min cold, 25 s after a change, 1 s when current), and the busybox image
 # that lab tests run as a device.
 build_log=images/.build/setup-build.log

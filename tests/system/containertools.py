@@ -35,7 +35,7 @@ def require_podman() -> None:
 
 
 def build_images() -> str:
-    """nsc-sidecar, nse-sidecar and nsm-local from this tree (`images/build.sh --local-base --if-changed`)
+    """nsc-sidecar, nse-sidecar, nsm-agent and nsm-local from this tree (`images/build.sh --local-base --if-changed`)
     and the busybox device image; returns the tag."""
     require_podman()
     if not _built:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -318,3 +319,71 @@ def test_image_check_script_passes_every_check_end_to_end(images: str) -> None:
     assert "PASS  ping 10.60.1.2 from device-1" in report
     assert sum(line.startswith("PASS") for line in report) >= 30
     assert report[-1] == "all checks passed"
+
+
+RING = """\
+apiVersion: networkservicemesh.io/v1alpha1
+kind: NetworkService
+metadata:
+  name: ring
+spec:
+  matches:
+  - match:
+    sourceSelector:
+      link: net-0
+    route:
+    - destination:
+      destinationSelector:
+        device: r2
+  - match:
+    sourceSelector:
+      link: net-1
+    route:
+    - destination:
+      destinationSelector:
+        device: r1
+  payload: IP
+"""
+
+
+def test_agent_image_runs_both_roles_of_two_routers_linked_both_ways(images: str, host: Host) -> None:
+    """`nsm-agent` from its image, one container per router: r1 asks for net-0 and answers net-1, r2 the
+    other way round; each is ready once its link is verified and its endpoint registered."""
+    host.image = images
+    host.serve("host")
+    manifest = host.directory / "ring.yaml"
+    manifest.write_text(RING)
+    applied = host.nsm_local_cli("apply", "-f", str(manifest))
+    assert applied.returncode == 0, applied.stderr
+    r1, r2 = host.netns("r1"), host.netns("r2")
+    routers = {}
+    for name, netns, link, pool, peer in (
+        ("r1", r1, "net-0", "10.60.1.0/24", "r2"),
+        ("r2", r2, "net-1", "10.60.2.0/24", "r1"),
+    ):
+        routers[name] = host.sidecar(
+            f"{netns}-agent",
+            netns,
+            f"nsm-agent:{images}",
+            {
+                "NS_NETWORKSERVICEMESH_IO": f"ring/to-{peer}?link={link}&peerif=from-{name}",
+                "ENDPOINT_NETWORK_SERVICE": "ring",
+                "ENDPOINT_LABELS": f"device={name}",
+                "ENDPOINT_LINKS": "net-1" if name == "r1" else "net-0",
+                "IP_ADDRESS": pool,
+                "POD_NAME": name,
+            },
+        )
+    try:
+        wait_until(lambda: all(ready(c) for c in routers.values()), 60, "both routers ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{logs(*routers.values())}") from None
+    assert interfaces(r1)["to-r2"] == ["10.60.2.1/30"] and interfaces(r2)["from-r1"] == ["10.60.2.2/30"]
+    assert interfaces(r2)["to-r1"] == ["10.60.1.1/30"] and interfaces(r1)["from-r2"] == ["10.60.1.2/30"]
+    assert ping(r1, "10.60.2.2") and ping(r2, "10.60.1.2")
+    for container in routers.values():
+        assert len(re.findall(r"event=identity\.ready", logs(container))) == 1, "one SVID per router"
+    for container in routers.values():
+        podman("stop", container, timeout=60)
+        assert podman("inspect", "--format", "{{.State.ExitCode}}", container).stdout.strip() == "0"
+    wait_until(lambda: set(interfaces(r1)) == {"lo"} and set(interfaces(r2)) == {"lo"}, 15, "every link gone")
