@@ -35,8 +35,8 @@ def require_podman() -> None:
 
 
 def build_images() -> str:
-    """nsc-sidecar, nse-sidecar, nsm-agent and nsm-local from this tree (`images/build.sh --local-base --if-changed`)
-    and the busybox device image; returns the tag."""
+    """nsc-sidecar, nse-sidecar, nsm-agent and nsm-local from this tree (`images/build.sh --local-base
+    --if-changed`) and the busybox device image; returns the tag."""
     require_podman()
     if not _built:
         for script, args in (("build.sh", ["--local-base", "--if-changed"]), ("busybox.sh", [])):
