@@ -407,7 +407,11 @@ def test_classic_sidecars_run_beside_the_router_for_clusters_before_1_29() -> No
 
 def test_the_probes_test_the_ready_file_the_sidecar_images_set() -> None:
     dockerfile = (ROOT / "images" / "Dockerfile").read_text()
-    assert dockerfile.count(f"ENV NSM_READY_FILE={READY_FILE}") == 2  # nse-sidecar and nsc-sidecar
+    stages = {
+        part.split("\n", 1)[0].split(" AS ")[-1].strip(): part for part in dockerfile.split("\nFROM ")[1:]
+    }
+    for image in ("nsc-sidecar", "nse-sidecar", "nsm-agent"):
+        assert f"ENV NSM_READY_FILE={READY_FILE}" in stages[image], image
 
 
 def test_the_grace_period_covers_router_then_client_then_endpoint_closing_in_turn() -> None:
