@@ -118,7 +118,7 @@ class Link:
         self._checked: tuple[str, ConnectionContext] | None = None  # what the last clean check saw
         self._checked_at = 0.0
         self._triggers: asyncio.Queue[Trigger] = asyncio.Queue()
-        self._abandoned = False  # a first Request was cut short by the stop: the manager may make it yet
+        self._abandoned = False  # a Request was cut short by the stop: a first one the manager may make yet
 
     def __repr__(self) -> str:
         return f"<Link {self.spec.interface_name} {self.state.value} conn={self.conn_id}>"
@@ -145,6 +145,16 @@ class Link:
         (and at once when the manager reports the connection down): once it is gone, we Close the old
         connection and reselect, so a vanished endpoint never holds the link hostage (§5.4).
         """
+        try:
+            return await self._send_until_made(request, stop)
+        except Stopped:  # a call cut short: its outcome is unknown (`close` undoes a first Request's)
+            self._abandoned = True
+            return None
+
+    async def _send_until_made(
+        self, request: NetworkServiceRequest, stop: asyncio.Event
+    ) -> Connection | None:
+        """`_request`'s retries; every call in them raises Stopped as soon as `stop` is set."""
         delays = RETRY.delays(random.Random())
         attempts, last_reason = 0, ""
         while not stop.is_set():
@@ -152,9 +162,6 @@ class Link:
             try:
                 call = self.client.request(request, self.request_timeout, check_reply=True)
                 return await unless_stopped(stop, call)
-            except Stopped:
-                self._abandoned = self.conn is None
-                return None
             except RpcFailed as exc:
                 attempts += 1
                 if exc.details != last_reason:
@@ -164,11 +171,7 @@ class Link:
                     last_reason = exc.details
                 outcome_unknown = exc.code in OUTCOME_UNKNOWN
             if outcome_unknown and not request.connection.network_service_endpoint_name:
-                try:
-                    request = await unless_stopped(stop, self._adopt_if_made(request))
-                except Stopped:
-                    self._abandoned = self.conn is None
-                    return None
+                request = await unless_stopped(stop, self._adopt_if_made(request))
             if (
                 request.connection.network_service_endpoint_name
                 and self.conn is not None
