@@ -16,7 +16,7 @@ from nsc_sidecar.settings import NscSettings
 from nsm_sdk.agent.lifecycle import readiness
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.agent.reachability import report_unreachable_manager
+from nsm_sdk.agent.reachability import reporting_unreachable_manager
 from nsm_sdk.agent.security import agent_identity
 from nsm_sdk.transport.client import dial
 from nsm_sdk.transport.fdpass import open_netns_fd
@@ -66,13 +66,9 @@ async def run(settings: NscSettings, stop: asyncio.Event) -> None:
                 relay,
             ):
                 client = NsmClient(channel, identity.tokens, relay)
-                reachability = asyncio.create_task(
-                    report_unreachable_manager(channel, str(settings.connect_to), log, settings.dial_timeout)
-                )
-                try:
+                url = str(settings.connect_to)
+                async with reporting_unreachable_manager(channel, url, log, settings.dial_timeout):
                     await _run_links(settings, name, netns_url, client, log, stop)
-                finally:
-                    reachability.cancel()
         log.info("shutdown.done")
     finally:
         os.close(netns_fd)

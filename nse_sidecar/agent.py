@@ -27,7 +27,7 @@ from nsm_sdk.agent.link_check import announce_later, check_side, wait_link
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.monitor_hub import MonitorHub, MonitorServicer
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.agent.reachability import report_unreachable_manager
+from nsm_sdk.agent.reachability import reporting_unreachable_manager
 from nsm_sdk.agent.security import AgentIdentity, agent_identity
 from nsm_sdk.kernel.errors import KernelError
 from nsm_sdk.kernel.links import delete_links
@@ -147,13 +147,8 @@ async def run(settings: NseSettings, stop: asyncio.Event) -> None:
                 ),
             ):
                 with readiness(settings.readiness_file) as ready:
-                    reachability = asyncio.create_task(
-                        report_unreachable_manager(channel, str(settings.connect_to), log)
-                    )
-                    try:
+                    async with reporting_unreachable_manager(channel, str(settings.connect_to), log):
                         await endpoint.run(NsmClient(channel, identity.tokens, relay), stop, ready.set)
-                    finally:
-                        reachability.cancel()
         log.info("shutdown.done")
     finally:
         os.close(netns_fd)

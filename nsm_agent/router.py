@@ -28,7 +28,7 @@ from nse_sidecar.agent import Endpoint
 from nse_sidecar.settings import NseSettings
 from nsm_sdk.agent.logs import EventLog
 from nsm_sdk.agent.nsm_client import NsmClient
-from nsm_sdk.agent.reachability import REPORT_AFTER, report_unreachable_manager
+from nsm_sdk.agent.reachability import REPORT_AFTER, reporting_unreachable_manager
 from nsm_sdk.agent.security import agent_identity
 from nsm_sdk.protocol.envvalues import LogLevel, SecuritySettings, env_value
 from nsm_sdk.protocol.errors import ConfigError
@@ -195,10 +195,9 @@ async def run_router(
                 )
                 client = NsmClient(channel, identity.tokens, relay, admission)
                 report_after = client_settings.dial_timeout if client_settings is not None else REPORT_AFTER
-                reachability = asyncio.create_task(
-                    report_unreachable_manager(channel, connect_to, log, report_after)
+                await stack.enter_async_context(
+                    reporting_unreachable_manager(channel, connect_to, log, report_after)
                 )
-                stack.callback(reachability.cancel)
                 async with asyncio.TaskGroup() as roles:
                     if endpoint is not None:
                         endpoint_ready = readiness.part("endpoint")

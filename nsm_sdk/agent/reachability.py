@@ -8,6 +8,8 @@ retried, so `manager.unreachable` is only a diagnosis: which socket, what is wro
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -24,10 +26,20 @@ MANAGER_HINT = (
 NO_GRPC = "it accepts connections but gives no gRPC answer (a TLS or protocol mismatch?)"
 
 
-async def report_unreachable_manager(
+@contextlib.asynccontextmanager
+async def reporting_unreachable_manager(
     channel: grpc.aio.Channel, url: str, log: EventLog, after: float = REPORT_AFTER
-) -> None:
-    """Log `manager.unreachable` once if `channel` (to the manager at `url`) is not ready within `after`."""
+) -> AsyncIterator[None]:
+    """While inside: log `manager.unreachable` once if `channel` (to the manager at `url`) is not ready
+    within `after` seconds."""
+    report = asyncio.create_task(_report_unless_ready(channel, url, log, after))
+    try:
+        yield
+    finally:
+        report.cancel()
+
+
+async def _report_unless_ready(channel: grpc.aio.Channel, url: str, log: EventLog, after: float) -> None:
     try:
         await asyncio.wait_for(channel.channel_ready(), after)
     except TimeoutError:
