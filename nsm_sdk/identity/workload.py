@@ -137,7 +137,7 @@ class WorkloadApiSource:
                         "identity.waiting",
                         workload_api=self.socket_url,
                         waited=f"{time.monotonic() - started:.0f}s",
-                        reason=self._why_waiting(),
+                        reason=await asyncio.to_thread(self._why_waiting),
                         hint=WORKLOAD_API_HINT,
                     )
         finally:
