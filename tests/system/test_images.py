@@ -27,6 +27,7 @@ from typing import BinaryIO
 import pytest
 from containertools import ROOT, build_images, labelled, podman, remove_labelled
 from labtools import run, wait_until
+from test_router_agent import CROSS
 
 
 @pytest.fixture(scope="session")
@@ -321,38 +322,13 @@ def test_image_check_script_passes_every_check_end_to_end(images: str) -> None:
     assert report[-1] == "all checks passed"
 
 
-RING = """\
-apiVersion: networkservicemesh.io/v1alpha1
-kind: NetworkService
-metadata:
-  name: ring
-spec:
-  matches:
-  - match:
-    sourceSelector:
-      link: net-0
-    route:
-    - destination:
-      destinationSelector:
-        device: r2
-  - match:
-    sourceSelector:
-      link: net-1
-    route:
-    - destination:
-      destinationSelector:
-        device: r1
-  payload: IP
-"""
-
-
 def test_agent_image_runs_both_roles_of_two_routers_linked_both_ways(images: str, host: Host) -> None:
     """`nsm-agent` from its image, one container per router: r1 asks for net-0 and answers net-1, r2 the
     other way round; each is ready once its link is verified and its endpoint registered."""
     host.image = images
     host.serve("host")
-    manifest = host.directory / "ring.yaml"
-    manifest.write_text(RING)
+    manifest = host.directory / "cross.yaml"
+    manifest.write_text(CROSS)
     applied = host.nsm_local_cli("apply", "-f", str(manifest))
     assert applied.returncode == 0, applied.stderr
     r1, r2 = host.netns("r1"), host.netns("r2")
@@ -366,8 +342,8 @@ def test_agent_image_runs_both_roles_of_two_routers_linked_both_ways(images: str
             netns,
             f"nsm-agent:{images}",
             {
-                "NS_NETWORKSERVICEMESH_IO": f"ring/to-{peer}?link={link}&peerif=from-{name}",
-                "ENDPOINT_NETWORK_SERVICE": "ring",
+                "NS_NETWORKSERVICEMESH_IO": f"cross/to-{peer}?link={link}&peerif=from-{name}",
+                "ENDPOINT_NETWORK_SERVICE": "cross",
                 "ENDPOINT_LABELS": f"device={name}",
                 "ENDPOINT_LINKS": "net-1" if name == "r1" else "net-0",
                 "IP_ADDRESS": pool,
